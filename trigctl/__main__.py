@@ -1,0 +1,3 @@
+from trigctl.cli import main
+
+main()

@@ -1,0 +1,529 @@
+"""The command line: parse, call the library, render. Domain errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trigctl import render
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Fatal(click.ClickException):
+    """One line on stderr, then exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file=None) -> None:
+        click.echo(f"trigctl: {self.format_message()}", err=True)
+
+
+class Issues(click.ClickException):
+    """Config problems: one FILE:LINE:COL line each."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, issues):
+        super().__init__("\n".join(str(i) for i in issues))
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+def _guard(fn):
+    """Domain exceptions -> one line; anything else -> one line too, unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from trigctl.config import ConfigError
+        from trigctl.store import StateError
+
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except ConfigError as e:
+            raise Issues(e.issues) from None
+        except StateError as e:
+            raise Fatal(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+        except Exception as e:
+            if os.environ.get("TRIGCTL_DEBUG") or click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise Fatal(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", EXIT_FAILED) from None
+
+    return wrapper
+
+
+def config_option(fn):
+    fn = click.option("--state", "state", metavar="PATH_OR_URL", envvar="TRIGCTL_STATE",
+                      help="State: SQLite path or postgresql:// URL [env TRIGCTL_STATE; default: the file's state:]")(fn)
+    fn = click.option("-c", "--config", "config_path", metavar="PATH", envvar="TRIGCTL_CONFIG",
+                      help="The triggers YAML [env TRIGCTL_CONFIG; default ./triggers.yaml]")(fn)
+    return fn
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")(fn)
+
+
+class Env:
+    """Finds the config and the state for a command."""
+
+    def __init__(self, config_path: str | None, state: str | None, file_arg: str | None = None):
+        self.explicit_config = file_arg or config_path
+        self.config_path = self.explicit_config or "triggers.yaml"
+        self.state_arg = state
+        self._config = None
+
+    def config(self, light: bool = False):
+        if self._config is None:
+            from trigctl.config import load_config
+
+            self._config = load_config(self.config_path, light=light)
+        return self._config
+
+    def has_config(self) -> bool:
+        return Path(self.config_path).is_file()
+
+    def state_location(self, need_config: bool = True) -> str:
+        if self.state_arg:
+            return self.state_arg
+        if not need_config and not self.has_config():
+            raise Fatal(f"no {self.config_path} here: give -c/--config PATH or --state PATH")
+        return self.config(light=True).state_location()
+
+    def store(self, readonly: bool = False, need_config: bool = True):
+        from trigctl.store import open_store
+
+        return open_store(self.state_location(need_config), readonly=readonly)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="trigctl", prog_name="trigctl")
+@click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
+def main(debug: bool) -> None:
+    """trigctl: when X happens, run Y. Triggers and workflows in one YAML file, state in SQLite."""
+
+
+# ------------------------------------------------------------------------------------------- init
+
+STARTER = Path(__file__).with_name("starter.yaml")
+
+
+@main.command()
+@click.argument("path", default="triggers.yaml", required=False)
+@_guard
+def init(path: str) -> None:
+    """Write a commented starter triggers.yaml (refuses to overwrite)."""
+    target = Path(path)
+    if target.exists():
+        raise Fatal(f"{path} already exists; not overwriting it")
+    target.write_text(STARTER.read_text())
+    click.echo(f"wrote {path}: edit it, then `trigctl validate {path}` and `trigctl run {path}`")
+
+
+# --------------------------------------------------------------------------------------- validate
+
+
+@main.command()
+@click.argument("file", required=False)
+@config_option
+@json_option
+@_guard
+def validate(file: str | None, config_path: str | None, state: str | None, as_json: bool) -> None:
+    """Check FILE (schema, workflows, names, crons, callables, env vars); exit 0 or 2."""
+    from trigctl.config import ConfigError, load_config
+
+    env = Env(config_path, state, file)
+    try:
+        cfg = load_config(env.config_path)
+    except ConfigError as e:
+        if as_json:
+            render.print_json({"valid": False, "errors": [i.as_dict() for i in e.issues]})
+            raise click.exceptions.Exit(EXIT_USAGE) from None
+        raise
+    if as_json:
+        render.print_json({"valid": True, "errors": []})
+        return
+    click.echo(f"{env.config_path}: ok ({len(cfg.triggers)} triggers, {len(cfg.workflows)} workflows)")
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+@main.command()
+@click.argument("file", required=False)
+@config_option
+@click.option("--once", is_flag=True, help="Poll each enabled trigger once, wait for the runs, exit 1 if any failed.")
+@click.option("--trigger", "only", multiple=True, metavar="NAME", help="Only these triggers (repeatable).")
+@click.option("--grace", default="30s", show_default=True, help="On SIGINT/SIGTERM, how long running runs may finish.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_guard
+def run(file, config_path, state, once, only, grace, log_format) -> None:
+    """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
+    from trigctl.durations import DurationError, parse_duration
+    from trigctl.runner import EventFormatter, Runner
+    from trigctl.store import open_store
+
+    try:
+        grace_s = parse_duration(grace)
+    except DurationError as e:
+        raise Fatal(f"--grace: {e}") from None
+    env = Env(config_path, state, file)
+    cfg = env.config()
+    for name in only:
+        if cfg.trigger(name) is None:
+            raise Fatal(f"unknown trigger {name!r} (known: {', '.join(t.name for t in cfg.triggers) or 'none'})")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EventFormatter(log_format))
+    root = logging.getLogger("trigctl")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    store = open_store(env.state_location())
+    try:
+        code = Runner(cfg, store, only=set(only) if only else None, once=once, grace=grace_s).run()
+    finally:
+        store.close()
+    raise click.exceptions.Exit(code)
+
+
+# ------------------------------------------------------------------------------------------- poll
+
+
+@main.command()
+@click.argument("name")
+@config_option
+@json_option
+@_guard
+def poll(name, config_path, state, as_json) -> None:
+    """Evaluate one trigger now and show what it would fire. Starts nothing, records nothing."""
+    from trigctl.scheduler import Poll, Scheduler
+    from trigctl.triggers.base import PollOutcome
+
+    env = Env(config_path, state)
+    cfg = env.config()
+    tc = cfg.trigger(name)
+    if tc is None:
+        raise Fatal(f"unknown trigger {name!r}")
+    store = env.store(readonly=True)
+    sched = Scheduler(cfg, store, only={name})
+    rows = store.trigger_rows()
+    now = time.time()
+    slot = sched._add(tc, rows.get(name), now)
+    started = time.monotonic()
+    poll_ = Poll(slot, now, now, now + tc.timeout)
+    fires: list[dict[str, Any]] = []
+    result, error = "skipped", None
+    try:
+        if slot.impl is None:
+            raise RuntimeError(slot.load_error)
+        value = _poll_with_timeout(sched, poll_, tc.timeout)
+        if not isinstance(value, PollOutcome):
+            value = slot.impl.finish(value)
+        requests = sched.fire_requests(slot, value.fires)
+        any_fired = False
+        for ctx, req in zip(value.fires, requests):
+            suppressed, reason = store.dedupe_status(name, req.context_hash, req.dedupe)
+            any_fired = any_fired or not suppressed
+            fires.append({"context": cfg.redactor.value(ctx), "dedupe_key": req.context_hash, "suppressed": suppressed,
+                          "reason": reason or None})
+        if fires:
+            result = "fired" if any_fired else "duplicate"
+    except Exception as e:
+        from trigctl.scheduler import _describe
+
+        result, error = "error", cfg.redactor.text(_describe(e))
+    finally:
+        if slot.impl is not None:
+            slot.impl.close()
+    duration = time.monotonic() - started
+    if as_json:
+        doc = {"trigger_name": name, "result": result, "fires": fires, "duration": round(duration, 6)}
+        if error:
+            doc["error"] = error
+        render.print_json(doc)
+    else:
+        click.echo(f"{name}: {result} in {duration * 1000:.0f}ms" + (f": {error}" if error else ""))
+        for f in fires:
+            state_ = f"suppressed ({f['reason']})" if f["suppressed"] else "would start a run"
+            click.echo(f"  {state_}: {render._short_context(f['context'], 200)}  key={f['dedupe_key'][:12]}")
+    if result == "error":
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _poll_with_timeout(sched, poll_, timeout: float):
+    import asyncio
+    import inspect
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            value = sched.execute(poll_)
+            if inspect.isawaitable(value):
+                async def wrap():
+                    return await value
+                value = asyncio.run(wrap())
+                value = ("awaited", value)
+            box["value"] = value
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"poll timed out after {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    value = box["value"]
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "awaited":
+        return poll_.slot.impl.finish(value[1])
+    return value
+
+
+# ------------------------------------------------------------------------------------------- list
+
+
+@main.command(name="list")
+@config_option
+@json_option
+@_guard
+def list_(config_path, state, as_json) -> None:
+    """Each trigger: type, workflow, interval, enabled, last poll and result, next poll, runs, errors."""
+    env = Env(config_path, state)
+    cfg = env.config(light=True)
+    store = env.store(readonly=True)
+    rows = store.trigger_rows()
+    out = []
+    for tc in cfg.triggers:
+        row = rows.get(tc.name)
+        enabled = tc.enabled if row is None or row.enabled is None else row.enabled
+        interval = None if tc.type == "schedule" else tc.interval
+        out.append({
+            "name": tc.name, "type": tc.type, "workflow": tc.workflow, "interval": interval, "enabled": enabled,
+            "dedupe": tc.dedupe, "last_poll_at": render.iso(row.last_poll_at) if row else None,
+            "last_result": row.last_result if row else None,
+            "next_poll_at": render.iso(row.next_poll_at) if row and enabled else None,
+            "active_runs": row.active_runs if row else 0, "fires": row.fires if row else 0,
+            "consecutive_errors": row.consecutive_errors if row else 0,
+            "_last_poll_at": row.last_poll_at if row else None, "_next_poll_at": row.next_poll_at if row else None,
+        })
+    if as_json:
+        render.print_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in out])
+    else:
+        render.trigger_table(out)
+
+
+# ------------------------------------------------------------------------------- enable / disable
+
+
+def _set_enabled(names, config_path, state, value: bool) -> None:
+    env = Env(config_path, state)
+    if env.has_config() or not state:
+        known = {t.name for t in env.config(light=True).triggers}
+    else:
+        known = set(env.store(readonly=True, need_config=False).trigger_rows())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise Fatal(f"unknown trigger {unknown[0]!r}" + (f" (known: {', '.join(sorted(known))})" if known else ""))
+    store = env.store(need_config=False)
+    try:
+        store.set_enabled(names, value)
+    finally:
+        store.close()
+    click.echo(f"{'enabled' if value else 'disabled'}: {', '.join(names)}")
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@config_option
+@_guard
+def enable(names, config_path, state) -> None:
+    """Enable triggers (persisted; a running `trigctl run` honours it within a second)."""
+    _set_enabled(list(names), config_path, state, True)
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@config_option
+@_guard
+def disable(names, config_path, state) -> None:
+    """Disable triggers (persisted; survives restarts and YAML edits until `enable`)."""
+    _set_enabled(list(names), config_path, state, False)
+
+
+# ---------------------------------------------------------------------------------------- history
+
+
+def _since(value: str | None) -> float | None:
+    if not value:
+        return None
+    from datetime import datetime
+
+    from trigctl.durations import DurationError, parse_duration
+
+    try:
+        return time.time() - parse_duration(value)
+    except DurationError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return dt.timestamp()
+    except ValueError:
+        raise Fatal(f"--since: {value!r} is neither a duration (1h, 2d) nor an ISO time") from None
+
+
+@main.command()
+@click.argument("name", required=False)
+@config_option
+@json_option
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--status", help="queued, running, succeeded, failed, interrupted, cancelled, duplicate or error (comma-separated).")
+@click.option("--since", help="Only newer than this: a duration (1h, 2d) or an ISO time.")
+@_guard
+def history(name, config_path, state, as_json, limit, status, since) -> None:
+    """Newest first: fires with their runs' status and duration, suppressed duplicates, errors."""
+    from trigctl.store.base import RUN_STATUSES
+
+    statuses = [s.strip() for s in status.split(",")] if status else None
+    for s in statuses or []:
+        if s not in RUN_STATUSES + ("duplicate", "error"):
+            raise Fatal(f"--status: unknown status {s!r}")
+    env = Env(config_path, state)
+    store = env.store(readonly=True, need_config=False)
+    if name:
+        known = set(store.trigger_rows())
+        if env.has_config():
+            known |= {t.name for t in env.config(light=True).triggers}
+        if name not in known:
+            raise Fatal(f"unknown trigger {name!r}")
+    rows = store.history(name, limit, statuses, _since(since))
+    out = [history_doc(r) for r in rows]
+    if as_json:
+        render.print_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in out])
+    else:
+        render.history_table(out)
+
+
+def history_doc(r: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    is_fire = r["kind"] == "fire"
+    started = (r["run_started"] if is_fire else None) or r["created_at"]
+    completed = r["run_completed"] if is_fire else None
+    return {
+        "id": r["id"], "trigger_name": r["trigger_name"], "kind": r["kind"],
+        "context": json.loads(r["context"]) if r["context"] else None, "context_hash": r["context_hash"],
+        "run_id": r["run_id"], "status": r["run_status"] if is_fire else None,
+        "started_at": render.iso(started), "completed_at": render.iso(completed),
+        "duration": round(completed - started, 6) if completed and started else None,
+        "error": r["run_error"] if is_fire else r["error"], "count": r["count"],
+        "_when": r["updated_at"] if r["kind"] != "fire" else r["created_at"],
+    }
+
+
+# ------------------------------------------------------------------------------------ show/cancel
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@config_option
+@json_option
+@_guard
+def show(run_id, config_path, state, as_json) -> None:
+    """One run: context, each task's status, exit code, duration and last lines of output."""
+    store = Env(config_path, state).store(readonly=True, need_config=False)
+    run = store.get_run(run_id)
+    if run is None:
+        raise Fatal(f"no run {run_id}")
+    tasks = [
+        {"name": t["name"], "status": t["status"], "exit_code": t["exit_code"], "started_at": render.iso(t["started_at"]),
+         "completed_at": render.iso(t["completed_at"]),
+         "duration": round(t["completed_at"] - t["started_at"], 6) if t["completed_at"] and t["started_at"] else None,
+         "output_tail": t["output_tail"] or ""}
+        for t in run.tasks
+    ]
+    doc = {"id": run.id, "trigger_name": run.trigger_name, "workflow": run.workflow, "status": run.status,
+           "context": run.context, "started_at": render.iso(run.started_at), "completed_at": render.iso(run.completed_at),
+           "tasks": tasks}
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.run_view({**doc, "_started_at": run.started_at, "_completed_at": run.completed_at}, run.error)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@config_option
+@_guard
+def cancel(run_id, config_path, state) -> None:
+    """Terminate a queued or running run (its whole process group); it ends `cancelled`."""
+    from trigctl.procs import kill_recorded_group
+    from trigctl.store import StateLocked
+
+    store = Env(config_path, state).store(need_config=False)
+    try:
+        run = store.get_run(run_id)
+        if run is None:
+            raise Fatal(f"no run {run_id}")
+        if run.status not in ("queued", "running"):
+            raise Fatal(f"run {run_id} is not active (it {run.status})", EXIT_FAILED)
+        if run.status == "queued":
+            store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`")
+            click.echo(f"run {run_id} cancelled (it was queued)")
+            return
+        store.request_cancel(run_id, time.time())
+        try:
+            store.lock_for_run()  # no `trigctl run` alive: this process ends the run itself
+        except StateLocked:
+            click.echo(f"run {run_id}: cancel requested; the running trigctl stops it within a second")
+            return
+        for t in run.tasks:
+            kill_recorded_group(t.get("pid"), t.get("pgid"), t.get("proc_start"))
+        store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`")
+        click.echo(f"run {run_id} cancelled")
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------------------------------ prune
+
+
+@main.command()
+@click.option("--older-than", "older_than", required=True, help="A duration: 30d, 12h...")
+@config_option
+@_guard
+def prune(older_than, config_path, state) -> None:
+    """Delete history older than that; active runs and dedupe state are kept."""
+    from trigctl.durations import DurationError, parse_duration
+
+    try:
+        age = parse_duration(older_than)
+    except DurationError as e:
+        raise Fatal(f"--older-than: {e}") from None
+    store = Env(config_path, state).store(need_config=False)
+    try:
+        n = store.prune(time.time() - age)
+    finally:
+        store.close()
+    click.echo(f"pruned {n} history entries older than {older_than}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The foreground loop: owns the clock, the threads, signals, reload, crash recovery and shutdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from trigctl.config import Config, ConfigError, load_config
+from trigctl.dispatch import Dispatcher
+from trigctl.procs import kill_recorded_group
+from trigctl.scheduler import Poll, PollReport, Scheduler
+from trigctl.store.base import Store
+from trigctl.workflows import WorkflowRunner
+
+log = logging.getLogger("trigctl")
+
+DB_WATCH_EVERY = 0.25  # seconds: how often `enable`/`disable`/`cancel` from other shells are looked for
+MAX_RERUN_CHAIN = 3  # a run interrupted this many times in a row is not rerun again
+
+
+class Runner:
+    def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
+                 only: set[str] | None = None, once: bool = False, grace: float = 30.0,
+                 install_signals: bool = True, kill_grace: float = 5.0):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.once = once
+        self.grace = grace
+        self.install_signals = install_signals
+        self.scheduler = Scheduler(config, store, only=only)
+        self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished, kill_grace=kill_grace)
+        self.dispatcher = Dispatcher(self.scheduler.execute, self._post)
+        self._event = threading.Event()
+        self._results: deque = deque()
+        self._wakes: deque = deque()
+        self._finished_runs: deque = deque()
+        self._signals = 0
+        self._reload_requested = False
+        self._token = None
+        self._last_watch = 0.0
+        # for --once
+        self.poll_errors = 0
+        self.failed_runs = 0
+        self._my_runs: set[int] = set()
+
+    # ---------------------------------------------------------------------------- thread bridges
+
+    def _post(self, poll: Poll, result: Any, error: BaseException | None) -> None:
+        self._results.append((poll, result, error))
+        self._event.set()
+
+    def _wake_trigger(self, name: str) -> None:
+        self._wakes.append(name)
+        self._event.set()
+
+    def _run_finished(self, run_id: int, status: str, error: str | None) -> None:
+        self._finished_runs.append((run_id, status, error))
+        self._event.set()
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self._signals += 1
+            if self._signals >= 2:
+                self.workflows.cancel_all("cancelled")
+        self._event.set()
+
+    # ------------------------------------------------------------------------------------ recover
+
+    def recover(self) -> None:
+        """Runs that were running when a previous process died: kill leftovers, mark, maybe rerun."""
+        now = self.clock()
+        for run in self.store.active_runs():
+            if run.status != "running":
+                continue  # queued runs stay queued: the queue survives restarts
+            for task in run.tasks:
+                if task.get("pgid"):
+                    if kill_recorded_group(task.get("pid"), task["pgid"], task.get("proc_start")):
+                        log.warning("run %d: terminated task %s left over from the previous process", run.id, task["name"])
+            self.store.finish_run(run.id, "interrupted", now, "interrupted: trigctl stopped while the run was active")
+            tc = self.config.trigger(run.trigger_name)
+            chain = self._chain_length(run.id)
+            if tc is None or tc.on_interrupt != "rerun" or run.workflow != tc.workflow:
+                self.emit("interrupted", trigger=run.trigger_name, run_id=run.id, action="marked")
+                continue
+            if chain >= MAX_RERUN_CHAIN:
+                self.emit("interrupted", trigger=run.trigger_name, run_id=run.id,
+                          action=f"not rerun: interrupted {chain} times in a row")
+                continue
+            res = self.store.enqueue_run(run.trigger_name, run.workflow, run.context, now, rerun_of=run.id,
+                                         dedupe=run.dedupe, context_hash=run.context_hash, max_attempts=tc.max_attempts)
+            self.emit("interrupted", trigger=run.trigger_name, run_id=run.id,
+                      action=f"rerun as run {res.run_id}" if not res.suppressed else "key already active")
+
+    def _chain_length(self, run_id: int) -> int:
+        n, current = 0, self.store.get_run(run_id)
+        while current is not None and n < MAX_RERUN_CHAIN + 1:
+            n += 1
+            if current.rerun_of is None:
+                break
+            current = self.store.get_run(current.rerun_of)
+            if current is None or current.status != "interrupted":
+                break
+        return n
+
+    # --------------------------------------------------------------------------------------- loop
+
+    def run(self) -> int:
+        self.store.lock_for_run()
+        if self.install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
+        self.recover()
+        now = self.clock()
+        self.scheduler.load(now)
+        self.scheduler.start_triggers(self._wake_trigger)
+        self._token = self.store.change_token()
+        enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
+        self.emit("start", triggers=len(self.scheduler.slots), enabled=enabled, state=getattr(self.store, "path", ""),
+                  pid=os.getpid())
+        first = True
+        try:
+            while not self._signals:
+                now = self.clock()
+                self._step(now, force=self.once and first)
+                first = False
+                if self.once and self._once_done():
+                    break
+                self._event.wait(self._wait_for(self.clock()))
+                self._event.clear()
+        finally:
+            self._shutdown()
+        if self.once:
+            return 1 if (self.poll_errors or self.failed_runs) else 0
+        return 0
+
+    def _step(self, now: float, force: bool = False) -> None:
+        sched = self.scheduler
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload(now)
+        while self._wakes:
+            sched.wake(self._wakes.popleft(), now)
+        while self._results:
+            poll, result, error = self._results.popleft()
+            report = sched.complete(poll, result, error, self.clock())
+            if report:
+                self._report(report)
+        for report in sched.expire(now):
+            self._report(report)
+        while self._finished_runs:
+            run_id, status, error = self._finished_runs.popleft()
+            self.emit("run_finished", run_id=run_id, status=status, error=error)
+            if run_id in self._my_runs and status != "succeeded":
+                self.failed_runs += 1
+        if now - self._last_watch >= DB_WATCH_EVERY:
+            self._last_watch = now
+            self._watch_state(now)
+        if not (self.once and not force):
+            for poll in sched.tick(now, force=force):
+                impl = poll.slot.impl
+                self.dispatcher.submit(poll, blocking=impl.blocking if impl is not None else False)
+        for run in self.workflows.pump():
+            self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
+        sched.flush(now)
+        self._my_runs.update(sched.alerts)
+        sched.alerts.clear()
+
+    def _watch_state(self, now: float) -> None:
+        token = self.store.change_token()
+        if token == self._token:
+            return
+        self._token = token
+        rows = self.store.trigger_rows()
+        for name, slot in self.scheduler.slots.items():
+            row = rows.get(name)
+            if row is None:
+                continue
+            want = slot.config.enabled if row.enabled is None else row.enabled
+            if want != slot.enabled:
+                self.scheduler.set_enabled(name, want, now)
+                self.emit("enabled" if want else "disabled", trigger=name)
+        for run_id in self.store.cancel_requested():
+            if self.workflows.cancel(run_id):
+                self.emit("cancelling", run_id=run_id)
+
+    def _wait_for(self, now: float) -> float:
+        candidates = [DB_WATCH_EVERY]
+        for t in (self.scheduler.next_due(), self.scheduler.next_deadline()):
+            if t is not None:
+                candidates.append(t - now)
+        lane = self.dispatcher.check()
+        if lane is not None:
+            candidates.append(lane)
+        return max(0.0, min(candidates))
+
+    def _once_done(self) -> bool:
+        busy = any(s.in_flight is not None and not s.in_flight.timed_out for s in self.scheduler.slots.values())
+        if busy or self._results or self._finished_runs:
+            return False
+        return self.workflows.count() == 0 and not self.workflows.pump()
+
+    def _report(self, report: PollReport) -> None:
+        if report.result == "error":
+            self.poll_errors += 1
+            self.emit("error", trigger=report.trigger, error=report.error)
+            return
+        for context, res in report.fires:
+            if res.suppressed:
+                self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
+            else:
+                self._my_runs.add(res.run_id)
+                self.emit("fired", trigger=report.trigger, run_id=res.run_id,
+                          context=self.config.redactor.value(context))
+
+    def reload(self, now: float) -> None:
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as e:
+            self.emit("reload_refused", error=str(e.issues[0]) + (f" (+{len(e.issues) - 1} more)" if len(e.issues) > 1 else ""))
+            return
+        changes = self.scheduler.reload(new, now)
+        self.scheduler.start_triggers(self._wake_trigger)
+        self.config = new
+        self.workflows.config = new
+        self.emit("reloaded", changes=", ".join(changes) or "no changes")
+
+    def _shutdown(self) -> None:
+        self.emit("stopping", active_runs=self.workflows.count(), grace=self.grace)
+        self.dispatcher.close()
+        deadline = time.monotonic() + (0 if self.once else self.grace)
+        while self.workflows.count() and time.monotonic() < deadline and self._signals < 2:
+            self._event.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+            self._event.clear()
+        if self.workflows.count():
+            self.workflows.cancel_all("cancelled")
+            self.workflows.join(self.workflows.kill_grace + 5)
+        while self._finished_runs:
+            run_id, status, error = self._finished_runs.popleft()
+            self.emit("run_finished", run_id=run_id, status=status, error=error)
+            if run_id in self._my_runs and status != "succeeded":
+                self.failed_runs += 1
+        try:
+            self.scheduler.flush(self.clock(), force=True)
+        finally:
+            self.scheduler.close()
+            self.emit("stopped")
+
+    # ---------------------------------------------------------------------------------------- log
+
+    def emit(self, event: str, **fields: Any) -> None:
+        log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
+
+
+class EventFormatter(logging.Formatter):
+    """One line per event on stderr: text for people, JSON for machines."""
+
+    def __init__(self, fmt: str = "text"):
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        event = getattr(record, "trigctl_event", None)
+        fields = getattr(record, "trigctl_fields", {}) if event else {}
+        if self.json:
+            doc = {"ts": ts.isoformat().replace("+00:00", "Z"), "level": record.levelname.lower(),
+                   "event": event or "log", **fields}
+            if not event:
+                doc["message"] = record.getMessage()
+            return json.dumps(doc, default=str)
+        stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+        if not event:
+            return f"{stamp} {record.levelname.lower()} {record.getMessage()}"
+        parts = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None and v != "")
+        return f"{stamp} {event} {parts}".rstrip()
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    s = str(v)
+    return json.dumps(s) if (" " in s or not s) else s

@@ -1,0 +1,425 @@
+"""The scheduler: a heap of due times, polls in flight, backoff, dedupe and recording.
+
+It holds no threads and reads no clock of its own: :meth:`Scheduler.tick` takes ``now`` and returns
+the polls that are due, :meth:`Scheduler.complete` takes a poll's result. The real loop
+(:mod:`trigctl.runner`) owns the clock and the threads; tests drive ticks directly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trigctl.config import Config, TriggerConfig
+from trigctl.store.base import FireRequest, FireResult, PollStats, Store, dedupe_hash
+from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_types
+
+log = logging.getLogger("trigctl.scheduler")
+
+STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
+
+
+@dataclass
+class Slot:
+    """One configured trigger, as the scheduler tracks it."""
+
+    config: TriggerConfig
+    impl: TriggerType | None
+    load_error: str | None
+    enabled: bool
+    due_at: float
+    stats: PollStats
+    cursor: str | None = None
+    kv: dict[str, Any] = field(default_factory=dict)
+    in_flight: Poll | None = None
+    waiting: bool = False  # due while a poll was in flight: poll again as soon as it returns
+    error_alerted: bool = False
+    generation: int = 0
+    started: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class Poll:
+    slot: Slot
+    due_at: float
+    started_at: float
+    deadline: float
+    timed_out: bool = False
+
+
+@dataclass
+class PollReport:
+    """What one completed poll did, for logs and `run --once`."""
+
+    trigger: str
+    result: str  # fired | skipped | duplicate | error
+    fires: list[tuple[dict[str, Any], FireResult]] = field(default_factory=list)
+    error: str | None = None
+    late: bool = False
+
+
+class Scheduler:
+    def __init__(self, config: Config, store: Store, *, rng: random.Random | None = None,
+                 only: set[str] | None = None):
+        self.config = config
+        self.store = store
+        self.rng = rng or random.Random()
+        self.only = only
+        self.slots: dict[str, Slot] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = 0
+        self._last_flush = 0.0
+        self.alerts: list[int] = []  # runs started by on_error
+
+    # ------------------------------------------------------------------------------------- set-up
+
+    def load(self, now: float) -> None:
+        self.store.sync_triggers(t.name for t in self.config.triggers)
+        rows = self.store.trigger_rows()
+        for tc in self.config.triggers:
+            if self.only is not None and tc.name not in self.only:
+                continue
+            self._add(tc, rows.get(tc.name), now)
+
+    def _make_impl(self, tc: TriggerConfig) -> tuple[TriggerType | None, str | None]:
+        cls = trigger_types().get(tc.type)
+        if cls is None:
+            return None, f"trigger type {tc.type!r} is not available"
+        try:
+            return cls(tc, Path(self.config.base_dir)), None
+        except Exception as e:  # the user's class constructor may raise anything
+            return None, f"cannot set up trigger: {type(e).__name__}: {e}"
+
+    def _add(self, tc: TriggerConfig, row, now: float) -> Slot:
+        impl, err = self._make_impl(tc)
+        enabled = tc.enabled if row is None or row.enabled is None else row.enabled
+        stored_due = row.next_poll_at if row else None
+        if impl is not None and impl.has_own_schedule:
+            due = stored_due if stored_due is not None else impl.next_due(None, now)
+        else:
+            # After downtime the stored due time is in the past: poll once now, not a burst.
+            due = stored_due if stored_due is not None else now + self._jitter(tc)
+        slot = Slot(
+            config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, stats=PollStats(tc.name),
+            cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name),
+            error_alerted=row.error_alerted if row else False,
+        )
+        if row:
+            slot.stats.last_poll_at, slot.stats.last_result = row.last_poll_at, row.last_result
+            slot.stats.consecutive_errors = row.consecutive_errors
+        slot.stats.next_poll_at = due
+        self.slots[tc.name] = slot
+        self._push(slot)
+        return slot
+
+    def reload(self, config: Config, now: float) -> list[str]:
+        """Apply a new config without touching active runs. State follows trigger names."""
+        old = self.slots
+        self.config = config
+        self.store.sync_triggers(t.name for t in config.triggers)
+        rows = self.store.trigger_rows()
+        changes = []
+        new_slots: dict[str, Slot] = {}
+        for tc in config.triggers:
+            if self.only is not None and tc.name not in self.only:
+                continue
+            prev = old.get(tc.name)
+            if prev is not None and prev.config == tc:
+                new_slots[tc.name] = prev
+                continue
+            if prev is not None and prev.impl is not None:
+                _close(prev.impl)
+            slot = self._add(tc, rows.get(tc.name), now)
+            if prev is not None:
+                slot.in_flight, slot.waiting = prev.in_flight, prev.waiting
+                slot.stats = prev.stats
+                # The next poll is the earlier of the stored one and now + the new interval.
+                if slot.impl is None or not slot.impl.has_own_schedule:
+                    slot.due_at = min(prev.due_at, now + tc.interval)
+                changes.append(f"changed {tc.name}")
+            else:
+                changes.append(f"added {tc.name}")
+            new_slots[tc.name] = slot
+            self._push(slot)
+        for name, slot in old.items():
+            if name not in new_slots:
+                slot.generation += 1
+                if slot.impl is not None:
+                    _close(slot.impl)
+                changes.append(f"removed {name}")
+        self.slots = new_slots
+        return changes
+
+    def start_triggers(self, wake: Callable[[str], None]) -> None:
+        for slot in self.slots.values():
+            if slot.impl is not None and not slot.started:
+                slot.started = True
+                try:
+                    slot.impl.start(lambda n=slot.name: wake(n))
+                except Exception as e:
+                    log.warning("trigger %s: cannot start watching (%s); polling only", slot.name, e)
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            if slot.impl is not None:
+                _close(slot.impl)
+
+    # ------------------------------------------------------------------------------------ the heap
+
+    def _jitter(self, tc: TriggerConfig) -> float:
+        return self.rng.uniform(0, tc.jitter) if tc.jitter > 0 else 0.0
+
+    def _push(self, slot: Slot) -> None:
+        slot.generation += 1
+        self._seq += 1
+        heapq.heappush(self._heap, (slot.due_at, self._seq, slot.name, slot.generation))
+
+    def next_due(self) -> float | None:
+        while self._heap:
+            due, _, name, gen = self._heap[0]
+            slot = self.slots.get(name)
+            if slot is None or slot.generation != gen:
+                heapq.heappop(self._heap)
+                continue
+            return due
+        return None
+
+    def wake(self, name: str, now: float) -> None:
+        """A watch event: due now (events coalesce), without skipping an error backoff."""
+        slot = self.slots.get(name)
+        if slot is None or not slot.enabled:
+            return
+        if slot.stats.consecutive_errors:
+            return  # a backing-off trigger keeps its backoff
+        if slot.in_flight is not None:
+            slot.waiting = True
+            return
+        if slot.due_at > now:
+            slot.due_at = now
+            self._push(slot)
+
+    def set_enabled(self, name: str, enabled: bool, now: float) -> None:
+        slot = self.slots.get(name)
+        if slot is None or slot.enabled == enabled:
+            return
+        slot.enabled = enabled
+        if enabled:
+            slot.due_at = min(max(slot.due_at, now), now + slot.config.interval) if not (
+                slot.impl and slot.impl.has_own_schedule) else slot.due_at
+            self._push(slot)
+
+    def tick(self, now: float, force: bool = False) -> list[Poll]:
+        """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now."""
+        polls: list[Poll] = []
+        if force:
+            candidates = list(self.slots.values())
+            self._heap.clear()
+        else:
+            candidates = []
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                _, _, name, gen = heapq.heappop(heap)
+                slot = self.slots.get(name)
+                if slot is not None and slot.generation == gen:
+                    candidates.append(slot)
+        for slot in candidates:
+            if not slot.enabled:
+                continue
+            if slot.in_flight is not None:
+                slot.waiting = True
+                continue
+            poll = Poll(slot, slot.due_at if not force else now, now, now + slot.config.timeout)
+            slot.in_flight = poll
+            polls.append(poll)
+        return polls
+
+    def poll_context(self, poll: Poll) -> PollContext:
+        slot = poll.slot
+        return PollContext(due_at=poll.due_at, now=poll.started_at, cursor=slot.cursor, state=slot.kv,
+                           timeout=slot.config.timeout)
+
+    def execute(self, poll: Poll) -> Any:
+        """Run one poll (on whatever thread the dispatcher chose)."""
+        slot = poll.slot
+        if slot.impl is None:
+            raise RuntimeError(slot.load_error or "trigger is not set up")
+        return slot.impl.poll(self.poll_context(poll))
+
+    # --------------------------------------------------------------------------------- completion
+
+    def expire(self, now: float) -> list[PollReport]:
+        """Polls past their timeout become errors now; the call itself is left to return."""
+        reports = []
+        for slot in self.slots.values():
+            poll = slot.in_flight
+            if poll is not None and not poll.timed_out and poll.deadline <= now:
+                poll.timed_out = True
+                reports.append(self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now))
+        return reports
+
+    def next_deadline(self) -> float | None:
+        deadlines = [s.in_flight.deadline for s in self.slots.values() if s.in_flight and not s.in_flight.timed_out]
+        return min(deadlines) if deadlines else None
+
+    def complete(self, poll: Poll, result: Any, error: BaseException | None, now: float) -> PollReport | None:
+        slot = poll.slot
+        if self.slots.get(slot.name) is not slot:
+            return None  # removed by a reload while in flight
+        if slot.in_flight is poll:
+            slot.in_flight = None
+        if poll.timed_out:
+            log.info("trigger %s: a timed-out poll returned after %.1fs; result dropped", slot.name, now - poll.started_at)
+            self._after_inflight(slot, now)
+            return None
+        outcome: PollOutcome | None = None
+        if error is None:
+            try:
+                if isinstance(result, tuple) and len(result) == 2 and result[0] == "awaited":
+                    result = slot.impl.finish(result[1]) if slot.impl else result[1]
+                if not isinstance(result, PollOutcome):
+                    raise TypeError(f"trigger returned {type(result).__name__}, not a poll outcome")
+                outcome = result
+            except Exception as e:
+                error = e
+        if error is not None:
+            report = self._error(slot, poll, _describe(error), now)
+        else:
+            report = self._success(slot, poll, outcome, now)
+        self._after_inflight(slot, now)
+        return report
+
+    def _after_inflight(self, slot: Slot, now: float) -> None:
+        if slot.waiting:
+            slot.waiting = False
+            if slot.stats.consecutive_errors == 0:  # due (or woken) while in flight: go again now
+                slot.due_at = min(slot.due_at, now)
+        self._push(slot)
+
+    def _next_due(self, slot: Slot, poll: Poll, now: float) -> float:
+        tc = slot.config
+        if slot.impl is not None and slot.impl.has_own_schedule:
+            return slot.impl.next_due(poll.due_at, now)
+        grid = poll.due_at
+        nxt = grid + tc.interval
+        if nxt <= now:  # late by more than an interval: skip the missed slots, stay on the grid
+            missed = int((now - grid) // tc.interval)
+            nxt = grid + (missed + 1) * tc.interval
+        return nxt + self._jitter(tc)
+
+    def _success(self, slot: Slot, poll: Poll, outcome: PollOutcome, now: float) -> PollReport:
+        tc = slot.config
+        stats = slot.stats
+        stats.polls += 1
+        stats.last_poll_at = now
+        stats.consecutive_errors = 0
+        slot.due_at = self._next_due(slot, poll, now)
+        stats.next_poll_at = slot.due_at
+        if outcome.cursor is not None:
+            slot.cursor = outcome.cursor
+        if not outcome.fires:
+            stats.last_result = "skipped"
+            stats.dirty = True
+            if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
+                # State that must survive (a cursor, a file forgotten) is written now, with no fire.
+                self._record(slot, [], outcome, now)
+            return PollReport(tc.name, "skipped")
+        results = self._record(slot, outcome.fires, outcome, now)
+        fired = any(not r.suppressed for r in results)
+        return PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
+
+    def fire_requests(self, slot: Slot, contexts: list[dict[str, Any]]) -> list[FireRequest]:
+        tc = slot.config
+        keys = tc.dedupe_key
+        if keys is None and slot.impl is not None:
+            keys = slot.impl.default_dedupe_key
+        redact = self.config.redactor.value
+        return [
+            FireRequest(context=redact(ctx), context_hash=dedupe_hash(tc.name, ctx, keys), dedupe=tc.dedupe,
+                        max_attempts=tc.max_attempts)
+            for ctx in contexts
+        ]
+
+    def _record(self, slot: Slot, contexts: list[dict[str, Any]], outcome: PollOutcome, now: float) -> list[FireResult]:
+        stats = slot.stats
+        requests = self.fire_requests(slot, contexts)
+        if contexts:
+            stats.last_result = "fired"
+        results = self.store.record_fires(slot.name, slot.config.workflow, requests, stats, now, outcome.cursor,
+                                          outcome.state_updates)
+        if contexts and all(r.suppressed for r in results):
+            stats.last_result = "duplicate"
+            self.store.flush_stats([_result_only(stats)])
+        slot.error_alerted = False
+        for k, v in outcome.state_updates.items():
+            if v is None:
+                slot.kv.pop(k, None)
+            else:
+                slot.kv[k] = v
+        stats.dirty = False
+        return results
+
+    def _error(self, slot: Slot, poll: Poll, message: str, now: float) -> PollReport:
+        tc = slot.config
+        stats = slot.stats
+        message = self.config.redactor.text(message)
+        stats.polls += 1
+        stats.last_poll_at = now
+        stats.last_result = "error"
+        stats.consecutive_errors += 1
+        n = stats.consecutive_errors
+        cap = max(tc.max_backoff, tc.interval)
+        base = tc.interval if not (slot.impl and slot.impl.has_own_schedule) else max(tc.interval, 1.0)
+        backoff = min(base * (2 ** min(n, 40)), cap)
+        slot.due_at = max(poll.due_at + backoff, now)
+        stats.next_poll_at = slot.due_at
+        self.store.record_error(tc.name, message, stats, now)
+        stats.dirty = False
+        if tc.on_error_workflow and n >= (tc.on_error_after or 3) and not slot.error_alerted:
+            slot.error_alerted = True
+            self.store.set_error_alerted(tc.name, True)
+            ctx = {"trigger": tc.name, "error": message, "consecutive_errors": n}
+            run_id = self.store.enqueue_run(tc.name, tc.on_error_workflow, ctx, now).run_id
+            self.alerts.append(run_id)
+            log.warning("trigger %s: %d errors in a row; started %s (run %d)", tc.name, n, tc.on_error_workflow, run_id)
+        return PollReport(tc.name, "error", error=message)
+
+    def flush(self, now: float, force: bool = False) -> None:
+        """Write the skipped polls' counters in one batch, at most every STATS_FLUSH_EVERY seconds."""
+        if not force and now - self._last_flush < STATS_FLUSH_EVERY:
+            return
+        self._last_flush = now
+        dirty = [s.stats for s in self.slots.values() if s.stats.dirty]
+        if not dirty:
+            return
+        self.store.flush_stats(dirty)
+        for st in dirty:
+            st.dirty = False
+            st.polls = 0
+
+
+def _result_only(stats: PollStats) -> PollStats:
+    return PollStats(stats.name, stats.last_poll_at, stats.last_result, stats.next_poll_at, 0, stats.consecutive_errors)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    if name in ("PollError",):
+        return text
+    return f"{name}: {text}" if text else name
+
+
+def _close(impl: TriggerType) -> None:
+    try:
+        impl.close()
+    except Exception as e:
+        log.warning("trigger %s: close() raised %s: %s", impl.config.name, type(e).__name__, e)

@@ -1,0 +1,167 @@
+"""The state interface every backend implements, and the records it hands out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVE_STATUSES = ("queued", "running")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "interrupted", "cancelled")
+
+
+class StateError(Exception):
+    """The state cannot be opened or written (locked by another run, read-only, disk full...)."""
+
+
+class StateLocked(StateError):
+    pass
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def dedupe_hash(trigger_name: str, context: dict[str, Any], keys: tuple[str, ...] | None) -> str:
+    """SHA-256 of the canonical JSON of the trigger name and the context (or its `keys` subset).
+
+    ``keys=()`` is one fixed key per trigger (schedule triggers; an empty context gives the same).
+    """
+    subset = context if keys is None else {k: context.get(k) for k in keys}
+    return hashlib.sha256(canonical_json([trigger_name, subset]).encode()).hexdigest()
+
+
+@dataclass
+class FireRequest:
+    context: dict[str, Any]
+    context_hash: str
+    dedupe: str  # running | once | none
+    max_attempts: int = 3
+    rerun_of: int | None = None
+
+
+@dataclass
+class FireResult:
+    run_id: int | None  # the new run, or the run that blocked it
+    suppressed: bool
+    reason: str = ""
+
+
+@dataclass
+class PollStats:
+    """In-memory counters of a trigger, flushed in batches (skips write no rows)."""
+
+    name: str
+    last_poll_at: float | None = None
+    last_result: str | None = None
+    next_poll_at: float | None = None
+    polls: int = 0
+    consecutive_errors: int = 0
+    dirty: bool = False
+
+
+@dataclass
+class TriggerRow:
+    name: str
+    enabled: bool | None  # stored override, None = the YAML's value
+    cursor: str | None
+    next_poll_at: float | None
+    last_poll_at: float | None
+    last_result: str | None
+    fires: int
+    polls: int
+    consecutive_errors: int
+    error_alerted: bool
+    last_error: str | None
+    active_runs: int = 0
+
+
+@dataclass
+class RunRow:
+    id: int
+    trigger_name: str
+    workflow: str
+    status: str
+    context: dict[str, Any]
+    context_hash: str | None
+    dedupe: str
+    attempt: int
+    rerun_of: int | None
+    queued_at: float
+    started_at: float | None
+    completed_at: float | None
+    error: str | None
+    triggered_at: float
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Store(ABC):
+    """One owner of the state. All methods are thread-safe within a process."""
+
+    # -- lifecycle
+    @abstractmethod
+    def close(self) -> None: ...
+    @abstractmethod
+    def lock_for_run(self) -> None:
+        """Claim the state for one `trigctl run`; StateLocked if another holds it."""
+
+    # -- triggers
+    @abstractmethod
+    def sync_triggers(self, names: Iterable[str]) -> None: ...
+    @abstractmethod
+    def trigger_rows(self) -> dict[str, TriggerRow]: ...
+    @abstractmethod
+    def set_enabled(self, names: Iterable[str], enabled: bool) -> None: ...
+    @abstractmethod
+    def flush_stats(self, stats: Iterable[PollStats]) -> None: ...
+    @abstractmethod
+    def load_kv(self, trigger: str) -> dict[str, Any]: ...
+    @abstractmethod
+    def change_token(self) -> int:
+        """A number that changes when another process commits (enable/disable/cancel)."""
+
+    # -- polls
+    @abstractmethod
+    def record_fires(
+        self, trigger: str, workflow: str, fires: list[FireRequest], stats: PollStats, now: float,
+        cursor: str | None, state_updates: dict[str, Any],
+    ) -> list[FireResult]: ...
+    @abstractmethod
+    def record_error(self, trigger: str, message: str, stats: PollStats, now: float) -> int: ...
+    @abstractmethod
+    def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]: ...
+    @abstractmethod
+    def enqueue_run(self, trigger: str, workflow: str, context: dict[str, Any], now: float, *, rerun_of: int | None = None,
+                    dedupe: str = "none", context_hash: str | None = None, max_attempts: int = 3) -> FireResult:
+        """A run not started by a poll (an on_error alert, a rerun after a crash)."""
+    @abstractmethod
+    def set_error_alerted(self, trigger: str, alerted: bool) -> None: ...
+
+    # -- runs
+    @abstractmethod
+    def claim_next_queued(self, now: float) -> RunRow | None: ...
+    @abstractmethod
+    def task_started(self, run_id: int, idx: int, name: str, now: float, pid: int | None, pgid: int | None,
+                     proc_start: str | None) -> None: ...
+    @abstractmethod
+    def task_finished(self, run_id: int, idx: int, status: str, exit_code: int | None, now: float,
+                      output_tail: str, attempts: int) -> None: ...
+    @abstractmethod
+    def finish_run(self, run_id: int, status: str, now: float, error: str | None = None) -> None: ...
+    @abstractmethod
+    def request_cancel(self, run_id: int, now: float) -> str | None: ...
+    @abstractmethod
+    def cancel_requested(self) -> set[int]: ...
+    @abstractmethod
+    def active_runs(self) -> list[RunRow]: ...
+
+    # -- reading
+    @abstractmethod
+    def history(self, trigger: str | None, limit: int, statuses: list[str] | None, since: float | None) -> list[dict]: ...
+    @abstractmethod
+    def get_run(self, run_id: int) -> RunRow | None: ...
+    @abstractmethod
+    def prune(self, before: float) -> int: ...

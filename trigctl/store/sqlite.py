@@ -1,0 +1,570 @@
+"""The SQLite state: one connection per process, WAL, busy timeout, explicit transactions.
+
+Dedupe is held by the database itself: a run that holds its key has ``active_key`` set, and a
+partial unique index on (trigger_name, active_key) refuses a second holder. Finishing a run clears
+``active_key`` in the same UPDATE that sets its final status, so a key can never outlive its run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from trigctl.store.base import (
+    FireRequest,
+    FireResult,
+    PollStats,
+    RunRow,
+    StateError,
+    StateLocked,
+    Store,
+    TriggerRow,
+    dedupe_hash,
+)
+
+BUSY_TIMEOUT_MS = 15_000
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE triggers (
+        name TEXT PRIMARY KEY,
+        enabled INTEGER,               -- NULL: the YAML's value; 0/1: `trigctl enable/disable`
+        cursor TEXT,
+        next_poll_at REAL,
+        last_poll_at REAL,
+        last_result TEXT,
+        fires INTEGER NOT NULL DEFAULT 0,
+        polls INTEGER NOT NULL DEFAULT 0,
+        consecutive_errors INTEGER NOT NULL DEFAULT 0,
+        error_alerted INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE TABLE trigger_kv (
+        trigger_name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (trigger_name, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        trigger_name TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        status TEXT NOT NULL,
+        context TEXT NOT NULL,
+        context_hash TEXT,
+        dedupe TEXT NOT NULL,
+        active_key TEXT,               -- = context_hash while queued/running under dedupe running|once
+        attempt INTEGER NOT NULL DEFAULT 1,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        rerun_of INTEGER,
+        triggered_at REAL NOT NULL,
+        queued_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL,
+        error TEXT,
+        owner_pid INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX runs_active_key ON runs (trigger_name, active_key) WHERE active_key IS NOT NULL;
+    CREATE INDEX runs_status ON runs (status) WHERE status IN ('queued', 'running');
+    CREATE INDEX runs_trigger_key ON runs (trigger_name, context_hash);
+    CREATE TABLE tasks (
+        run_id INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        started_at REAL,
+        completed_at REAL,
+        output_tail TEXT,
+        pid INTEGER,
+        pgid INTEGER,
+        proc_start TEXT,
+        PRIMARY KEY (run_id, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        trigger_name TEXT NOT NULL,
+        kind TEXT NOT NULL,            -- fire | duplicate | error
+        context TEXT,
+        context_hash TEXT,
+        run_id INTEGER,
+        error TEXT,
+        count INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX events_trigger_time ON events (trigger_name, created_at);
+    CREATE INDEX events_time ON events (created_at);
+    CREATE INDEX events_dup ON events (trigger_name, context_hash, run_id) WHERE kind = 'duplicate';
+    CREATE TABLE dedupe_once (
+        trigger_name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        succeeded_run INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        given_up INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (trigger_name, key)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+def _err(e: BaseException, path: str) -> StateError:
+    text = str(e)
+    if isinstance(e, sqlite3.OperationalError) and "readonly" in text:
+        return StateError(f"state {path} is read-only: {text}")
+    if "disk" in text and "full" in text or getattr(e, "errno", None) == errno.ENOSPC:
+        return StateError(f"cannot write state {path}: the disk is full")
+    if isinstance(e, sqlite3.DatabaseError) and "not a database" in text:
+        return StateError(f"{path} is not a trigctl state file (not a SQLite database)")
+    return StateError(f"state {path}: {text}")
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, *, readonly: bool = False):
+        self.path = path
+        self._lock = threading.RLock()
+        self._lockfile: int | None = None
+        self.readonly = readonly
+        try:
+            if readonly and (path == ":memory:" or not Path(path).exists()):
+                # Nothing recorded yet: an empty, in-memory state answers the readers.
+                self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                self._migrate()
+                return
+            if path != ":memory:":
+                self._create_file(Path(path))
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.Error as e:
+            raise _err(e, path) from None
+
+    @staticmethod
+    def _create_file(p: Path) -> None:
+        if not p.parent.exists():
+            try:
+                p.parent.mkdir(parents=True, mode=0o700)
+            except OSError as e:
+                raise StateError(f"cannot create state directory {p.parent}: {e.strerror}") from None
+        if not p.exists():
+            try:
+                fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+                os.close(fd)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise StateError(f"cannot create state file {p}: {e.strerror}") from None
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _tx(self, immediate: bool = True):
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                else:
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise _err(e, self.path) from None
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cur = self._conn.execute(sql, tuple(params))
+                cols = [d[0] for d in cur.description] if cur.description else []
+                return [dict(zip(cols, row)) for row in cur.fetchall()]
+            except sqlite3.Error as e:
+                raise _err(e, self.path) from None
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        with self._lock:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StateError(
+                    f"state {self.path} has schema version {version}, newer than this trigctl knows ({len(MIGRATIONS)}); upgrade trigctl"
+                )
+            if version == len(MIGRATIONS):
+                return
+            if self.readonly and version == 0:
+                # An empty file (a run that never got going): answer from an empty in-memory state.
+                conn.close()
+                self._conn = conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                version = 0
+            elif self.readonly:
+                raise StateError(f"state {self.path} needs a schema upgrade: run any writing command (e.g. `trigctl run`) first")
+            script = "".join(MIGRATIONS[version:])
+            try:
+                # One script, one transaction: a crash mid-migration leaves the old version intact.
+                conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {len(MIGRATIONS)}; COMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            if self._lockfile is not None:
+                os.close(self._lockfile)
+                self._lockfile = None
+
+    def lock_for_run(self) -> None:
+        import fcntl
+
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateLocked(
+                f"another `trigctl run` (pid {other}) is already using the state {self.path}; "
+                "stop it first, or give this one its own --state"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lockfile = fd
+
+    def change_token(self) -> int:
+        with self._lock:
+            return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    # ------------------------------------------------------------------------------------ triggers
+
+    def sync_triggers(self, names: Iterable[str]) -> None:
+        with self._tx() as c:
+            c.executemany("INSERT OR IGNORE INTO triggers (name) VALUES (?)", [(n,) for n in names])
+
+    def trigger_rows(self) -> dict[str, TriggerRow]:
+        rows = self._query("SELECT * FROM triggers")
+        active = {
+            r["trigger_name"]: r["n"]
+            for r in self._query(
+                "SELECT trigger_name, count(*) AS n FROM runs WHERE status IN ('queued','running') GROUP BY trigger_name"
+            )
+        }
+        return {
+            r["name"]: TriggerRow(
+                name=r["name"],
+                enabled=None if r["enabled"] is None else bool(r["enabled"]),
+                cursor=r["cursor"],
+                next_poll_at=r["next_poll_at"],
+                last_poll_at=r["last_poll_at"],
+                last_result=r["last_result"],
+                fires=r["fires"],
+                polls=r["polls"],
+                consecutive_errors=r["consecutive_errors"],
+                error_alerted=bool(r["error_alerted"]),
+                last_error=r["last_error"],
+                active_runs=active.get(r["name"], 0),
+            )
+            for r in rows
+        }
+
+    def set_enabled(self, names: Iterable[str], enabled: bool) -> None:
+        with self._tx() as c:
+            for n in names:
+                c.execute("INSERT INTO triggers (name, enabled) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled",
+                          (n, int(enabled)))
+
+    def flush_stats(self, stats: Iterable[PollStats]) -> None:
+        rows = [(s.last_poll_at, s.last_result, s.next_poll_at, s.polls, s.consecutive_errors, s.name) for s in stats]
+        if not rows:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "UPDATE triggers SET last_poll_at = ?, last_result = ?, next_poll_at = ?, polls = polls + ?, "
+                "consecutive_errors = ? WHERE name = ?",
+                rows,
+            )
+
+    def load_kv(self, trigger: str) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in self._query("SELECT key, value FROM trigger_kv WHERE trigger_name = ?", (trigger,))}
+
+    def _apply_kv(self, c: sqlite3.Connection, trigger: str, updates: dict[str, Any]) -> None:
+        for k, v in updates.items():
+            if v is None:
+                c.execute("DELETE FROM trigger_kv WHERE trigger_name = ? AND key = ?", (trigger, k))
+            else:
+                c.execute("INSERT OR REPLACE INTO trigger_kv (trigger_name, key, value) VALUES (?, ?, ?)", (trigger, k, json.dumps(v)))
+
+    # --------------------------------------------------------------------------------------- polls
+
+    def record_fires(self, trigger, workflow, fires, stats, now, cursor, state_updates) -> list[FireResult]:
+        results: list[FireResult] = []
+        with self._tx() as c:
+            for f in fires:
+                results.append(self._fire_one(c, trigger, workflow, f, now))
+            started = sum(1 for r in results if not r.suppressed)
+            c.execute(
+                "UPDATE triggers SET fires = fires + ?, last_poll_at = ?, last_result = ?, next_poll_at = ?, "
+                "polls = polls + ?, consecutive_errors = 0, error_alerted = 0"
+                + (", cursor = ?" if cursor is not None else "")
+                + " WHERE name = ?",
+                (started, stats.last_poll_at, stats.last_result, stats.next_poll_at, stats.polls)
+                + ((cursor,) if cursor is not None else ())
+                + (trigger,),
+            )
+            if state_updates:
+                self._apply_kv(c, trigger, state_updates)
+        stats.polls = 0
+        return results
+
+    def _fire_one(self, c: sqlite3.Connection, trigger: str, workflow: str, f: FireRequest, now: float) -> FireResult:
+        ctx_json = json.dumps(f.context, sort_keys=True)
+        key = f.context_hash
+        attempt = 1
+        if f.dedupe != "none":
+            row = c.execute("SELECT id FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key)).fetchone()
+            if row:
+                return self._duplicate(c, trigger, f, row[0], now, f"run {row[0]} with this key is still active")
+            if f.dedupe == "once":
+                st = c.execute(
+                    "SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = ? AND key = ?", (trigger, key)
+                ).fetchone()
+                if st and st[0] is not None:
+                    return self._duplicate(c, trigger, f, st[0], now, f"already succeeded in run {st[0]} (dedupe: once)")
+                if st and st[2]:
+                    return self._duplicate(c, trigger, f, None, now, f"given up after {st[1]} failed attempts (dedupe: once)")
+                attempt = (st[1] if st else 0) + 1
+        cur = c.execute(
+            "INSERT INTO runs (trigger_name, workflow, status, context, context_hash, dedupe, active_key, attempt, max_attempts, "
+            "rerun_of, triggered_at, queued_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (trigger, workflow, ctx_json, key, f.dedupe, key if f.dedupe != "none" else None, attempt, f.max_attempts,
+             f.rerun_of, now, now),
+        )
+        run_id = cur.lastrowid
+        c.execute(
+            "INSERT INTO events (trigger_name, kind, context, context_hash, run_id, created_at, updated_at) "
+            "VALUES (?, 'fire', ?, ?, ?, ?, ?)",
+            (trigger, ctx_json, key, run_id, now, now),
+        )
+        return FireResult(run_id=run_id, suppressed=False)
+
+    def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]:
+        """Would a fire with this key be suppressed now? (read-only, for `trigctl poll`)"""
+        if dedupe == "none":
+            return False, ""
+        rows = self._query("SELECT id FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key))
+        if rows:
+            return True, f"run {rows[0]['id']} with this key is still active"
+        if dedupe == "once":
+            st = self._query("SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = ? AND key = ?",
+                             (trigger, key))
+            if st and st[0]["succeeded_run"] is not None:
+                return True, f"already succeeded in run {st[0]['succeeded_run']} (dedupe: once)"
+            if st and st[0]["given_up"]:
+                return True, f"given up after {st[0]['failures']} failed attempts (dedupe: once)"
+        return False, ""
+
+    def enqueue_run(self, trigger: str, workflow: str, context: dict[str, Any], now: float, *, rerun_of: int | None = None,
+                    dedupe: str = "none", context_hash: str | None = None, max_attempts: int = 3) -> FireResult:
+        request = FireRequest(context, context_hash or dedupe_hash(trigger, context, None), dedupe, max_attempts, rerun_of)
+        with self._tx() as c:
+            return self._fire_one(c, trigger, workflow, request, now)
+
+    def _duplicate(self, c, trigger: str, f: FireRequest, blocking: int | None, now: float, reason: str) -> FireResult:
+        updated = c.execute(
+            "UPDATE events SET count = count + 1, updated_at = ? WHERE id = (SELECT id FROM events WHERE kind = 'duplicate' "
+            "AND trigger_name = ? AND context_hash = ? AND run_id IS ? ORDER BY id DESC LIMIT 1)",
+            (now, trigger, f.context_hash, blocking),
+        ).rowcount
+        if not updated:
+            c.execute(
+                "INSERT INTO events (trigger_name, kind, context, context_hash, run_id, error, created_at, updated_at) "
+                "VALUES (?, 'duplicate', ?, ?, ?, ?, ?, ?)",
+                (trigger, json.dumps(f.context, sort_keys=True), f.context_hash, blocking, reason, now, now),
+            )
+        return FireResult(run_id=blocking, suppressed=True, reason=reason)
+
+    def record_error(self, trigger: str, message: str, stats: PollStats, now: float) -> int:
+        with self._tx() as c:
+            row = c.execute("SELECT consecutive_errors, last_error FROM triggers WHERE name = ?", (trigger,)).fetchone()
+            streak = stats.consecutive_errors
+            if row and row[0] > 0 and row[1] == message:
+                # The same error again in one streak: count it on the streak's row, not a new one.
+                c.execute(
+                    "UPDATE events SET count = count + 1, updated_at = ? WHERE id = (SELECT max(id) FROM events "
+                    "WHERE trigger_name = ? AND kind = 'error')",
+                    (now, trigger),
+                )
+            else:
+                c.execute(
+                    "INSERT INTO events (trigger_name, kind, error, created_at, updated_at) VALUES (?, 'error', ?, ?, ?)",
+                    (trigger, message, now, now),
+                )
+            c.execute(
+                "UPDATE triggers SET last_poll_at = ?, last_result = 'error', next_poll_at = ?, polls = polls + ?, "
+                "consecutive_errors = ?, last_error = ? WHERE name = ?",
+                (stats.last_poll_at, stats.next_poll_at, stats.polls, streak, message, trigger),
+            )
+        stats.polls = 0
+        return streak
+
+    def set_error_alerted(self, trigger: str, alerted: bool) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE triggers SET error_alerted = ? WHERE name = ?", (int(alerted), trigger))
+
+    # ---------------------------------------------------------------------------------------- runs
+
+    def _run(self, r: dict) -> RunRow:
+        return RunRow(
+            id=r["id"], trigger_name=r["trigger_name"], workflow=r["workflow"], status=r["status"],
+            context=json.loads(r["context"]), context_hash=r["context_hash"], dedupe=r["dedupe"], attempt=r["attempt"],
+            rerun_of=r["rerun_of"], queued_at=r["queued_at"], started_at=r["started_at"], completed_at=r["completed_at"],
+            error=r["error"], triggered_at=r["triggered_at"],
+        )
+
+    def claim_next_queued(self, now: float) -> RunRow | None:
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            cols = [d[0] for d in c.execute("SELECT * FROM runs LIMIT 0").description]
+            r = dict(zip(cols, row))
+            c.execute("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ? WHERE id = ?", (now, os.getpid(), r["id"]))
+            r.update(status="running", started_at=now)
+        return self._run(r)
+
+    def task_started(self, run_id, idx, name, now, pid, pgid, proc_start) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO tasks (run_id, idx, name, status, started_at, pid, pgid, proc_start) VALUES (?, ?, ?, 'running', ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, idx) DO UPDATE SET status = 'running', pid = excluded.pid, pgid = excluded.pgid, "
+                "proc_start = excluded.proc_start",
+                (run_id, idx, name, now, pid, pgid, proc_start),
+            )
+
+    def task_finished(self, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE tasks SET status = ?, exit_code = ?, completed_at = ?, output_tail = ?, attempts = ?, pid = NULL, pgid = NULL "
+                "WHERE run_id = ? AND idx = ?",
+                (status, exit_code, now, output_tail, attempts, run_id, idx),
+            )
+
+    def finish_run(self, run_id: int, status: str, now: float, error: str | None = None) -> None:
+        with self._tx() as c:
+            row = c.execute("SELECT trigger_name, context_hash, dedupe, status, max_attempts FROM runs WHERE id = ?",
+                            (run_id,)).fetchone()
+            if row is None or row[3] not in ("queued", "running"):
+                return
+            trigger, key, dedupe, _, limit = row
+            # Releasing the key is part of the same statement that ends the run: it cannot leak.
+            c.execute(
+                "UPDATE runs SET status = ?, completed_at = ?, error = coalesce(?, error), active_key = NULL, cancel_requested = 0 "
+                "WHERE id = ?",
+                (status, now, error, run_id),
+            )
+            c.execute("UPDATE tasks SET status = 'cancelled', completed_at = ?, pid = NULL, pgid = NULL "
+                      "WHERE run_id = ? AND status = 'running'", (now, run_id))
+            if dedupe == "once":
+                if status == "succeeded":
+                    c.execute(
+                        "INSERT INTO dedupe_once (trigger_name, key, succeeded_run) VALUES (?, ?, ?) "
+                        "ON CONFLICT(trigger_name, key) DO UPDATE SET succeeded_run = excluded.succeeded_run",
+                        (trigger, key, run_id),
+                    )
+                else:
+                    c.execute(
+                        "INSERT INTO dedupe_once (trigger_name, key, failures) VALUES (?, ?, 1) "
+                        "ON CONFLICT(trigger_name, key) DO UPDATE SET failures = failures + 1",
+                        (trigger, key),
+                    )
+                    c.execute(
+                        "UPDATE dedupe_once SET given_up = 1 WHERE trigger_name = ? AND key = ? AND failures >= ?",
+                        (trigger, key, limit),
+                    )
+
+    def request_cancel(self, run_id: int, now: float) -> str | None:
+        with self._tx() as c:
+            row = c.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            if row[0] == "running":
+                c.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+            return row[0]
+
+    def cancel_requested(self) -> set[int]:
+        return {r["id"] for r in self._query("SELECT id FROM runs WHERE cancel_requested = 1 AND status = 'running'")}
+
+    def active_runs(self) -> list[RunRow]:
+        runs = [self._run(r) for r in self._query("SELECT * FROM runs WHERE status IN ('queued','running') ORDER BY id")]
+        for run in runs:
+            run.tasks = self._query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", (run.id,))
+        return runs
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def history(self, trigger, limit, statuses, since) -> list[dict]:
+        where, params = ["1 = 1"], []
+        if trigger:
+            where.append("e.trigger_name = ?")
+            params.append(trigger)
+        if since is not None:
+            where.append("e.updated_at >= ?")
+            params.append(since)
+        if statuses:
+            kinds = [s for s in statuses if s in ("duplicate", "error")]
+            run_statuses = [s for s in statuses if s not in ("duplicate", "error")]
+            clause = []
+            if run_statuses:
+                clause.append(f"(e.kind = 'fire' AND r.status IN ({','.join('?' * len(run_statuses))}))")
+                params.extend(run_statuses)
+            if kinds:
+                clause.append(f"e.kind IN ({','.join('?' * len(kinds))})")
+                params.extend(kinds)
+            where.append("(" + " OR ".join(clause) + ")")
+        params.append(limit)
+        rows = self._query(
+            "SELECT e.*, r.status AS run_status, r.started_at AS run_started, r.completed_at AS run_completed, r.error AS run_error "
+            "FROM events e LEFT JOIN runs r ON e.kind = 'fire' AND r.id = e.run_id "
+            f"WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT ?",
+            params,
+        )
+        return rows
+
+    def get_run(self, run_id: int) -> RunRow | None:
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            return None
+        run = self._run(rows[0])
+        run.tasks = self._query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", (run_id,))
+        return run
+
+    def prune(self, before: float) -> int:
+        with self._tx() as c:
+            n = c.execute(
+                "DELETE FROM events WHERE updated_at < ? AND (run_id IS NULL OR kind != 'fire' OR run_id NOT IN "
+                "(SELECT id FROM runs WHERE status IN ('queued','running')))",
+                (before,),
+            ).rowcount
+            c.execute("DELETE FROM tasks WHERE run_id IN (SELECT id FROM runs WHERE completed_at < ? "
+                      "AND status NOT IN ('queued','running'))", (before,))
+            c.execute("DELETE FROM runs WHERE completed_at < ? AND status NOT IN ('queued','running')", (before,))
+        return n

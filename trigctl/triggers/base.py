@@ -1,0 +1,197 @@
+"""What a trigger is: the result types a poll returns and the interface every trigger type implements.
+
+A trigger type is one module under ``trigctl/triggers/`` with one :class:`TriggerType` subclass,
+registered with :func:`register` (the registry refuses duplicates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from trigctl.config import TriggerConfig
+
+MAX_CONTEXT_BYTES = 1_000_000  # a context larger than this is refused as an error, not stored
+
+
+@dataclass(frozen=True)
+class Fire:
+    """Start a run with ``context``. ``cursor`` (optional) is stored with the fire, atomically."""
+
+    context: Mapping[str, Any] = field(default_factory=dict)
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing to do this time. ``cursor`` (optional) is stored."""
+
+    reason: str = ""
+    cursor: str | None = None
+
+
+class PollError(Exception):
+    """A poll failed in a way the trigger understood (connection refused, bad exit code...)."""
+
+
+@dataclass
+class PollOutcome:
+    """The normalised result of one poll."""
+
+    fires: list[dict[str, Any]] = field(default_factory=list)
+    skip_reason: str = ""
+    cursor: str | None = None  # None: unchanged
+    state_updates: dict[str, Any] = field(default_factory=dict)  # key -> JSON value, or None to delete
+
+    @property
+    def fired(self) -> bool:
+        return bool(self.fires)
+
+
+@dataclass
+class PollContext:
+    """What the scheduler hands a trigger for one poll."""
+
+    due_at: float
+    now: float
+    cursor: str | None
+    state: dict[str, Any]  # the trigger's persisted key/value state (read-only view for the poll)
+    timeout: float
+
+
+class TriggerType(ABC):
+    """One kind of trigger. Instantiated once per configured trigger.
+
+    ``blocking`` types (I/O: files, HTTP, subprocesses) are polled on a thread pool; the others
+    (Python callables) on the scheduler's fast lane, which hands off a call that runs long.
+    """
+
+    type_name: ClassVar[str]
+    blocking: ClassVar[bool] = True
+    #: default dedupe key: None = the whole context, a list of keys, or () = one fixed key.
+    default_dedupe_key: ClassVar[tuple[str, ...] | None] = None
+    #: schedule-like types compute their own due times instead of the interval grid.
+    has_own_schedule: ClassVar[bool] = False
+
+    def __init__(self, config: TriggerConfig, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.options: dict[str, Any] = dict(config.options)
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
+        """Semantic checks beyond the schema, run by `validate`: [(sub-path, message)]."""
+        return []
+
+    @abstractmethod
+    def poll(self, ctx: PollContext) -> Any:
+        """Look once. Return a PollOutcome; raise an exception (PollError for a clean message) on error."""
+
+    def finish(self, value: Any) -> PollOutcome:
+        """Turn what an awaitable returned by poll() resolved to into a PollOutcome."""
+        return value
+
+    def start(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Called once when the loop starts; ``wake()`` makes the trigger due now (thread-safe)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Called on shutdown or when the trigger is removed by a reload."""
+
+    def next_due(self, previous_due: float | None, now: float) -> float:
+        """Only for ``has_own_schedule`` types: the next due time after ``previous_due``."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[TriggerType]] = {}
+
+
+def register(cls: type[TriggerType]) -> type[TriggerType]:
+    name = cls.type_name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"trigger type {name!r} is already registered")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def trigger_types() -> dict[str, type[TriggerType]]:
+    from trigctl import triggers  # noqa: F401 - importing the package registers the built-ins
+
+    return dict(_REGISTRY)
+
+
+def check_context(value: Any, what: str = "context") -> dict[str, Any]:
+    """A context must be a JSON object of JSON values; return a plain-dict copy or raise TypeError."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        text = json.dumps(dict(value), default=_refuse, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} is not JSON-serialisable: {e}") from None
+    if len(text) > MAX_CONTEXT_BYTES:
+        raise TypeError(f"{what} is too large ({len(text)} bytes; the limit is {MAX_CONTEXT_BYTES})")
+    return json.loads(text)
+
+
+def _refuse(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError("NaN/Infinity")
+    raise TypeError(f"{type(obj).__name__} is not a JSON value")
+
+
+def normalize_result(value: Any) -> PollOutcome:
+    """Turn whatever a Python trigger returned into a PollOutcome (SPEC §1, "It may return").
+
+    Raises TypeError for a value that is none of the accepted forms.
+    """
+    out = PollOutcome()
+    items: Iterable[Any]
+    if isinstance(value, (list, Iterable)) and not isinstance(value, (tuple, dict, str, bytes, Mapping)):
+        items = list(value)
+        if not items:
+            out.skip_reason = "empty list"
+            return out
+    else:
+        items = [value]
+    for item in items:
+        _add_one(out, item)
+    return out
+
+
+def _add_one(out: PollOutcome, item: Any) -> None:
+    if item is None or item is False:
+        return
+    if item is True:
+        out.fires.append({})
+    elif isinstance(item, Fire):
+        out.fires.append(check_context(item.context))
+        if item.cursor is not None:
+            out.cursor = _cursor(item.cursor)
+    elif isinstance(item, Skip):
+        out.skip_reason = str(item.reason)
+        if item.cursor is not None:
+            out.cursor = _cursor(item.cursor)
+    elif isinstance(item, Mapping):
+        out.fires.append(check_context(item))
+    elif isinstance(item, tuple):
+        if len(item) != 2 or not isinstance(item[0], bool):
+            raise TypeError("a tuple must be (should_fire: bool, context: dict | None)")
+        should_fire, ctx = item
+        if should_fire:
+            out.fires.append(check_context(ctx if ctx is not None else {}))
+    else:
+        raise TypeError(
+            f"unsupported return value of type {type(item).__name__}: "
+            "return bool, dict, (bool, dict), Fire, Skip, or a list of these"
+        )
+
+
+def _cursor(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"cursor must be a string, got {type(value).__name__}")
+    return value

@@ -1,0 +1,65 @@
+"""`python` triggers: a user callable referenced by dotted path (function, async function, or class)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trigctl.dotted import ResolveError, resolve
+from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, normalize_result, register
+
+
+@register
+class PythonTrigger(TriggerType):
+    type_name = "python"
+    blocking = False  # called on the fast lane; a call that runs long is handed off, not waited for
+
+    def __init__(self, config, base_dir: Path) -> None:
+        super().__init__(config, base_dir)
+        obj = resolve(self.options["callable"], base_dir)
+        args = dict(self.options.get("args") or {})
+        self._instance = None
+        if inspect.isclass(obj):
+            self._instance = obj(**args)
+            fn = getattr(self._instance, "poll", None)
+            if not callable(fn):
+                raise ResolveError(f'"{self.options["callable"]}" is a class without a poll() method')
+            self._fn = fn
+            self._kwargs: dict[str, Any] = {}
+        else:
+            self._fn = obj
+            self._kwargs = args
+        try:
+            params = inspect.signature(self._fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self._wants_cursor = "cursor" in params
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
+        try:
+            obj = resolve(options["callable"], base_dir)
+        except ResolveError as e:
+            return [(("callable",), str(e))]
+        if inspect.isclass(obj) and not callable(getattr(obj, "poll", None)):
+            return [(("callable",), f'"{options["callable"]}" is a class without a poll() method')]
+        return []
+
+    def poll(self, ctx: PollContext) -> Any:
+        kwargs = dict(self._kwargs)
+        if self._wants_cursor:
+            kwargs["cursor"] = ctx.cursor
+        value = self._fn(**kwargs)
+        if inspect.isawaitable(value):
+            return value  # the scheduler runs it on its event loop and calls finish()
+        return normalize_result(value)
+
+    def finish(self, value: Any) -> PollOutcome:
+        return normalize_result(value)
+
+    def close(self) -> None:
+        close = getattr(self._instance, "close", None)
+        if callable(close):
+            close()
