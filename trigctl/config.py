@@ -208,9 +208,8 @@ def _to_python(doc: _Doc, loader: yaml.SafeLoader, node: yaml.Node, path: tuple,
 def _yaml_hint(problem: str, text_line: str) -> str:
     if "\t" in text_line and ("tab" in problem or "cannot start any token" in problem):
         return " (tabs are not allowed in YAML indentation: use spaces)"
-    if "alias" in problem or "anchor" in problem:
-        if "*" in text_line:
-            return ' (an unquoted * starts a YAML alias: quote the value, e.g. cron: "*/5 * * * *")'
+    if ("alias" in problem or "anchor" in problem or "alphabetic or numeric" in problem) and "*" in text_line:
+        return ' (an unquoted * starts a YAML alias: quote the value, e.g. cron: "*/5 * * * *")'
     return ""
 
 
@@ -460,7 +459,7 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
     if v == "const" and path == ("version",):
         return [(path, f"unsupported version {inst!r} (the only version is 1)", False)]
     if v == "pattern":
-        if path and (path[-1] in ("name", "workflow") or (len(path) == 2 and path[0] == "workflows")):
+        if path and (path[-1] in ("name", "workflow") or path == ("workflows",)):
             return [(path, f"{inst!r} is not a valid name (lowercase letters, digits, _ and -; starting with a letter or digit)", False)]
         return [(path, f"{inst!r} does not match {error.validator_value}", False)]
     if v == "oneOf" and isinstance(inst, dict):

@@ -25,6 +25,9 @@ from trigctl.store.base import RunRow, Store
 log = logging.getLogger("trigctl.workflows")
 
 OUTPUT_TAIL_BYTES = 4096
+# Linux refuses one environment string over 128 KiB (MAX_ARG_STRLEN) and a whole environment over
+# ~2 MiB: larger values reach tasks only through TRIGCTL_CONTEXT_FILE.
+MAX_ENV_VALUE = 32 * 1024
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
 
 
@@ -46,7 +49,7 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
             env[env_name(key)] = "true" if value else "false"
         elif isinstance(value, (str, int, float)):
             text = str(value)
-            if "\x00" not in text:
+            if "\x00" not in text and len(text) <= MAX_ENV_VALUE:
                 env[env_name(key)] = text
         elif value is None:
             env[env_name(key)] = ""
@@ -55,10 +58,14 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
         TRIGCTL_TRIGGER=run.trigger_name,
         TRIGCTL_WORKFLOW=run.workflow,
         TRIGCTL_TRIGGERED_AT=iso(run.triggered_at) or "",
-        TRIGCTL_CONTEXT=json.dumps(context)[:100_000],
         TRIGCTL_CONTEXT_FILE=context_file,
         TRIGCTL_OUTPUT=output_file,
     )
+    whole = json.dumps(context)
+    if len(whole) <= MAX_ENV_VALUE:
+        env["TRIGCTL_CONTEXT"] = whole
+    else:
+        env.pop("TRIGCTL_CONTEXT", None)
     return env
 
 
@@ -228,8 +235,8 @@ class RunExecution:
             try:
                 proc = subprocess.Popen(argv, shell=shell, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-            except OSError as e:
-                return TaskOutcome("failed", None, f"cannot start {argv[0]!r}: {e.strerror}")
+            except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
+                return TaskOutcome("failed", None, f"cannot start {argv[0]!r}: {getattr(e, 'strerror', None) or e}")
             with self._proc_lock:
                 self._pgid = proc.pid
             self.runner.store.task_started(self.run.id, idx, task.name, self.runner.clock(), proc.pid, proc.pid,

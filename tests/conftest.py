@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trigctl.cli import main
+from trigctl.config import load_config
+from trigctl.store.sqlite import SQLiteStore
+
+HERE = Path(__file__).parent
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def write_yaml(tmp_path):
+    def write(text: str, name: str = "triggers.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text).lstrip("\n"))
+        return p
+
+    return write
+
+
+@pytest.fixture
+def callables(tmp_path):
+    """A module of trigger callables beside the YAML (the YAML's directory is on sys.path)."""
+
+    def write(source: str, name: str = "mytriggers") -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        sys.modules.pop(name, None)
+        return name
+
+    yield write
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRIGCTL_CONFIG", raising=False)
+    monkeypatch.delenv("TRIGCTL_STATE", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(main, list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+def cli_json(cli, *args):
+    result = cli(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def open_state(config_path: Path) -> SQLiteStore:
+    return SQLiteStore(load_config(config_path).state_location())
+
+
+def trigctl_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trigctl", *args]
+
+
+def run_trigctl(*args: str, cwd: Path, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(trigctl_cmd(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"):
+    """Wait on a condition with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

@@ -1,0 +1,40 @@
+"""Driving the scheduler by hand on an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from trigctl.config import load_config
+from trigctl.scheduler import Scheduler
+from trigctl.store.sqlite import SQLiteStore
+
+
+def make_scheduler(config_path, now: float):
+    cfg = load_config(config_path)
+    store = SQLiteStore(cfg.state_location())
+    sched = Scheduler(cfg, store)
+    sched.load(now)
+    return sched, store
+
+
+def drive(sched: Scheduler, now: float):
+    """One tick: run every due poll inline and complete it. Returns the reports."""
+    reports = []
+    for poll in sched.tick(now):
+        try:
+            result, error = sched.execute(poll), None
+            if inspect.isawaitable(result):
+                awaitable = result
+
+                async def wrap():
+                    return await awaitable
+
+                result = ("awaited", asyncio.run(wrap()))
+        except Exception as e:  # noqa: BLE001
+            result, error = None, e
+        report = sched.complete(poll, result, error, now)
+        if report:
+            reports.append(report)
+    sched.flush(now, force=True)
+    return reports

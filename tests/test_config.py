@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from trigctl.config import ConfigError, load_config, parse_config
+
+GOOD = """\
+version: 1
+defaults:
+  interval: 5s
+workflows:
+  wf:
+    tasks:
+      - run: echo hi
+triggers:
+  - name: a
+    type: python
+    callable: os.getcwd
+    workflow: wf
+"""
+
+
+def errors(text: str, env: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "t.yaml", env or {})
+    lines = [str(i) for i in exc.value.issues]
+    for line in lines:
+        assert re.match(r"^t\.yaml:\d+:\d+: ", line), line
+        assert "\n" not in line
+    return lines
+
+
+def test_good_config_builds_frozen_objects():
+    cfg = parse_config(GOOD, "t.yaml", {})
+    t = cfg.triggers[0]
+    assert (t.name, t.type, t.workflow, t.interval, t.dedupe, t.timeout) == ("a", "python", "wf", 5.0, "running", 30.0)
+    assert cfg.workflows["wf"].tasks[0].run == "echo hi"
+    with pytest.raises(AttributeError):
+        t.name = "b"  # frozen
+
+
+def test_bad_duration_points_at_line_and_column():
+    text = GOOD.replace("    workflow: wf\n", "    workflow: wf\n    interval: 5 sec\n")
+    assert errors(text) == ['t.yaml:13:15: triggers[0](a).interval: "5 sec" is not a duration (use e.g. 500ms, 5s, 2m, 1h, 1d)']
+
+
+def test_all_errors_are_reported_at_once():
+    text = GOOD.replace("    workflow: wf\n", "    workflow: wf\n    interval: soon\n    timeout: never\n    colour: red\n")
+    out = errors(text)
+    assert len(out) == 3, out
+    assert any("interval" in e for e in out) and any("timeout" in e for e in out)
+    assert any("unknown key 'colour'" in e for e in out)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "the file is empty"),
+        ("# only a comment\n", "the file is empty"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("version: 1\ntriggers:\n\t- name: a\n", "tabs are not allowed"),
+        ("version: 2\n", "unsupported version 2"),
+        ("workflows: {}\n", "missing required key 'version'"),
+        ("version: 1\nworkflows:\n  wf:\n    tasks: []\n", "empty"),
+        ("version: 1\nversion: 1\n", "duplicate key 'version'"),
+        ("version: 1\nmax_concurrent_runs: many\n", "expected integer, got a string"),
+        ("version: 1\nworkflows:\n  Bad Name:\n    tasks: [{run: x}]\n", "not a valid name"),
+        ("version: [1\n", "invalid YAML"),
+    ],
+)
+def test_nasty_files(text, expected):
+    out = errors(text)
+    assert any(expected in e for e in out), out
+
+
+def test_unknown_key_suggests_the_close_one():
+    out = errors(GOOD.replace("    workflow: wf\n", "    workflow: wf\n    intervall: 5s\n"))
+    assert out == ["t.yaml:13:5: triggers[0](a).intervall: unknown key 'intervall' (did you mean 'interval'?)"]
+
+
+def test_duplicate_trigger_names_and_missing_workflow():
+    text = GOOD + "  - name: a\n    type: python\n    callable: os.getcwd\n    workflow: nope\n"
+    out = errors(text)
+    assert any("duplicate trigger name 'a'" in e for e in out), out
+
+
+def test_unknown_workflow_is_named():
+    out = errors(GOOD.replace("workflow: wf", "workflow: wf2"))
+    assert out == ["t.yaml:12:15: triggers[0](a).workflow: unknown workflow 'wf2' (did you mean 'wf'?)"]
+
+
+def test_unimportable_and_non_callable_dotted_paths():
+    out = errors(GOOD.replace("os.getcwd", "no_such_module_xyz:fn"))
+    assert any("cannot import" in e and "no_such_module_xyz" in e for e in out), out
+    out = errors(GOOD.replace("os.getcwd", "os:sep"))
+    assert any("is not callable" in e for e in out), out
+    out = errors(GOOD.replace("os.getcwd", "not a path"))
+    assert any("not a dotted path" in e for e in out), out
+
+
+def test_unset_env_var_is_an_error_naming_it():
+    text = GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: ${UNSET_VAR_XYZ}")
+    out = errors(text)
+    assert any("UNSET_VAR_XYZ is not set" in e for e in out), out
+
+
+def test_env_interpolation_default_and_literal_and_run_untouched():
+    text = GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: '${A}-${B:-dflt}-$${C}'")
+    text = text.replace("run: echo hi", "run: echo ${HOME_X}")
+    cfg = parse_config(text, "t.yaml", {"A": "x"})
+    assert cfg.raw["triggers"][0]["description"] == "x-dflt-${C}"
+    assert cfg.workflows["wf"].tasks[0].run == "echo ${HOME_X}"  # the shell expands its own
+
+
+def test_unquoted_cron_star_suggests_quoting():
+    text = GOOD + "  - name: nightly\n    type: schedule\n    cron: */5 * * * *\n    workflow: wf\n"
+    out = errors(text)
+    assert any("quote" in e for e in out), out
+
+
+def test_yaml_boolean_trap_suggests_quoting():
+    text = GOOD.replace("    workflow: wf\n", "    workflow: wf\n    dedupe: no\n")
+    out = errors(text)
+    assert any("quote it" in e for e in out), out
+
+
+def test_alias_bomb_is_refused_quickly():
+    lines = ["version: 1", 'a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    prev = "a"
+    for i in range(9):
+        lines.append(f"b{i}: &b{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]")
+        prev = f"b{i}"
+    out = errors("\n".join(lines) + "\n")
+    assert any("too large" in e for e in out), out
+
+
+def test_allow_concurrent_means_dedupe_none():
+    cfg = parse_config(GOOD.replace("    workflow: wf\n", "    workflow: wf\n    allow_concurrent: true\n"), "t.yaml", {})
+    assert cfg.triggers[0].dedupe == "none"
+
+
+def test_defaults_apply_and_trigger_overrides():
+    text = GOOD.replace("  interval: 5s\n", "  interval: 5s\n  timeout: 7s\n  max_backoff: 1m\n")
+    cfg = parse_config(text, "t.yaml", {})
+    assert (cfg.triggers[0].timeout, cfg.triggers[0].max_backoff) == (7.0, 60.0)
+
+
+def test_secrets_from_env_are_redacted():
+    text = GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    args: {api_token: '${TOK}'}")
+    cfg = parse_config(text, "t.yaml", {"TOK": "s3cr3t-value"})
+    assert cfg.redactor.text("failed with s3cr3t-value") == "failed with ***"
+    assert cfg.redactor.text("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\x00\x01\x02")
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config(tmp_path / "bin.yaml")
+    with pytest.raises(ConfigError, match="directory"):
+        load_config(tmp_path)
+
+
+def test_state_location_is_relative_to_the_file(tmp_path):
+    p = tmp_path / "sub" / "t.yaml"
+    p.parent.mkdir()
+    p.write_text(GOOD + "state: st/x.db\n")
+    assert load_config(p).state_location() == str(tmp_path / "sub" / "st" / "x.db")
