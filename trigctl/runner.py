@@ -51,6 +51,7 @@ class Runner:
         self.poll_errors = 0
         self.failed_runs = 0
         self._my_runs: set[int] = set()
+        self._last_duplicate: dict[str, tuple] = {}
 
     # ---------------------------------------------------------------------------- thread bridges
 
@@ -117,9 +118,17 @@ class Runner:
 
     def run(self) -> int:
         self.store.lock_for_run()
+        previous = {}
         if self.install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, self._on_signal)
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
         self.recover()
         now = self.clock()
         self.scheduler.load(now)
@@ -217,7 +226,10 @@ class Runner:
             return
         for context, res in report.fires:
             if res.suppressed:
-                self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
+                # One line per blocking run, not one per poll: history counts the repeats.
+                if self._last_duplicate.get(report.trigger) != (res.run_id, res.reason):
+                    self._last_duplicate[report.trigger] = (res.run_id, res.reason)
+                    self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
             else:
                 self._my_runs.add(res.run_id)
                 self.emit("fired", trigger=report.trigger, run_id=res.run_id,
