@@ -169,3 +169,10 @@ def test_state_location_is_relative_to_the_file(tmp_path):
     p.parent.mkdir()
     p.write_text(GOOD + "state: st/x.db\n")
     assert load_config(p).state_location() == str(tmp_path / "sub" / "st" / "x.db")
+
+
+def test_a_secret_in_an_error_message_is_masked():
+    text = GOOD.replace("    workflow: wf\n", "    workflow: wf\n    args: {api_token: '${TOK}'}\n    interval: '${TOK}'\n")
+    out = errors(text, {"TOK": "hunter2-secret"})
+    assert out and all("hunter2" not in e for e in out), out
+    assert any("*** is not a duration" in e or '"***" is not a duration' in e for e in out), out

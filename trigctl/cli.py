@@ -239,7 +239,7 @@ def poll(name, config_path, state, as_json) -> None:
         for ctx, req in zip(value.fires, requests):
             suppressed, reason = store.dedupe_status(name, req.context_hash, req.dedupe)
             any_fired = any_fired or not suppressed
-            fires.append({"context": cfg.redactor.value(ctx), "dedupe_key": req.context_hash, "suppressed": suppressed,
+            fires.append({"context": cfg.redactor.scrub(ctx), "dedupe_key": req.context_hash, "suppressed": suppressed,
                           "reason": reason or None})
         if fires:
             result = "fired" if any_fired else "duplicate"

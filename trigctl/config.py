@@ -652,10 +652,10 @@ def parse_config(text: str, filename: str, env: Mapping[str, str] | None = None,
     if not light:
         _schema_issues(data, doc)
     if doc.issues:
-        raise ConfigError(_sorted(doc.issues))
+        raise ConfigError(_redacted(doc.issues, secrets))
     workflows, triggers = _semantic(data, doc, light)
     if doc.issues:
-        raise ConfigError(_sorted(doc.issues))
+        raise ConfigError(_redacted(doc.issues, secrets))
     base_dir = Path(filename).resolve().parent
     return Config(
         path=Path(filename).resolve(),
@@ -669,5 +669,10 @@ def parse_config(text: str, filename: str, env: Mapping[str, str] | None = None,
     )
 
 
-def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
-    return sorted(issues, key=lambda i: (i.line, i.column))
+def _redacted(issues: list[ConfigIssue], secrets: set[str]) -> list[ConfigIssue]:
+    """Sorted by position, with secret values masked (an error may quote the value it refuses)."""
+    redactor = Redactor(secrets)
+    return [
+        ConfigIssue(i.file, i.line, i.column, i.path, redactor.text(i.message))
+        for i in sorted(issues, key=lambda i: (i.line, i.column))
+    ]

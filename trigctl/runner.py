@@ -233,7 +233,7 @@ class Runner:
             else:
                 self._my_runs.add(res.run_id)
                 self.emit("fired", trigger=report.trigger, run_id=res.run_id,
-                          context=self.config.redactor.value(context))
+                          context=self.config.redactor.scrub(context))
 
     def reload(self, now: float) -> None:
         try:

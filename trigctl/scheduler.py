@@ -341,7 +341,7 @@ class Scheduler:
         keys = tc.dedupe_key
         if keys is None and slot.impl is not None:
             keys = slot.impl.default_dedupe_key
-        redact = self.config.redactor.value
+        redact = self.config.redactor.scrub
         return [
             FireRequest(context=redact(ctx), context_hash=dedupe_hash(tc.name, ctx, keys), dedupe=tc.dedupe,
                         max_attempts=tc.max_attempts)

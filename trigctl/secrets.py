@@ -36,6 +36,17 @@ class Redactor:
                 out = out.replace(s, "***")
         return out
 
+    def scrub(self, data: Any) -> Any:
+        """Mask known secret values anywhere in a nested structure (contexts): keys are left alone,
+        so a context key that merely ends in "token" (a pagination token) keeps its value."""
+        if isinstance(data, dict):
+            return {k: self.scrub(v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self.scrub(v) for v in data]
+        if isinstance(data, str):
+            return "***" if data in self._short else self.text(data)
+        return data
+
     def value(self, data: Any, key: str | None = None) -> Any:
         """Redact a nested structure: secret keys' values become ***; strings are scrubbed."""
         if isinstance(data, dict):
