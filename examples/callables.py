@@ -13,12 +13,11 @@ def new_files(directory: str = "inbox", cursor: str | None = None):
     newest mtime seen, so a restart does not fire old files again)."""
     since = float(cursor) if cursor else 0.0
     folder = Path(directory)
-    if not folder.is_dir():
-        return Skip(f"{directory} does not exist yet")
+    folder.mkdir(parents=True, exist_ok=True)  # a demo inbox is created on first use
     newest = since
     fires = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.stat().st_mtime):
-        if not entry.is_file():
+        if not entry.is_file() or entry.name.startswith("."):
             continue
         mtime = entry.stat().st_mtime
         if mtime > since:
