@@ -25,9 +25,11 @@ Post = Callable[[Any, Any, BaseException | None], None]
 
 
 class FastLane:
-    def __init__(self, execute: Callable[[Any], Any], post: Post, handoff_after: float = 0.05):
+    def __init__(self, execute: Callable[[Any], Any], post: Post, handoff_after: float = 0.05,
+                 on_idle: Callable[[], None] | None = None):
         self._execute = execute
         self._post = post
+        self._on_idle = on_idle
         self.handoff_after = handoff_after
         self._queue: deque = deque()
         self._cond = threading.Condition()
@@ -37,11 +39,17 @@ class FastLane:
         self.handoffs = 0
 
     def submit(self, poll: Any) -> None:
+        self.submit_many([poll])
+
+    def submit_many(self, polls: list) -> None:
         with self._cond:
-            self._queue.append(poll)
+            self._queue.extend(polls)
             if self._thread is None:
                 self._spawn()
             self._cond.notify()
+
+    def backlog(self) -> int:
+        return len(self._queue)
 
     def _spawn(self) -> None:
         t = threading.Thread(target=self._loop, name="trigctl-lane", daemon=True)
@@ -50,26 +58,30 @@ class FastLane:
 
     def _loop(self) -> None:
         me = threading.current_thread()
+        queue = self._queue
         while True:
-            with self._cond:
-                while not self._queue and not self._closed and self._thread is me:
-                    self._cond.wait()
-                if self._thread is not me or (self._closed and not self._queue):
-                    return
-                poll = self._queue.popleft()
-                self._current = (poll, time.monotonic())
+            try:
+                poll = queue.popleft()  # atomic: no lock on the hot path
+            except IndexError:
+                with self._cond:
+                    while not queue and not self._closed and self._thread is me:
+                        self._cond.wait()
+                    if self._thread is not me or (self._closed and not queue):
+                        return
+                continue
+            self._current = (poll, time.monotonic())
             try:
                 result, error = self._execute(poll), None
             except BaseException as e:  # noqa: BLE001 - a user callable may raise anything
                 result, error = None, e
-            with self._cond:
-                if self._thread is me:
-                    self._current = None
+            if self._thread is me:
+                self._current = None
             if result is not _PENDING:
                 self._post(poll, result, error)
-            with self._cond:
-                if self._thread is not me:
-                    return  # this thread was handed off while the call ran; another lane owns the queue
+            if self._thread is not me:
+                return  # handed off while the call ran: another lane thread owns the queue now
+            if not queue and self._on_idle is not None:
+                self._on_idle()
 
     def check(self) -> float | None:
         """Hand off a lane stuck in one call. Returns seconds until the next check is due, or None."""
@@ -92,10 +104,11 @@ class FastLane:
 
 
 class Dispatcher:
-    def __init__(self, execute: Callable[[Any], Any], post: Post, *, pool_size: int = 32, handoff_after: float = 0.05):
+    def __init__(self, execute: Callable[[Any], Any], post: Post, *, pool_size: int = 32, handoff_after: float = 0.05,
+                 on_idle: Callable[[], None] | None = None):
         self._execute = execute
         self._post = post
-        self.lane = FastLane(self._run_inline, post, handoff_after)
+        self.lane = FastLane(self._run_inline, post, handoff_after, on_idle)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="trigctl-poll")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
@@ -105,6 +118,16 @@ class Dispatcher:
             self._pool.submit(self._run_pooled, poll)
         else:
             self.lane.submit(poll)
+
+    def submit_many(self, polls: list, is_blocking: Callable[[Any], bool]) -> None:
+        inline = []
+        for poll in polls:
+            if is_blocking(poll):
+                self._pool.submit(self._run_pooled, poll)
+            else:
+                inline.append(poll)
+        if inline:
+            self.lane.submit_many(inline)
 
     def _run_inline(self, poll: Any) -> Any:
         result = self._execute(poll)

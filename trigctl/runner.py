@@ -23,7 +23,8 @@ from trigctl.workflows import WorkflowRunner
 log = logging.getLogger("trigctl")
 
 DB_WATCH_EVERY = 0.25  # seconds: how often `enable`/`disable`/`cancel` from other shells are looked for
-MAX_RERUN_CHAIN = 3  # a run interrupted this many times in a row is not rerun again
+MAX_RERUN_CHAIN = 3
+RESULTS_MAX_DEFER = 0.05  # seconds a finished poll may wait to be recorded while other polls are due  # a run interrupted this many times in a row is not rerun again
 
 
 class Runner:
@@ -38,8 +39,8 @@ class Runner:
         self.install_signals = install_signals
         self.scheduler = Scheduler(config, store, only=only)
         self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished, kill_grace=kill_grace)
-        self.dispatcher = Dispatcher(self.scheduler.execute, self._post)
         self._event = threading.Event()
+        self.dispatcher = Dispatcher(self.scheduler.execute, self._post, on_idle=self._event.set)
         self._results: deque = deque()
         self._wakes: deque = deque()
         self._finished_runs: deque = deque()
@@ -52,12 +53,17 @@ class Runner:
         self.failed_runs = 0
         self._my_runs: set[int] = set()
         self._last_duplicate: dict[str, tuple] = {}
+        self._pump_needed = True  # queued runs from before a restart start at once
+        self._results_since: float | None = None
 
     # ---------------------------------------------------------------------------- thread bridges
 
     def _post(self, poll: Poll, result: Any, error: BaseException | None) -> None:
         self._results.append((poll, result, error))
-        self._event.set()
+        # While the fast lane has polls waiting, don't wake the loop for each result (it would
+        # compete with the polls for the GIL); the lane wakes it when it runs dry.
+        if not self.dispatcher.lane.backlog():
+            self._event.set()
 
     def _wake_trigger(self, name: str) -> None:
         self._wakes.append(name)
@@ -160,15 +166,18 @@ class Runner:
             self.reload(now)
         while self._wakes:
             sched.wake(self._wakes.popleft(), now)
-        while self._results:
-            poll, result, error = self._results.popleft()
-            report = sched.complete(poll, result, error, self.clock())
-            if report:
-                self._report(report)
+        if self._results and not self._defer_results(now):
+            self._results_since = None
+            while self._results:
+                poll, result, error = self._results.popleft()
+                report = sched.complete(poll, result, error, self.clock())
+                if report:
+                    self._report(report)
         for report in sched.expire(now):
             self._report(report)
         while self._finished_runs:
             run_id, status, error = self._finished_runs.popleft()
+            self._pump_needed = True
             self.emit("run_finished", run_id=run_id, status=status, error=error)
             if run_id in self._my_runs and status != "succeeded":
                 self.failed_runs += 1
@@ -176,14 +185,27 @@ class Runner:
             self._last_watch = now
             self._watch_state(now)
         if not (self.once and not force):
-            for poll in sched.tick(now, force=force):
-                impl = poll.slot.impl
-                self.dispatcher.submit(poll, blocking=impl.blocking if impl is not None else False)
-        for run in self.workflows.pump():
-            self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
+            polls = sched.tick(now, force=force)
+            if polls:
+                self.dispatcher.submit_many(polls, lambda p: p.slot.impl is not None and p.slot.impl.blocking)
+        if sched.alerts:
+            self._pump_needed = True
+        if self._pump_needed:
+            self._pump_needed = False
+            for run in self.workflows.pump():
+                self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
         sched.flush(now)
         self._my_runs.update(sched.alerts)
         sched.alerts.clear()
+
+    def _defer_results(self, now: float) -> bool:
+        """While the fast lane still has polls waiting, leave results for a moment: handling them
+        competes for the GIL with the polls themselves, and lateness is what users feel."""
+        if not self.dispatcher.lane.backlog():
+            return False
+        if self._results_since is None:
+            self._results_since = now
+        return now - self._results_since < RESULTS_MAX_DEFER
 
     def _watch_state(self, now: float) -> None:
         token = self.store.change_token()
@@ -211,13 +233,19 @@ class Runner:
         lane = self.dispatcher.check()
         if lane is not None:
             candidates.append(lane)
+        if self._results_since is not None:
+            candidates.append(self._results_since + RESULTS_MAX_DEFER - now)
         return max(0.0, min(candidates))
 
     def _once_done(self) -> bool:
-        busy = any(s.in_flight is not None and not s.in_flight.timed_out for s in self.scheduler.slots.values())
-        if busy or self._results or self._finished_runs:
+        if self.scheduler.busy() or self._results or self._finished_runs:
             return False
-        return self.workflows.count() == 0 and not self.workflows.pump()
+        if self.workflows.count():
+            return False
+        started = self.workflows.pump()
+        for run in started:
+            self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
+        return not started
 
     def _report(self, report: PollReport) -> None:
         if report.result == "error":
@@ -225,6 +253,8 @@ class Runner:
             self.emit("error", trigger=report.trigger, error=report.error)
             return
         for context, res in report.fires:
+            if not res.suppressed:
+                self._pump_needed = True
             if res.suppressed:
                 # One line per blocking run, not one per poll: history counts the repeats.
                 if self._last_duplicate.get(report.trigger) != (res.run_id, res.reason):
@@ -241,6 +271,7 @@ class Runner:
         except ConfigError as e:
             self.emit("reload_refused", error=str(e.issues[0]) + (f" (+{len(e.issues) - 1} more)" if len(e.issues) > 1 else ""))
             return
+        self._pump_needed = True
         changes = self.scheduler.reload(new, now)
         self.scheduler.start_triggers(self._wake_trigger)
         self.config = new

@@ -32,8 +32,9 @@ class Slot:
     impl: TriggerType | None
     load_error: str | None
     enabled: bool
-    due_at: float
+    due_at: float  # grid_at plus this poll's jitter
     stats: PollStats
+    grid_at: float = 0.0  # the un-jittered slot on the interval grid
     cursor: str | None = None
     kv: dict[str, Any] = field(default_factory=dict)
     in_flight: Poll | None = None
@@ -47,7 +48,7 @@ class Slot:
         return self.config.name
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Poll:
     slot: Slot
     due_at: float
@@ -79,6 +80,9 @@ class Scheduler:
         self._seq = 0
         self._last_flush = 0.0
         self.alerts: list[int] = []  # runs started by on_error
+        self.in_flight: dict[str, Poll] = {}
+        self._deadlines: list[tuple[float, int, Poll]] = []
+        self._dirty: dict[str, PollStats] = {}
 
     # ------------------------------------------------------------------------------------- set-up
 
@@ -109,7 +113,7 @@ class Scheduler:
             # After downtime the stored due time is in the past: poll once now, not a burst.
             due = stored_due if stored_due is not None else now + self._jitter(tc)
         slot = Slot(
-            config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, stats=PollStats(tc.name),
+            config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
             cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name),
             error_alerted=row.error_alerted if row else False,
         )
@@ -144,7 +148,7 @@ class Scheduler:
                 slot.stats = prev.stats
                 # The next poll is the earlier of the stored one and now + the new interval.
                 if slot.impl is None or not slot.impl.has_own_schedule:
-                    slot.due_at = min(prev.due_at, now + tc.interval)
+                    slot.due_at = slot.grid_at = min(prev.due_at, now + tc.interval)
                 changes.append(f"changed {tc.name}")
             else:
                 changes.append(f"added {tc.name}")
@@ -204,7 +208,7 @@ class Scheduler:
             slot.waiting = True
             return
         if slot.due_at > now:
-            slot.due_at = now
+            slot.due_at = now  # the grid (slot.grid_at) is not moved by an event
             self._push(slot)
 
     def set_enabled(self, name: str, enabled: bool, now: float) -> None:
@@ -213,8 +217,8 @@ class Scheduler:
             return
         slot.enabled = enabled
         if enabled:
-            slot.due_at = min(max(slot.due_at, now), now + slot.config.interval) if not (
-                slot.impl and slot.impl.has_own_schedule) else slot.due_at
+            if not (slot.impl and slot.impl.has_own_schedule):
+                slot.due_at = slot.grid_at = min(max(slot.due_at, now), now + slot.config.interval)
             self._push(slot)
 
     def tick(self, now: float, force: bool = False) -> list[Poll]:
@@ -239,6 +243,9 @@ class Scheduler:
                 continue
             poll = Poll(slot, slot.due_at if not force else now, now, now + slot.config.timeout)
             slot.in_flight = poll
+            self.in_flight[slot.name] = poll
+            self._seq += 1
+            heapq.heappush(self._deadlines, (poll.deadline, self._seq, poll))
             polls.append(poll)
         return polls
 
@@ -259,16 +266,24 @@ class Scheduler:
     def expire(self, now: float) -> list[PollReport]:
         """Polls past their timeout become errors now; the call itself is left to return."""
         reports = []
-        for slot in self.slots.values():
-            poll = slot.in_flight
-            if poll is not None and not poll.timed_out and poll.deadline <= now:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, poll = heapq.heappop(heap)
+            slot = poll.slot
+            if slot.in_flight is poll and not poll.timed_out and self.slots.get(slot.name) is slot:
                 poll.timed_out = True
                 reports.append(self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now))
         return reports
 
     def next_deadline(self) -> float | None:
-        deadlines = [s.in_flight.deadline for s in self.slots.values() if s.in_flight and not s.in_flight.timed_out]
-        return min(deadlines) if deadlines else None
+        heap = self._deadlines
+        while heap and heap[0][2].slot.in_flight is not heap[0][2]:
+            heapq.heappop(heap)  # completed: drop lazily
+        return heap[0][0] if heap else None
+
+    def busy(self) -> bool:
+        """A poll is in flight that has not timed out."""
+        return any(not p.timed_out for p in self.in_flight.values())
 
     def complete(self, poll: Poll, result: Any, error: BaseException | None, now: float) -> PollReport | None:
         slot = poll.slot
@@ -276,6 +291,7 @@ class Scheduler:
             return None  # removed by a reload while in flight
         if slot.in_flight is poll:
             slot.in_flight = None
+            self.in_flight.pop(slot.name, None)
         if poll.timed_out:
             log.info("trigger %s: a timed-out poll returned after %.1fs; result dropped", slot.name, now - poll.started_at)
             self._after_inflight(slot, now)
@@ -308,11 +324,12 @@ class Scheduler:
         tc = slot.config
         if slot.impl is not None and slot.impl.has_own_schedule:
             return slot.impl.next_due(poll.due_at, now)
-        grid = poll.due_at
+        grid = slot.grid_at
         nxt = grid + tc.interval
         if nxt <= now:  # late by more than an interval: skip the missed slots, stay on the grid
             missed = int((now - grid) // tc.interval)
             nxt = grid + (missed + 1) * tc.interval
+        slot.grid_at = nxt
         return nxt + self._jitter(tc)
 
     def _success(self, slot: Slot, poll: Poll, outcome: PollOutcome, now: float) -> PollReport:
@@ -327,7 +344,7 @@ class Scheduler:
             slot.cursor = outcome.cursor
         if not outcome.fires:
             stats.last_result = "skipped"
-            stats.dirty = True
+            self._dirty[tc.name] = stats
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
@@ -364,7 +381,7 @@ class Scheduler:
                 slot.kv.pop(k, None)
             else:
                 slot.kv[k] = v
-        stats.dirty = False
+        self._dirty.pop(slot.name, None)
         return results
 
     def _error(self, slot: Slot, poll: Poll, message: str, now: float) -> PollReport:
@@ -379,10 +396,10 @@ class Scheduler:
         cap = max(tc.max_backoff, tc.interval)
         base = tc.interval if not (slot.impl and slot.impl.has_own_schedule) else max(tc.interval, 1.0)
         backoff = min(base * (2 ** min(n, 40)), cap)
-        slot.due_at = max(poll.due_at + backoff, now)
+        slot.due_at = slot.grid_at = max(poll.due_at + backoff, now)
         stats.next_poll_at = slot.due_at
         self.store.record_error(tc.name, message, stats, now)
-        stats.dirty = False
+        self._dirty.pop(tc.name, None)
         if tc.on_error_workflow and n >= (tc.on_error_after or 3) and not slot.error_alerted:
             slot.error_alerted = True
             self.store.set_error_alerted(tc.name, True)
@@ -397,12 +414,12 @@ class Scheduler:
         if not force and now - self._last_flush < STATS_FLUSH_EVERY:
             return
         self._last_flush = now
-        dirty = [s.stats for s in self.slots.values() if s.stats.dirty]
-        if not dirty:
+        if not self._dirty:
             return
+        dirty = list(self._dirty.values())
+        self._dirty.clear()
         self.store.flush_stats(dirty)
         for st in dirty:
-            st.dirty = False
             st.polls = 0
 
 

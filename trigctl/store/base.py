@@ -60,7 +60,6 @@ class PollStats:
     next_poll_at: float | None = None
     polls: int = 0
     consecutive_errors: int = 0
-    dirty: bool = False
 
 
 @dataclass

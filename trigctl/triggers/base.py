@@ -54,7 +54,7 @@ class PollOutcome:
         return bool(self.fires)
 
 
-@dataclass
+@dataclass(slots=True)
 class PollContext:
     """What the scheduler hands a trigger for one poll."""
 
@@ -150,6 +150,8 @@ def normalize_result(value: Any) -> PollOutcome:
     Raises TypeError for a value that is none of the accepted forms.
     """
     out = PollOutcome()
+    if value is None or value is False:  # the common case first: nothing to do
+        return out
     items: Iterable[Any]
     if isinstance(value, (list, Iterable)) and not isinstance(value, (tuple, dict, str, bytes, Mapping)):
         items = list(value)

@@ -10,6 +10,8 @@ from typing import Any
 from trigctl.dotted import ResolveError, resolve
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, normalize_result, register
 
+_PLAIN = (bool, dict, tuple, list)
+
 
 @register
 class PythonTrigger(TriggerType):
@@ -48,10 +50,12 @@ class PythonTrigger(TriggerType):
         return []
 
     def poll(self, ctx: PollContext) -> Any:
-        kwargs = dict(self._kwargs)
         if self._wants_cursor:
-            kwargs["cursor"] = ctx.cursor
-        value = self._fn(**kwargs)
+            value = self._fn(**self._kwargs, cursor=ctx.cursor)
+        else:
+            value = self._fn(**self._kwargs)
+        if value is None or value is False or type(value) in _PLAIN:
+            return normalize_result(value)  # the common answers, without the awaitable check
         if inspect.isawaitable(value):
             return value  # the scheduler runs it on its event loop and calls finish()
         return normalize_result(value)

@@ -1,0 +1,154 @@
+"""Scale: N python-callable triggers at interval 1 s, all due at once or spread; trigctl vs APScheduler 3.
+
+    python bench/bench_scale.py --n 1000 10000 20000 --seconds 10 [--peer]
+
+Each (system, N, phase) runs in its own subprocess so RSS is its own. Lateness is due time ->
+callable entered. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
+    from trigctl.config import load_config
+    from trigctl.runner import Runner
+    from trigctl.scheduler import Scheduler
+    from trigctl.store.sqlite import SQLiteStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-"))
+    (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
+    lines = ["version: 1", "workflows:", "  wf:", "    tasks:", "      - run: 'true'", "triggers:"]
+    for i in range(n):
+        lines += [f"  - name: t{i}", "    type: python", "    callable: bench_callables:noop", "    workflow: wf",
+                  "    interval: 1s"] + (["    jitter: 1s"] if spread else [])
+    (tmp / "triggers.yaml").write_text("\n".join(lines) + "\n")
+    cfg = load_config(tmp / "triggers.yaml", light=True)
+    store = SQLiteStore(str(tmp / "state.db"))
+    lateness: list[float] = []
+    record = lateness.append
+    original = Scheduler.execute
+
+    def timed_execute(self, poll):
+        record(time.time() - poll.due_at)
+        return original(self, poll)
+
+    Scheduler.execute = timed_execute
+    runner = Runner(cfg, store, install_signals=False, grace=1)
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    # Warm-up: the first second includes start-up (config, 1 row per trigger); measure after it.
+    time.sleep(2.0)
+    lateness.clear()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    sample = list(lateness)
+    rss = rss_mb()
+    runner._signals = 1
+    runner._event.set()
+    t.join(30)
+    due = n * seconds
+    return {"system": "trigctl", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample), "due": due,
+            "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000, "max_ms": max(sample) * 1000 if sample else 0,
+            "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+
+
+def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
+    from datetime import datetime
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    lateness: list[float] = []
+    t0 = time.time() + 2.0
+    sched = BackgroundScheduler(job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 1})
+
+    def make(offset):
+        state = {"next": t0 + offset}
+
+        def job():
+            now = time.time()
+            lateness.append(now - state["next"])
+            state["next"] += 1.0
+        return job
+
+    import random
+
+    for i in range(n):
+        offset = random.uniform(0, 1) if spread else 0.0
+        sched.add_job(make(offset), "interval", seconds=1, next_run_time=datetime.fromtimestamp(t0 + offset),
+                      id=f"j{i}")
+    sched.start()
+    time.sleep(max(0, t0 - time.time()) + 1.0)
+    lateness.clear()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    sample = list(lateness)
+    rss = rss_mb()
+    sched.shutdown(wait=False)
+    return {"system": "apscheduler", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
+            "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
+            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[1000, 10000, 20000])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--peer", action="store_true", help="also run APScheduler 3 (pip install 'apscheduler<4')")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        system, n, phase = args.child.split(",")
+        fn = run_trigctl if system == "trigctl" else run_apscheduler
+        print(json.dumps(fn(int(n), args.seconds, phase == "spread")))
+        return
+    rows = []
+    systems = ["trigctl"] + (["apscheduler"] if args.peer else [])
+    for n in args.n:
+        for phase in ("at once", "spread"):
+            for system in systems:
+                out = subprocess.run([sys.executable, __file__, "--seconds", str(args.seconds), "--child",
+                                      f"{system},{n},{'spread' if phase == 'spread' else 'once'}"],
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(out.stderr, file=sys.stderr)
+                    continue
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"| {r['system']} | {r['n']} | {r['phase']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
+                      f"{r['executed']}/{r['due']} ({100 * r['executed'] / r['due']:.0f}%) | {r['cpu']:.2f} | {r['rss_mb']:.0f} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    print("| system | N | phase | p50 ms | p99 ms | max ms | polls executed/due | CPU s/s | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    main()
