@@ -176,3 +176,15 @@ def test_a_secret_in_an_error_message_is_masked():
     out = errors(text, {"TOK": "hunter2-secret"})
     assert out and all("hunter2" not in e for e in out), out
     assert any("*** is not a duration" in e or '"***" is not a duration' in e for e in out), out
+
+
+def test_default_applies_to_empty_variables_and_unset_errors_name_the_item():
+    text = GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: '${EMPTY:-d}'")
+    assert parse_config(text, "t.yaml", {"EMPTY": ""}).raw["triggers"][0]["description"] == "d"
+    out = errors(GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: '${NOPE_X}'"))
+    assert any("triggers[0](a).description" in e for e in out), out
+
+
+def test_zero_timeout_is_refused():
+    out = errors(GOOD.replace("    workflow: wf\n", "    workflow: wf\n    timeout: 0s\n"))
+    assert any("timeout must be greater than 0" in e for e in out), out

@@ -167,3 +167,9 @@ def test_big_context_goes_through_the_file(setup):
     assert run.status == "succeeded", run.tasks
     assert "500000" in run.tasks[0]["output_tail"]
     assert json.loads(json.dumps(run.context))["blob"] == "x" * 500_000
+
+
+def test_task_env_cannot_override_reserved_names(setup):
+    _, store, runner = setup("  wf:\n    tasks:\n      - run: 'echo $TRIGCTL_TRIGGER $MINE'\n        env: {TRIGCTL_TRIGGER: spoofed, MINE: 'yes'}\n")
+    run = run_one(store, runner, {})
+    assert run.tasks[0]["output_tail"].strip() == "t yes"

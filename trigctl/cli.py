@@ -132,7 +132,8 @@ def init(path: str) -> None:
     if target.exists():
         raise Fatal(f"{path} already exists; not overwriting it")
     target.write_text(STARTER.read_text())
-    click.echo(f"wrote {path}: edit it, then `trigctl validate {path}` and `trigctl run {path}`")
+    (target.parent / "inbox").mkdir(exist_ok=True)  # the starter's file trigger watches it
+    click.echo(f"wrote {path} (and inbox/): edit it, then `trigctl validate {path}` and `trigctl run {path}`")
 
 
 # --------------------------------------------------------------------------------------- validate
@@ -323,6 +324,7 @@ def list_(config_path, state, as_json) -> None:
             "active_runs": row.active_runs if row else 0, "fires": row.fires if row else 0,
             "consecutive_errors": row.consecutive_errors if row else 0,
             "_last_poll_at": row.last_poll_at if row else None, "_next_poll_at": row.next_poll_at if row else None,
+            "_schedule": tc.options.get("cron") or (f"every {tc.options.get('every')}" if tc.options.get("every") else None),
         })
     if as_json:
         render.print_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in out])
@@ -483,7 +485,7 @@ def cancel(run_id, config_path, state) -> None:
         if run is None:
             raise Fatal(f"no run {run_id}")
         if run.status not in ("queued", "running"):
-            raise Fatal(f"run {run_id} is not active (it {run.status})", EXIT_FAILED)
+            raise Fatal(f"run {run_id} already ended ({run.status}); nothing to cancel", EXIT_FAILED)
         if run.status == "queued":
             store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`")
             click.echo(f"run {run_id} cancelled (it was queued)")

@@ -256,10 +256,13 @@ def _interpolate_str(value: str, env: Mapping[str, str], missing: list[str]) -> 
             return "${"
         name, default = m.group(1), m.group(2)
         used = True
-        if name in env:
-            return env[name]
-        if default is not None:
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:  # like the shell's ${VAR:-default}: unset or empty
             return default
+        if value is not None:
+            return value
         missing.append(name)
         return ""
 
@@ -271,16 +274,18 @@ def _is_shell_string(path: tuple) -> bool:
     return bool(path) and path[-1] == "run"
 
 
-def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str], path: tuple = ()) -> Any:
+def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str], path: tuple = (),
+                root: Any = None) -> Any:
+    root = data if root is None else root
     if isinstance(data, dict):
-        return {k: interpolate(v, doc, env, secrets, path + (k,)) for k, v in data.items()}
+        return {k: interpolate(v, doc, env, secrets, path + (k,), root) for k, v in data.items()}
     if isinstance(data, list):
-        return [interpolate(v, doc, env, secrets, path + (i,)) for i, v in enumerate(data)]
+        return [interpolate(v, doc, env, secrets, path + (i,), root) for i, v in enumerate(data)]
     if isinstance(data, str) and not _is_shell_string(path) and "$" in data:
         missing: list[str] = []
         out, used = _interpolate_str(data, env, missing)
         for name in missing:
-            doc.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+            doc.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)", data=root)
         if used and _secret_position(path):
             secrets.add(out)
         return out
@@ -512,6 +517,8 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
         doc.issue(path + ("interval",), "a schedule trigger has no interval: use `cron` or `every`", key=True, data=data)
     if interval <= 0 and ttype != "schedule":
         doc.issue(path + ("interval",), "interval must be greater than 0", data=data)
+    if parse_duration(merged.get("timeout", DEFAULT_TIMEOUT)) <= 0:
+        doc.issue(path + ("timeout",), "timeout must be greater than 0", data=data)
     if cls is None:
         doc.issue(path + ("type",), f"trigger type {ttype!r} is not available", data=data)
         return None
@@ -541,6 +548,10 @@ def doc_base_dir(doc: _Doc) -> Path:
     return Path(doc.filename).resolve().parent
 
 
+def _env_text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def _task_config(j: int, task: dict) -> TaskConfig:
     kind = next(k for k in ("run", "argv", "http", "call") if k in task)
     return TaskConfig(
@@ -554,7 +565,7 @@ def _task_config(j: int, task: dict) -> TaskConfig:
         retries=int(task.get("retries", 0)),
         retry_delay=parse_duration(task.get("retry_delay", 5)),
         continue_on_error=bool(task.get("continue_on_error", False)),
-        env={str(k): str(v) for k, v in (task.get("env") or {}).items()},
+        env={str(k): _env_text(v) for k, v in (task.get("env") or {}).items()},
         cwd=task.get("cwd"),
     )
 

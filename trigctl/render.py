@@ -60,7 +60,7 @@ def trigger_table(rows: list[dict[str, Any]]) -> None:
     table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"])
     for r in rows:
         table.add_row(
-            r["name"], r["type"], r["workflow"], format_duration(r["interval"]) if r["interval"] is not None else "cron",
+            r["name"], r["type"], r["workflow"], format_duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
             "yes" if r["enabled"] else "no", relative(r["_last_poll_at"], now), r["last_result"] or "-",
             relative(r["_next_poll_at"], now) if r["enabled"] else "-", str(r["active_runs"]), str(r["fires"]),
             str(r["consecutive_errors"]) if r["consecutive_errors"] else "-",

@@ -281,7 +281,7 @@ class Runner:
     def _shutdown(self) -> None:
         self.emit("stopping", active_runs=self.workflows.count(), grace=self.grace)
         self.dispatcher.close()
-        deadline = time.monotonic() + (0 if self.once else self.grace)
+        deadline = time.monotonic() + self.grace
         while self.workflows.count() and time.monotonic() < deadline and self._signals < 2:
             self._event.wait(max(0.0, min(0.5, deadline - time.monotonic())))
             self._event.clear()

@@ -108,7 +108,10 @@ class Scheduler:
         enabled = tc.enabled if row is None or row.enabled is None else row.enabled
         stored_due = row.next_poll_at if row else None
         if impl is not None and impl.has_own_schedule:
-            due = stored_due if stored_due is not None else impl.next_due(None, now)
+            # A past stored slot is kept (downtime is caught up); an edited schedule that comes due
+            # sooner than the stored slot wins.
+            own = impl.next_due(None, now)
+            due = own if stored_due is None else min(stored_due, own)
         else:
             # After downtime the stored due time is in the past: poll once now, not a burst.
             due = stored_due if stored_due is not None else now + self._jitter(tc)

@@ -41,9 +41,12 @@ def env_name(key: str) -> str:
     return "TRIGCTL_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
-def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_file: str) -> dict[str, str]:
-    """The parent environment, TRIGCTL_<KEY> per scalar context key, then the reserved names (which win)."""
+def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_file: str,
+             extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent environment, the task's `env:`, TRIGCTL_<KEY> per scalar context key, then the
+    reserved names (which win over everything)."""
     env = dict(os.environ)
+    env.update(extra or {})
     for key, value in context.items():
         if isinstance(value, bool):
             env[env_name(key)] = "true" if value else "false"
@@ -169,9 +172,10 @@ class RunExecution:
                         status, error = "failed", f"task {task.name!r} failed: {outcome.error}"
                         break
         except Exception as e:  # a bug or an OS failure must still end the run and release its key
-            log.exception("run %s crashed", run.id)
+            log.debug("run %s crashed", run.id, exc_info=True)
             status, error = "failed", f"internal error: {type(e).__name__}: {e}"
-        store.finish_run(run.id, status, clock(), self.runner.redact(error) if error else None)
+        error = self.runner.redact(error) if error else None
+        store.finish_run(run.id, status, clock(), error)
         self.runner._finished(self, status, error)
 
     def _run_task(self, idx: int, task: TaskConfig, context: dict[str, Any], tmp: Path, deadline: float | None):
@@ -219,8 +223,7 @@ class RunExecution:
         context_file = str(tmp / f"task{idx}.context.json")
         Path(output_file).write_text("")
         Path(context_file).write_text(json.dumps(context))
-        env = task_env(self.run, context, output_file, context_file)
-        env.update(task.env)
+        env = task_env(self.run, context, output_file, context_file, dict(task.env))
         cwd = self.runner.resolve_cwd(task.cwd)
         stdin = subprocess.DEVNULL
         if task.kind == "run":
@@ -269,29 +272,32 @@ class RunExecution:
         return TaskOutcome("succeeded", 0, None, vars_out)
 
     def _http(self, task: TaskConfig, context, out_path: str, timeout: float | None, timeout_msg: str) -> TaskOutcome:
-        import requests
+        # The trigger types' request helper: a total deadline, a body cap, and error messages that
+        # never quote header values or query strings (requests' own messages do).
+        from trigctl.triggers._util import RequestTimeout, http_request, new_session
+        from trigctl.triggers.base import PollError
 
         spec = task.http or {}
         method = str(spec.get("method", "POST")).upper()
         headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
+        session = new_session()
         try:
-            resp = requests.request(method, spec["url"], json=context, headers=headers, timeout=timeout or 30,
-                                    verify=spec.get("verify_tls", True))
-        except requests.Timeout:
+            resp = http_request(session, method, spec["url"], json_body=context, headers=headers,
+                                timeout=timeout or 30, verify=bool(spec.get("verify_tls", True)))
+        except RequestTimeout:
             return TaskOutcome("failed", None, timeout_msg or "timed out")
-        except requests.RequestException as e:
-            return TaskOutcome("failed", None, self.runner.redact(f"{type(e).__name__}: {e}"))
-        Path(out_path).write_bytes(f"{method} -> {resp.status_code}\n".encode() + resp.content[-OUTPUT_TAIL_BYTES:])
-        if not 200 <= resp.status_code < 300:
-            return TaskOutcome("failed", resp.status_code, f"HTTP {resp.status_code}")
+        except PollError as e:
+            return TaskOutcome("failed", None, self.runner.redact(str(e)))
+        finally:
+            session.close()
+        Path(out_path).write_bytes(f"{method} -> {resp.status}\n".encode() + resp.body[-OUTPUT_TAIL_BYTES:])
+        if not 200 <= resp.status < 300:
+            return TaskOutcome("failed", resp.status, f"HTTP {resp.status}")
         vars_out = None
-        if "application/json" in resp.headers.get("content-type", ""):
-            try:
-                body = resp.json()
-                vars_out = body if isinstance(body, dict) else None
-            except ValueError:
-                pass
-        return TaskOutcome("succeeded", resp.status_code, None, {"http_response": vars_out} if vars_out else None)
+        if "json" in resp.content_type.lower():  # application/json, application/problem+json, ...
+            body = resp.json()
+            vars_out = body if isinstance(body, dict) else None
+        return TaskOutcome("succeeded", resp.status, None, {"http_response": vars_out} if vars_out else None)
 
 
 class WorkflowRunner:
