@@ -18,6 +18,10 @@ def make_scheduler(config_path, now: float):
     return sched, store
 
 
+async def _await(awaitable):
+    return await awaitable
+
+
 def drive(sched: Scheduler, now: float):
     """One tick: run every due poll inline and complete it. Returns the reports."""
     reports = []
@@ -25,12 +29,7 @@ def drive(sched: Scheduler, now: float):
         try:
             result, error = sched.execute(poll), None
             if inspect.isawaitable(result):
-                awaitable = result
-
-                async def wrap():
-                    return await awaitable
-
-                result = ("awaited", asyncio.run(wrap()))
+                result = ("awaited", asyncio.run(_await(result)))
         except Exception as e:  # noqa: BLE001
             result, error = None, e
         report = sched.complete(poll, result, error, now)

@@ -8,8 +8,8 @@ import stat
 import time
 
 import pytest
-
 from conftest import cli_json, open_state
+
 from trigctl.cli import main
 
 COMMANDS = ["init", "validate", "run", "poll", "list", "enable", "disable", "history", "show", "cancel", "prune"]

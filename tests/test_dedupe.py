@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import drive, make_scheduler
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import drive, make_scheduler
 from trigctl.store.base import dedupe_hash
 
 BASE = """

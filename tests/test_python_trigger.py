@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import drive, make_scheduler
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import drive, make_scheduler
 from trigctl import Fire, Skip
 from trigctl.triggers.base import normalize_result
 

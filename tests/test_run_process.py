@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_trigctl, trigctl_cmd, wait_for
 
 pytestmark = pytest.mark.slow

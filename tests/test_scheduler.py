@@ -6,6 +6,7 @@ import threading
 
 from conftest import wait_for
 from helpers import drive, make_scheduler
+
 from trigctl.config import load_config
 from trigctl.runner import Runner
 from trigctl.store.sqlite import SQLiteStore

@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-
 from conftest import wait_for
+
 from trigctl.config import load_config
 from trigctl.store.sqlite import SQLiteStore
 from trigctl.workflows import WorkflowRunner

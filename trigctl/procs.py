@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 
@@ -29,20 +30,68 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def kill_group(pgid: int, grace: float = 5.0) -> None:
-    """SIGTERM the group, then SIGKILL whatever is left after ``grace`` seconds."""
+def group_running(pgid: int) -> bool:
+    """Whether the group has a member that is not a zombie.
+
+    ``killpg(pgid, 0)`` alone also counts zombies: the unreaped leader, and orphaned children that
+    an init which reaps late (or trigctl itself as PID 1 in a container) has not collected yet.
+    Where /proc is readable, members in state Z are not counted.
+    """
+    if not group_alive(pgid):
+        return False
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    want = str(pgid).encode()
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == want and fields[0] != b"Z":
+            return True
+    return False
+
+
+def kill_group(pgid: int, grace: float = 5.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after ``grace`` seconds.
+
+    With ``proc`` (the group's leader, our child) it is reaped while waiting, so a group that dies
+    at SIGTERM is done at once instead of after the whole grace period.
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
+    while True:
+        if proc is not None:
+            proc.poll()
+        if not group_running(pgid):
             return
-        time.sleep(0.02)  # polling a foreign group: there is no handle to wait on
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)  # polling a group: there is no handle to wait on for its other members
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate_group(proc: subprocess.Popen, grace: float) -> None:
+    """Kill the group led by our child ``proc`` (see :func:`kill_group`) and reap ``proc``.
+
+    Also after ``proc`` exited: children it left in its group are terminated (the group id cannot
+    be handed out again while any member lives)."""
+    kill_group(proc.pid, grace, proc)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:  # stuck in the kernel (uninterruptible I/O): leave it
         pass
 
 
@@ -56,7 +105,7 @@ def kill_recorded_group(pid: int | None, pgid: int | None, proc_start: str | Non
             return False  # PID reused by an unrelated process
         if now_start is None and not group_alive(pgid):
             return False
-    if not group_alive(pgid):
+    if not group_running(pgid):
         return False
     kill_group(pgid, grace)
     return True

@@ -185,9 +185,7 @@ class Runner:
             self._last_watch = now
             self._watch_state(now)
         if not (self.once and not force):
-            polls = sched.tick(now, force=force)
-            if polls:
-                self.dispatcher.submit_many(polls, lambda p: p.slot.impl is not None and p.slot.impl.blocking)
+            sched.tick(now, force=force, submit=self._submit)
         if sched.alerts:
             self._pump_needed = True
         if self._pump_needed:
@@ -197,6 +195,9 @@ class Runner:
         sched.flush(now)
         self._my_runs.update(sched.alerts)
         sched.alerts.clear()
+
+    def _submit(self, polls: list[Poll]) -> None:
+        self.dispatcher.submit_many(polls, _is_blocking)
 
     def _defer_results(self, now: float) -> bool:
         """While the fast lane still has polls waiting, leave results for a moment: handling them
@@ -303,6 +304,11 @@ class Runner:
 
     def emit(self, event: str, **fields: Any) -> None:
         log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
+
+
+def _is_blocking(poll: Poll) -> bool:
+    impl = poll.slot.impl
+    return impl is not None and impl.blocking
 
 
 class EventFormatter(logging.Formatter):

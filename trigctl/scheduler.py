@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ class Scheduler:
         self._last_flush = 0.0
         self.alerts: list[int] = []  # runs started by on_error
         self.in_flight: dict[str, Poll] = {}
-        self._deadlines: list[tuple[float, int, Poll]] = []
+        # Polls in flight by timeout: each deque is in start order, so also in deadline order.
+        self._deadlines: dict[float, deque[Poll]] = {}
         self._dirty: dict[str, PollStats] = {}
 
     # ------------------------------------------------------------------------------------- set-up
@@ -224,33 +226,53 @@ class Scheduler:
                 slot.due_at = slot.grid_at = min(max(slot.due_at, now), now + slot.config.interval)
             self._push(slot)
 
-    def tick(self, now: float, force: bool = False) -> list[Poll]:
-        """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now."""
+    def tick(self, now: float, force: bool = False, submit: Callable[[list[Poll]], None] | None = None,
+             chunk: int = 256) -> list[Poll]:
+        """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now.
+
+        With ``submit``, polls are handed over in chunks while popping, so the first ones start
+        before the last ones are popped (10,000 triggers due at once).
+        """
         polls: list[Poll] = []
+        batch: list[Poll] = []
         if force:
-            candidates = list(self.slots.values())
+            candidates = iter(list(self.slots.values()))
             self._heap.clear()
         else:
-            candidates = []
-            heap = self._heap
-            while heap and heap[0][0] <= now:
-                _, _, name, gen = heapq.heappop(heap)
-                slot = self.slots.get(name)
-                if slot is not None and slot.generation == gen:
-                    candidates.append(slot)
+            candidates = self._pop_due(now)
+        deadlines = self._deadlines
+        in_flight = self.in_flight
         for slot in candidates:
             if not slot.enabled:
                 continue
             if slot.in_flight is not None:
                 slot.waiting = True
                 continue
-            poll = Poll(slot, slot.due_at if not force else now, now, now + slot.config.timeout)
+            timeout = slot.config.timeout
+            poll = Poll(slot, slot.due_at if not force else now, now, now + timeout)
             slot.in_flight = poll
-            self.in_flight[slot.name] = poll
-            self._seq += 1
-            heapq.heappush(self._deadlines, (poll.deadline, self._seq, poll))
+            in_flight[slot.name] = poll
+            queue = deadlines.get(timeout)
+            if queue is None:
+                queue = deadlines[timeout] = deque()
+            queue.append(poll)
             polls.append(poll)
+            if submit is not None:
+                batch.append(poll)
+                if len(batch) >= chunk:
+                    submit(batch)
+                    batch = []
+        if submit is not None and batch:
+            submit(batch)
         return polls
+
+    def _pop_due(self, now: float):
+        heap, slots, pop = self._heap, self.slots, heapq.heappop
+        while heap and heap[0][0] <= now:
+            _, _, name, gen = pop(heap)
+            slot = slots.get(name)
+            if slot is not None and slot.generation == gen:
+                yield slot
 
     def poll_context(self, poll: Poll) -> PollContext:
         slot = poll.slot
@@ -269,20 +291,23 @@ class Scheduler:
     def expire(self, now: float) -> list[PollReport]:
         """Polls past their timeout become errors now; the call itself is left to return."""
         reports = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, poll = heapq.heappop(heap)
-            slot = poll.slot
-            if slot.in_flight is poll and not poll.timed_out and self.slots.get(slot.name) is slot:
-                poll.timed_out = True
-                reports.append(self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now))
+        for queue in self._deadlines.values():
+            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out or queue[0].deadline <= now):
+                poll = queue.popleft()
+                slot = poll.slot
+                if slot.in_flight is poll and not poll.timed_out and self.slots.get(slot.name) is slot:
+                    poll.timed_out = True
+                    reports.append(self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now))
         return reports
 
     def next_deadline(self) -> float | None:
-        heap = self._deadlines
-        while heap and heap[0][2].slot.in_flight is not heap[0][2]:
-            heapq.heappop(heap)  # completed: drop lazily
-        return heap[0][0] if heap else None
+        best = None
+        for queue in self._deadlines.values():
+            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out):
+                queue.popleft()  # completed or already expired: drop lazily
+            if queue and (best is None or queue[0].deadline < best):
+                best = queue[0].deadline
+        return best
 
     def busy(self) -> bool:
         """A poll is in flight that has not timed out."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.config import Config, TaskConfig, WorkflowConfig
-from trigctl.procs import kill_group, proc_start_time
+from trigctl.procs import kill_group, proc_start_time, terminate_group
 from trigctl.store.base import RunRow, Store
 
 log = logging.getLogger("trigctl.workflows")
@@ -249,8 +249,7 @@ class RunExecution:
             try:
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                kill_group(proc.pid, self.runner.kill_grace)
-                proc.wait()
+                terminate_group(proc, self.runner.kill_grace)
                 return TaskOutcome("failed", None, timeout_msg)
             finally:
                 with self._proc_lock:

@@ -1,0 +1,312 @@
+"""Helpers shared by the built-in `http`, `queue_depth` and `command` trigger types.
+
+* :func:`run_process`: a subprocess in its own session, killed as a whole process group (SIGTERM,
+  then SIGKILL) when the poll's timeout passes.
+* :func:`http_request`: one HTTP request with a total deadline and a body size cap, whose error
+  messages never contain header values, URL passwords or query strings.
+
+``requests`` is imported lazily, so ``trigctl --help`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trigctl.procs import terminate_group
+from trigctl.secrets import Redactor
+from trigctl.triggers.base import PollError
+
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a poll's command times out
+LEFTOVER_GRACE = 0.5  # for children a finished command left running in its group
+MAX_STDOUT = 1_048_576  # bytes of stdout kept (a context is limited to 1 MB anyway)
+STDERR_TAIL = 4096
+MAX_BODY = 10 * 1024 * 1024  # bytes of an HTTP response body
+NOT_JSON: Any = object()  # HttpResponse.json() when the body is not JSON
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    """A path option: ``~`` expanded, relative to the YAML file's directory unless absolute."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+@dataclass
+class ProcessResult:
+    returncode: int
+    stdout: bytes  # at most max_stdout + 1 bytes (one more than the cap tells "truncated")
+    stderr_tail: str
+
+    def last_stderr_line(self, limit: int = 300) -> str:
+        lines = [ln.strip() for ln in self.stderr_tail.splitlines() if ln.strip()]
+        line = lines[-1] if lines else ""
+        return line if len(line) <= limit else line[: limit - 3] + "..."
+
+    def describe_exit(self) -> str:
+        """`exit code 3: <last line of stderr>` (or `killed by signal 9`)."""
+        code = self.returncode
+        text = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        last = self.last_stderr_line()
+        return f"{text}: {last}" if last else text
+
+
+class RunningProcesses:
+    """The commands a trigger has running, so that its close() (shutdown, reload) can stop them
+    instead of leaving them, and trigctl's exit, waiting for the poll timeout."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self._closed = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            closed = self._closed
+        if closed:
+            _signal_group(proc, signal.SIGTERM)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def terminate_all(self) -> None:
+        """SIGTERM every running command's group (without waiting: the poll's own timeout still
+        SIGKILLs one that ignores it)."""
+        with self._lock:
+            self._closed = True
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if proc.returncode is not None:
+        return  # reaped: its PID may belong to someone else by now
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_process(argv: Sequence[str], *, cwd: str | Path, timeout: float, env: Mapping[str, str] | None = None,
+                max_stdout: int = MAX_STDOUT, grace: float = KILL_GRACE,
+                running: RunningProcesses | None = None) -> ProcessResult:
+    """Run ``argv`` (no shell unless argv says so) in a new session; stdin is /dev/null.
+
+    Output goes to unlinked temporary files, not pipes: a background child that keeps stdout open
+    cannot make the poll hang, and a chatty command cannot fill a pipe and stall. Past ``timeout``
+    the whole process group is killed and PollError("command timed out after Xs") raised. Children
+    left running in the group after the command exits are terminated too: a poll leaves nothing behind.
+    """
+    argv = [str(a) for a in argv]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, cwd=str(cwd), env=dict(env) if env is not None else None,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+        except OSError as e:
+            raise PollError(f"cannot start {argv[0]!r}: {e.strerror or e}") from None
+        if running is not None:
+            running.add(proc)
+        try:
+            code = proc.wait(timeout=max(timeout, 0.001))
+        except subprocess.TimeoutExpired:
+            terminate_group(proc, grace)
+            raise PollError(f"command timed out after {timeout:g}s") from None
+        except BaseException:
+            terminate_group(proc, grace)
+            raise
+        finally:
+            if running is not None:
+                running.discard(proc)
+        terminate_group(proc, LEFTOVER_GRACE)
+        out.seek(0)
+        stdout = out.read(max_stdout + 1)
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - STDERR_TAIL))
+        stderr_tail = err.read().decode("utf-8", errors="replace")
+    return ProcessResult(code, stdout, stderr_tail)
+
+
+# ----------------------------------------------------------------------------------------- HTTP
+
+
+class RequestTimeout(PollError):
+    """The request did not complete within its timeout."""
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    body: bytes
+    encoding: str | None
+    content_type: str = ""
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.body.decode(self.encoding or "utf-8", errors="replace")
+        except LookupError:  # an unknown charset in Content-Type
+            return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The parsed body, or NOT_JSON."""
+        return parse_json(self.body)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """The parsed JSON value, or NOT_JSON for anything else (NaN/Infinity too: no context may hold them)."""
+    if not data.strip():
+        return NOT_JSON
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return NOT_JSON
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def safe_url(url: str) -> str:
+    """The URL for messages: password masked, query string and fragment left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    masked = Redactor().text(str(url))
+    try:
+        parts = urlsplit(masked)
+    except ValueError:
+        return "<invalid URL>"
+    shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return shown + ("?..." if parts.query else "")
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([A-Za-z][A-Za-z ,'-]*[A-Za-z])")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, secret-free description of a failed request.
+
+    The exception's own text is never used whole: requests puts header values (InvalidHeader) and
+    full URLs with their query strings into its messages.
+    """
+    import requests
+
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error" + (": certificate verify failed" if "certificate verify failed" in text else "")
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        return "invalid header (a header name or value is not allowed)"
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        requests.exceptions.InvalidSchema)):
+        return "invalid URL"
+    if isinstance(exc, requests.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(exc, requests.ConnectionError):
+        m = _ERRNO.search(text)
+        if m:
+            return f"connection failed: {m.group(1)}"
+        if "Name or service not known" in text or "nodename nor servname" in text:
+            return "connection failed: unknown host"
+        if "RemoteDisconnected" in text or "Connection aborted" in text:
+            return "connection failed: the server closed the connection"
+        return "connection failed"
+    if isinstance(exc, UnicodeError):
+        return "invalid request: a header or URL holds characters HTTP cannot send"
+    return f"request failed ({type(exc).__name__})"
+
+
+def new_session() -> Any:
+    import requests
+
+    from trigctl import __version__
+
+    session = requests.Session()
+    session.headers["User-Agent"] = f"trigctl/{__version__}"
+    return session
+
+
+_UNSET: Any = object()
+
+
+def http_request(session: Any, method: str, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
+                 verify: bool = True, data: bytes | None = None, json_body: Any = _UNSET,
+                 max_body: int = MAX_BODY) -> HttpResponse:
+    """One request; the whole exchange (connect, headers, body) must finish within ``timeout``.
+
+    Any failure to get a complete response raises PollError("METHOD URL: reason") (RequestTimeout
+    for a timeout), with the URL as :func:`safe_url` shows it and no header value in it.
+    """
+    import requests
+
+    method = method.upper()
+    if not verify:  # chosen in the config: no InsecureRequestWarning on stderr at every poll
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    deadline = time.monotonic() + timeout
+    where = f"{method} {safe_url(url)}"
+    kwargs: dict[str, Any] = {"headers": dict(headers or {}), "timeout": timeout, "verify": verify, "stream": True}
+    if data is not None:
+        kwargs["data"] = data
+    if json_body is not _UNSET:
+        kwargs["json"] = json_body
+    try:
+        with session.request(method, url, **kwargs) as resp:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_content(65536):
+                size += len(chunk)
+                if size > max_body:
+                    raise PollError(f"{where}: response body larger than {max_body} bytes")
+                if time.monotonic() > deadline:
+                    raise RequestTimeout(f"{where}: timed out after {timeout:g}s")
+                chunks.append(chunk)
+            return HttpResponse(resp.status_code, b"".join(chunks), resp.encoding,
+                                resp.headers.get("Content-Type", ""))
+    except PollError:
+        raise
+    except requests.Timeout:
+        raise RequestTimeout(f"{where}: timed out after {timeout:g}s") from None
+    except requests.ConnectionError as e:
+        if "timed out" in str(e):  # a read timeout while streaming the body arrives as ConnectionError
+            raise RequestTimeout(f"{where}: timed out after {timeout:g}s") from None
+        raise PollError(f"{where}: {_reason(e)}") from None
+    except (requests.RequestException, ValueError) as e:  # UnicodeError is a ValueError
+        raise PollError(f"{where}: {_reason(e)}") from None
+
+
+def jmes_search(expr: Any, data: Any, what: str) -> Any:
+    """``expr.search(data)``; an expression that fails on this data (``length(null)``) is a PollError."""
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        return expr.search(data)
+    except JMESPathError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PollError(f"{what} {expr.expression!r} failed on the response: {first}") from None
+
+
+def as_number(value: Any) -> int | float | None:
+    """A finite JSON number as int (when integral) or float; None for anything else (bools too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() else value
+    return value
