@@ -493,7 +493,7 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
 
 
 def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False) -> TriggerConfig | None:
-    from trigctl.triggers.base import trigger_types
+    from trigctl.triggers.base import BUILTIN_TYPES, trigger_class
 
     common = {
         "interval", "enabled", "timeout", "dedupe", "allow_concurrent", "dedupe_key", "jitter", "max_backoff",
@@ -501,7 +501,7 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
     }
     path = ("triggers", i)
     ttype = item["type"]
-    cls = trigger_types().get(ttype)
+    cls = None if light else trigger_class(ttype)
     type_keys = set(load_schema()["$defs"].get(ttype, {}).get("properties", {}))
     merged = {k: v for k, v in defaults.items() if k in common or k in type_keys}
     merged.update(item)
@@ -519,10 +519,10 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
         doc.issue(path + ("interval",), "interval must be greater than 0", data=data)
     if parse_duration(merged.get("timeout", DEFAULT_TIMEOUT)) <= 0:
         doc.issue(path + ("timeout",), "timeout must be greater than 0", data=data)
-    if cls is None:
+    if ttype not in BUILTIN_TYPES or (cls is None and not light):
         doc.issue(path + ("type",), f"trigger type {ttype!r} is not available", data=data)
         return None
-    for subpath, message in ([] if light else cls.check(options, doc_base_dir(doc))):
+    for subpath, message in ([] if cls is None else cls.check(options, doc_base_dir(doc))):
         doc.issue(path + tuple(subpath), message, data=data)
     return TriggerConfig(
         name=item["name"],

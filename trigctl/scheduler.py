@@ -18,7 +18,7 @@ from typing import Any
 
 from trigctl.config import Config, TriggerConfig
 from trigctl.store.base import FireRequest, FireResult, PollStats, Store, dedupe_hash
-from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_types
+from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
 
 log = logging.getLogger("trigctl.scheduler")
 
@@ -97,7 +97,7 @@ class Scheduler:
             self._add(tc, rows.get(tc.name), now)
 
     def _make_impl(self, tc: TriggerConfig) -> tuple[TriggerType | None, str | None]:
-        cls = trigger_types().get(tc.type)
+        cls = trigger_class(tc.type)
         if cls is None:
             return None, f"trigger type {tc.type!r} is not available"
         try:
