@@ -191,14 +191,18 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EventFormatter(log_format))
     root = logging.getLogger("trigctl")
+    saved = (root.handlers[:], root.level, root.propagate)
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
-    store = open_store(env.state_location())
     try:
-        code = Runner(cfg, store, only=set(only) if only else None, once=once, grace=grace_s).run()
+        store = open_store(env.state_location())
+        try:
+            code = Runner(cfg, store, only=set(only) if only else None, once=once, grace=grace_s).run()
+        finally:
+            store.close()
     finally:
-        store.close()
+        root.handlers[:], root.level, root.propagate = saved
     raise click.exceptions.Exit(code)
 
 

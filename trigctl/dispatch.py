@@ -81,7 +81,7 @@ class FastLane:
             if self._thread is not me:
                 return  # handed off while the call ran: another lane thread owns the queue now
             if not queue and self._on_idle is not None:
-                self._on_idle()
+                self._on_idle(poll)
 
     def check(self) -> float | None:
         """Hand off a lane stuck in one call. Returns seconds until the next check is due, or None."""

@@ -24,6 +24,8 @@ log = logging.getLogger("trigctl")
 
 DB_WATCH_EVERY = 0.25  # seconds: how often `enable`/`disable`/`cancel` from other shells are looked for
 MAX_RERUN_CHAIN = 3
+MIN_WAIT = 0.002  # seconds: the loop's timer granularity
+RESULT_LATENCY = 0.005  # seconds a finished poll may wait for a loop wake-up that is coming anyway
 RESULTS_MAX_DEFER = 0.05  # seconds a finished poll may wait to be recorded while other polls are due  # a run interrupted this many times in a row is not rerun again
 
 
@@ -40,7 +42,7 @@ class Runner:
         self.scheduler = Scheduler(config, store, only=only)
         self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished, kill_grace=kill_grace)
         self._event = threading.Event()
-        self.dispatcher = Dispatcher(self.scheduler.execute, self._post, on_idle=self._event.set)
+        self.dispatcher = Dispatcher(self.scheduler.execute, self._post, on_idle=self._lane_idle)
         self._results: deque = deque()
         self._wakes: deque = deque()
         self._finished_runs: deque = deque()
@@ -55,14 +57,20 @@ class Runner:
         self._last_duplicate: dict[str, tuple] = {}
         self._pump_needed = True  # queued runs from before a restart start at once
         self._results_since: float | None = None
+        self._wake_at = 0.0  # monotonic time the loop will wake by itself; 0 while it is awake
 
     # ---------------------------------------------------------------------------- thread bridges
 
     def _post(self, poll: Poll, result: Any, error: BaseException | None) -> None:
         self._results.append((poll, result, error))
         # While the fast lane has polls waiting, don't wake the loop for each result (it would
-        # compete with the polls for the GIL); the lane wakes it when it runs dry.
-        if not self.dispatcher.lane.backlog():
+        # compete with the polls for the GIL); the lane wakes it when it runs dry. Nor when the
+        # loop wakes within RESULT_LATENCY anyway.
+        if not self.dispatcher.lane.backlog() and self._wake_at - time.monotonic() > RESULT_LATENCY:
+            self._event.set()
+
+    def _lane_idle(self, last_poll: Poll) -> None:
+        if self._results and self._wake_at - time.monotonic() > RESULT_LATENCY:
             self._event.set()
 
     def _wake_trigger(self, name: str) -> None:
@@ -151,7 +159,13 @@ class Runner:
                 first = False
                 if self.once and self._once_done():
                     break
-                self._event.wait(self._wait_for(self.clock()))
+                # A floor on timer waits batches polls that fall due within a few ms of each other
+                # into one tick: thousands of spread triggers cost hundreds of wake-ups a second,
+                # not thousands. Events (results, file events, signals) still wake at once.
+                wait = max(self._wait_for(self.clock()), MIN_WAIT)
+                self._wake_at = time.monotonic() + wait
+                self._event.wait(wait)
+                self._wake_at = 0.0
                 self._event.clear()
         finally:
             self._shutdown()

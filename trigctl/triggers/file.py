@@ -246,7 +246,7 @@ class FileTrigger(TriggerType):
             self._stop_observer()
         self._start_observer()
 
-    def _warn_watch(self, why: str) -> None:
+    def _warn_watch(self, why: str) -> None:  # called under self._lock
         if not self._watch_warned:
             self._watch_warned = True
             log.warning("trigger %s: cannot watch %s (%s); polling every %gs instead",
