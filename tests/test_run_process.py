@@ -74,6 +74,15 @@ def fires(project):
     return [h for h in history(project) if h["kind"] == "fire"]
 
 
+def wait_for_log(proc: subprocess.Popen, text: str) -> None:
+    """Read the run's stderr until a line contains ``text`` (the pipe read blocks: no sleeping)."""
+    while True:
+        line = proc.stderr.readline()
+        assert line, f"trigctl exited before logging {text!r}"
+        if text in line:
+            return
+
+
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=timeout)
@@ -114,11 +123,7 @@ def test_second_signal_terminates_at_once(project):
     try:
         wait_for(lambda: (project / "started-a").exists(), message="task started")
         proc.send_signal(signal.SIGINT)
-        # The first signal is handled once the loop logs "stopping"; then the second one.
-        line = ""
-        while "stopping" not in line:
-            line = proc.stderr.readline()
-            assert line, "trigctl exited before stopping"
+        wait_for_log(proc, "stopping")  # the first signal is handled; now the second one
         code, err = stop(proc, signal.SIGINT)
     finally:
         proc.kill()
@@ -169,6 +174,7 @@ def test_enable_disable_from_another_shell_within_a_second(project):
     try:
         wait_for(lambda: run_trigctl("list", "--json", cwd=project).stdout.count('"skipped"') == 1, message="polling")
         assert run_trigctl("disable", "jobs", cwd=project).returncode == 0
+        wait_for_log(proc, "disabled trigger=jobs")  # honoured (the promise is: within a second)
         add_job(project, "x", 0)
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:  # while disabled (give it 2 s of chances), nothing fires

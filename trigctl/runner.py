@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from trigctl.config import Config, ConfigError, load_config
 from trigctl.dispatch import Dispatcher
 from trigctl.procs import kill_recorded_group
 from trigctl.scheduler import Poll, PollReport, Scheduler
+from trigctl.triggers.base import PollOutcome
 from trigctl.store.base import Store
 from trigctl.workflows import WorkflowRunner
 
@@ -26,7 +28,12 @@ DB_WATCH_EVERY = 0.25  # seconds: how often `enable`/`disable`/`cancel` from oth
 MAX_RERUN_CHAIN = 3
 MIN_WAIT = 0.002  # seconds: the loop's timer granularity
 RESULT_LATENCY = 0.005  # seconds a finished poll may wait for a loop wake-up that is coming anyway
-RESULTS_MAX_DEFER = 0.05  # seconds a finished poll may wait to be recorded while other polls are due  # a run interrupted this many times in a row is not rerun again
+HANDOFF_AFTER = 0.05  # seconds a Python trigger may hold the loop before the loop moves to a new thread
+HANDOFF_CHECK = 0.025  # how often the watchdog looks
+
+
+class _HandedOff(Exception):
+    """Unwinds a loop thread whose call outlived HANDOFF_AFTER: another thread owns the loop now."""  # a run interrupted this many times in a row is not rerun again
 
 
 class Runner:
@@ -42,7 +49,18 @@ class Runner:
         self.scheduler = Scheduler(config, store, only=only)
         self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished, kill_grace=kill_grace)
         self._event = threading.Event()
-        self.dispatcher = Dispatcher(self.scheduler.execute, self._post, on_idle=self._lane_idle)
+        self.dispatcher = Dispatcher(self._post)
+        # The loop runs on an "owner" thread and calls Python triggers inline (~1 µs a dispatch).
+        # If one call runs past HANDOFF_AFTER, the watchdog (the thread that called run()) makes
+        # a new owner thread that carries on with the loop; the old one posts its late result and
+        # exits. So a slow or hung callable never delays the others.
+        self._handoff_lock = threading.Lock()
+        self._owner: threading.Thread | None = None
+        self._current: tuple[Poll, float] | None = None
+        self._done = threading.Event()
+        self._exit_code = 0
+        self._first_tick = True
+        self.handoffs = 0
         self._results: deque = deque()
         self._wakes: deque = deque()
         self._finished_runs: deque = deque()
@@ -56,21 +74,16 @@ class Runner:
         self._my_runs: set[int] = set()
         self._last_duplicate: dict[str, tuple] = {}
         self._pump_needed = True  # queued runs from before a restart start at once
-        self._results_since: float | None = None
         self._wake_at = 0.0  # monotonic time the loop will wake by itself; 0 while it is awake
 
     # ---------------------------------------------------------------------------- thread bridges
 
     def _post(self, poll: Poll, result: Any, error: BaseException | None) -> None:
+        """A result from another thread (pool, event loop, a handed-off call)."""
         self._results.append((poll, result, error))
-        # While the fast lane has polls waiting, don't wake the loop for each result (it would
-        # compete with the polls for the GIL); the lane wakes it when it runs dry. Nor when the
-        # loop wakes within RESULT_LATENCY anyway.
-        if not self.dispatcher.lane.backlog() and self._wake_at - time.monotonic() > RESULT_LATENCY:
-            self._event.set()
-
-    def _lane_idle(self, last_poll: Poll) -> None:
-        if self._results and self._wake_at - time.monotonic() > RESULT_LATENCY:
+        # No wake-up when the loop wakes within RESULT_LATENCY anyway: thousands of results a
+        # second cost hundreds of wake-ups, not thousands.
+        if self._wake_at - time.monotonic() > RESULT_LATENCY:
             self._event.set()
 
     def _wake_trigger(self, name: str) -> None:
@@ -151,12 +164,37 @@ class Runner:
         enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
         self.emit("start", triggers=len(self.scheduler.slots), enabled=enabled, state=getattr(self.store, "path", ""),
                   pid=os.getpid())
-        first = True
+        with self._handoff_lock:
+            self._spawn_owner()
+        # This thread is the watchdog; signal handlers run here too (they only set flags).
+        while not self._done.wait(HANDOFF_CHECK):
+            self._check_handoff()
+        return self._exit_code
+
+    def _spawn_owner(self) -> None:  # with _handoff_lock held
+        owner = threading.Thread(target=self._owner_main, name="trigctl-loop", daemon=True)
+        self._owner = owner
+        owner.start()
+
+    def _check_handoff(self) -> None:
+        with self._handoff_lock:
+            current = self._current
+            if current is None or time.monotonic() - current[1] < HANDOFF_AFTER:
+                return
+            self._current = None
+            self.handoffs += 1
+            log.debug("trigger %s: call running for %.2fs; the loop goes on without it",
+                      current[0].slot.name, time.monotonic() - current[1])
+            self._spawn_owner()
+
+    def _owner_main(self) -> None:
+        me = threading.current_thread()
         try:
             while not self._signals:
                 now = self.clock()
-                self._step(now, force=self.once and first)
-                first = False
+                force = self.once and self._first_tick
+                self._first_tick = False
+                self._step(now, force=force)
                 if self.once and self._once_done():
                     break
                 # A floor on timer waits batches polls that fall due within a few ms of each other
@@ -167,11 +205,40 @@ class Runner:
                 self._event.wait(wait)
                 self._wake_at = 0.0
                 self._event.clear()
-        finally:
+                if self._owner is not me:
+                    return
+        except _HandedOff:
+            return
+        except BaseException:
+            log.exception("the polling loop failed; stopping")
+            self._exit_code = 1
+        if self._owner is not me:
+            return
+        try:
             self._shutdown()
-        if self.once:
-            return 1 if (self.poll_errors or self.failed_runs) else 0
-        return 0
+        finally:
+            if self.once and self._exit_code == 0:
+                self._exit_code = 1 if (self.poll_errors or self.failed_runs) else 0
+            self._done.set()
+
+    def _execute_inline(self, poll: Poll) -> None:
+        """Call a Python trigger on the loop thread; give up ownership if the watchdog took it."""
+        me = threading.current_thread()
+        self._current = (poll, time.monotonic())
+        try:
+            result, error = self.scheduler.execute(poll), None
+        except BaseException as e:  # noqa: BLE001 - a user callable may raise anything
+            result, error = None, e
+        with self._handoff_lock:
+            self._current = None
+            still_owner = self._owner is me
+        if error is None and type(result) is not PollOutcome and inspect.isawaitable(result):
+            self.dispatcher.run_awaitable(poll, result)
+        else:
+            self._results.append((poll, result, error))
+        if not still_owner:
+            self._event.set()  # the new owner records this late result
+            raise _HandedOff
 
     def _step(self, now: float, force: bool = False) -> None:
         sched = self.scheduler
@@ -180,13 +247,20 @@ class Runner:
             self.reload(now)
         while self._wakes:
             sched.wake(self._wakes.popleft(), now)
-        if self._results and not self._defer_results(now):
-            self._results_since = None
-            while self._results:
-                poll, result, error = self._results.popleft()
-                report = sched.complete(poll, result, error, self.clock())
-                if report:
-                    self._report(report)
+        if not (self.once and not force):
+            # Due polls first (lateness is what users feel), their bookkeeping after.
+            for poll in sched.iter_tick(now, force=force):
+                impl = poll.slot.impl
+                if impl is not None and impl.blocking:
+                    self.dispatcher.submit(poll)
+                else:
+                    self._execute_inline(poll)
+        completed_at = self.clock()
+        while self._results:
+            poll, result, error = self._results.popleft()
+            report = sched.complete(poll, result, error, completed_at)
+            if report:
+                self._report(report)
         for report in sched.expire(now):
             self._report(report)
         while self._finished_runs:
@@ -198,8 +272,6 @@ class Runner:
         if now - self._last_watch >= DB_WATCH_EVERY:
             self._last_watch = now
             self._watch_state(now)
-        if not (self.once and not force):
-            sched.tick(now, force=force, submit=self._submit)
         if sched.alerts:
             self._pump_needed = True
         if self._pump_needed:
@@ -209,18 +281,6 @@ class Runner:
         sched.flush(now)
         self._my_runs.update(sched.alerts)
         sched.alerts.clear()
-
-    def _submit(self, polls: list[Poll]) -> None:
-        self.dispatcher.submit_many(polls, _is_blocking)
-
-    def _defer_results(self, now: float) -> bool:
-        """While the fast lane still has polls waiting, leave results for a moment: handling them
-        competes for the GIL with the polls themselves, and lateness is what users feel."""
-        if not self.dispatcher.lane.backlog():
-            return False
-        if self._results_since is None:
-            self._results_since = now
-        return now - self._results_since < RESULTS_MAX_DEFER
 
     def _watch_state(self, now: float) -> None:
         token = self.store.change_token()
@@ -245,11 +305,8 @@ class Runner:
         for t in (self.scheduler.next_due(), self.scheduler.next_deadline()):
             if t is not None:
                 candidates.append(t - now)
-        lane = self.dispatcher.check()
-        if lane is not None:
-            candidates.append(lane)
-        if self._results_since is not None:
-            candidates.append(self._results_since + RESULTS_MAX_DEFER - now)
+        if self._results or self._wakes or self._finished_runs:
+            candidates.append(0.0)
         return max(0.0, min(candidates))
 
     def _once_done(self) -> bool:
@@ -318,11 +375,6 @@ class Runner:
 
     def emit(self, event: str, **fields: Any) -> None:
         log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
-
-
-def _is_blocking(poll: Poll) -> bool:
-    impl = poll.slot.impl
-    return impl is not None and impl.blocking
 
 
 class EventFormatter(logging.Formatter):

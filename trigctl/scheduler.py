@@ -11,7 +11,7 @@ import heapq
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,17 +226,15 @@ class Scheduler:
                 slot.due_at = slot.grid_at = min(max(slot.due_at, now), now + slot.config.interval)
             self._push(slot)
 
-    def tick(self, now: float, force: bool = False, submit: Callable[[list[Poll]], None] | None = None,
-             chunk: int = 256) -> list[Poll]:
-        """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now.
+    def tick(self, now: float, force: bool = False) -> list[Poll]:
+        """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now."""
+        return list(self.iter_tick(now, force))
 
-        With ``submit``, polls are handed over in chunks while popping, so the first ones start
-        before the last ones are popped (10,000 triggers due at once).
-        """
-        polls: list[Poll] = []
-        batch: list[Poll] = []
+    def iter_tick(self, now: float, force: bool = False) -> Iterator[Poll]:
+        """Like tick(), lazily: each poll is popped just before it is started, so a poll that hangs
+        leaves the rest in the heap for whichever thread carries on."""
         if force:
-            candidates = iter(list(self.slots.values()))
+            candidates: Iterator[Slot] = iter(list(self.slots.values()))
             self._heap.clear()
         else:
             candidates = self._pop_due(now)
@@ -256,15 +254,7 @@ class Scheduler:
             if queue is None:
                 queue = deadlines[timeout] = deque()
             queue.append(poll)
-            polls.append(poll)
-            if submit is not None:
-                batch.append(poll)
-                if len(batch) >= chunk:
-                    submit(batch)
-                    batch = []
-        if submit is not None and batch:
-            submit(batch)
-        return polls
+            yield poll
 
     def _pop_due(self, now: float):
         heap, slots, pop = self._heap, self.slots, heapq.heappop
@@ -275,16 +265,11 @@ class Scheduler:
                 yield slot
 
     def poll_context(self, poll: Poll) -> PollContext:
-        slot = poll.slot
-        return PollContext(due_at=poll.due_at, now=poll.started_at, cursor=slot.cursor, state=slot.kv,
-                           timeout=slot.config.timeout)
+        return _poll_context(poll)
 
     def execute(self, poll: Poll) -> Any:
-        """Run one poll (on whatever thread the dispatcher chose)."""
-        slot = poll.slot
-        if slot.impl is None:
-            raise RuntimeError(slot.load_error or "trigger is not set up")
-        return slot.impl.poll(self.poll_context(poll))
+        """Run one poll (on whatever thread the runner chose)."""
+        return execute_poll(poll)
 
     # --------------------------------------------------------------------------------- completion
 
@@ -449,6 +434,19 @@ class Scheduler:
         self.store.flush_stats(dirty)
         for st in dirty:
             st.polls = 0
+
+
+def _poll_context(poll: Poll) -> PollContext:
+    slot = poll.slot
+    return PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout)
+
+
+def execute_poll(poll: Poll) -> Any:
+    """Call the trigger once. Thread-agnostic: it reads the slot, never writes scheduler state."""
+    slot = poll.slot
+    if slot.impl is None:
+        raise RuntimeError(slot.load_error or "trigger is not set up")
+    return slot.impl.poll(_poll_context(poll))
 
 
 def _result_only(stats: PollStats) -> PollStats:
