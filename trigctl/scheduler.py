@@ -91,10 +91,11 @@ class Scheduler:
     def load(self, now: float) -> None:
         self.store.sync_triggers(t.name for t in self.config.triggers)
         rows = self.store.trigger_rows()
+        kv = self.store.load_all_kv()
         for tc in self.config.triggers:
             if self.only is not None and tc.name not in self.only:
                 continue
-            self._add(tc, rows.get(tc.name), now)
+            self._add(tc, rows.get(tc.name), now, kv.get(tc.name, {}))
 
     def _make_impl(self, tc: TriggerConfig) -> tuple[TriggerType | None, str | None]:
         cls = trigger_class(tc.type)
@@ -105,7 +106,7 @@ class Scheduler:
         except Exception as e:  # the user's class constructor may raise anything
             return None, f"cannot set up trigger: {type(e).__name__}: {e}"
 
-    def _add(self, tc: TriggerConfig, row, now: float) -> Slot:
+    def _add(self, tc: TriggerConfig, row, now: float, kv: dict[str, Any] | None = None) -> Slot:
         impl, err = self._make_impl(tc)
         enabled = tc.enabled if row is None or row.enabled is None else row.enabled
         stored_due = row.next_poll_at if row else None
@@ -119,7 +120,7 @@ class Scheduler:
             due = stored_due if stored_due is not None else now + self._jitter(tc)
         slot = Slot(
             config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
-            cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name),
+            cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name) if kv is None else kv,
             error_alerted=row.error_alerted if row else False,
         )
         if row:

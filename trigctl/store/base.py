@@ -119,6 +119,8 @@ class Store(ABC):
     @abstractmethod
     def load_kv(self, trigger: str) -> dict[str, Any]: ...
     @abstractmethod
+    def load_all_kv(self) -> dict[str, dict[str, Any]]: ...
+    @abstractmethod
     def change_token(self) -> int:
         """A number that changes when another process commits (enable/disable/cancel)."""
 

@@ -306,6 +306,12 @@ class SQLiteStore(Store):
     def load_kv(self, trigger: str) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self._query("SELECT key, value FROM trigger_kv WHERE trigger_name = ?", (trigger,))}
 
+    def load_all_kv(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for r in self._query("SELECT trigger_name, key, value FROM trigger_kv"):
+            out.setdefault(r["trigger_name"], {})[r["key"]] = json.loads(r["value"])
+        return out
+
     def _apply_kv(self, c: sqlite3.Connection, trigger: str, updates: dict[str, Any]) -> None:
         for k, v in updates.items():
             if v is None:
