@@ -13,18 +13,66 @@ touches scheduler state.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 Post = Callable[[Any, Any, BaseException | None], None]
 
 
+class DaemonPool:
+    """A minimal thread pool of daemon threads, started as needed.
+
+    concurrent.futures joins its workers when the interpreter exits, so one stuck blocking poll
+    (an NFS stat, a user's socket without a timeout) would hold up `trigctl run`'s exit. A poll
+    past its timeout has already been recorded as an error; nothing is lost by not waiting.
+    """
+
+    def __init__(self, max_workers: int, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._max = max_workers
+        self._name = name
+        self._threads = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            spawn = self._idle == 0 and self._threads < self._max
+            if spawn:
+                self._threads += 1
+        self._queue.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            fn, args = item
+            fn(*args)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            n = self._threads
+        for _ in range(n):
+            self._queue.put(None)
+
+
 class Dispatcher:
     def __init__(self, post: Post, *, pool_size: int = 32):
         self._post = post
-        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="trigctl-poll")
+        self._pool = DaemonPool(pool_size, "trigctl-poll")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
 
@@ -67,6 +115,6 @@ class Dispatcher:
             return self._loop
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
