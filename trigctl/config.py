@@ -41,12 +41,28 @@ class ConfigIssue:
     path: str
     message: str
 
+    def __post_init__(self) -> None:
+        # One line per issue, whatever the file quotes: no newlines, no terminal escapes.
+        object.__setattr__(self, "path", _one_line(self.path))
+        object.__setattr__(self, "message", _one_line(self.message))
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "column": self.column, "path": self.path, "message": self.message}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    if not isinstance(text, str) or not _CONTROL.search(text):
+        return text
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return _CONTROL.sub(lambda m: named.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                                             else f"\\u{ord(m.group()):04x}"), text)
 
 
 class ConfigError(Exception):
@@ -134,6 +150,7 @@ class _Doc:
         self.key_marks: dict[tuple, tuple[int, int]] = {}
         self.issues: list[ConfigIssue] = []
         self.nodes = 0
+        self.unset: set[tuple] = set()  # values that used an unset ${VAR}: already explained
         self.fast = False
 
     def mark(self, path: tuple, key: bool = False) -> tuple[int, int]:
@@ -162,7 +179,7 @@ def format_path(path: tuple, data: Any = None) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             item = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
-            if isinstance(item, dict) and isinstance(item.get("name"), str):
+            if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
                 out += f"({item['name']})"
             node = item
         else:
@@ -302,7 +319,8 @@ class _Composer:
             raise yaml.composer.ComposerError(None, None, f"unexpected {type(event).__name__}", event.start_mark)
 
     def scalar(self, event: Any) -> None:
-        self.count(1, 0)
+        if not self.in_key_position():  # the budget counts values, as aliases expand them
+            self.count(1, 0)
         tag = event.tag
         if tag is None or tag == "!":
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
@@ -406,7 +424,7 @@ def load_yaml(text: str, filename: str) -> tuple[Any, _Doc]:
         src = lines[line - 1] if 0 < line <= len(lines) else ""
         problem = (e.problem or e.context or "invalid YAML").strip()
         if e.context and e.problem:
-            problem = f"{e.context.strip()}: {problem}"
+            problem = f"{e.context.strip()}{', ' if problem.startswith('but ') else ': '}{problem}"
         doc.issues.append(ConfigIssue(filename, line, col, "", f"invalid YAML: {problem}{_yaml_hint(problem, src)}"))
         return None, doc
     except yaml.YAMLError as e:
@@ -459,10 +477,14 @@ def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str],
         return {k: interpolate(v, doc, env, secrets, path + (k,), root) for k, v in data.items()}
     if isinstance(data, list):
         return [interpolate(v, doc, env, secrets, path + (i,), root) for i, v in enumerate(data)]
+    if isinstance(data, str) and "\x00" in data:  # "\0" in a double-quoted string
+        doc.issue(path, "contains a NUL character, which no path, command or environment variable can hold", data=root)
+        return data
     if isinstance(data, str) and not _is_shell_string(path) and "$" in data:
         missing: list[str] = []
         out, used = _interpolate_str(data, env, missing)
         for name in missing:
+            doc.unset.add(path)
             doc.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)", data=root)
         if used and _secret_position(path):
             secrets.add(out)
@@ -494,6 +516,8 @@ def _format_checker():
 
     @checker.checks("duration", raises=DurationError)
     def _duration(value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return True  # the type error explains it
         parse_duration(value)
         return True
 
@@ -546,16 +570,29 @@ def _format_checker():
         try:
             jmespath.compile(value)
         except JMESPathError as e:
-            raise ValueError(f'"{value}" is not a valid JMESPath expression: {str(e).splitlines()[0]}') from None
+            reason = (str(e).splitlines() or [type(e).__name__])[0].rstrip(":").removesuffix(", for expression")
+            for prefix in ("Invalid jmespath expression: ", "Bad jmespath expression: "):
+                reason = reason.removeprefix(prefix)
+            raise ValueError(f'"{value}" is not a valid JMESPath expression: {reason}') from None
         return True
 
     @checker.checks("http-url", raises=ValueError)
     def _url(value: object) -> bool:
         if isinstance(value, str) and not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f'"{value}" is not an http:// or https:// URL')
+        if isinstance(value, str) and re.search(r"[\s\x00-\x1f\x7f]", value):  # a request line cannot carry them
+            raise ValueError(f'"{value}" is not a valid URL: it contains whitespace or control characters (write a space as %20)')
         return True
 
     return checker
+
+
+_TYPE_WORDS = {"string": "a string", "array": "a list", "integer": "an integer", "number": "a number",
+               "object": "a mapping", "boolean": "a boolean"}
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _type_name(value: Any) -> str:
@@ -576,15 +613,67 @@ def _allowed_keys(schema: dict, path: tuple, data: Any) -> list[str]:
     return []
 
 
+@lru_cache(maxsize=None)
+def _trigger_schema(ttype: str) -> dict[str, Any]:
+    """The one schema's trigger definition, flattened for one type: the same rules without the
+    if/then branches and unevaluatedProperties, which cost ~3 ms a trigger in jsonschema."""
+    schema = load_schema()
+    defs = schema["$defs"]
+    base, extra = defs["trigger"], dict(defs[ttype])
+    flat: dict[str, Any] = {
+        "type": "object",
+        "properties": {**base["properties"], **extra.pop("properties", {})},
+        "required": base["required"] + extra.pop("required", []),
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+    flat.update(extra)  # oneOf / anyOf / not of the type
+    return flat
+
+
+def _iter_schema_errors(validator: Any, data: Any):
+    """Validate the file, each trigger against its type's flattened schema. Triggers that differ
+    only by name are checked once (a generated file of 10,000 similar triggers)."""
+    triggers = data.get("triggers") if isinstance(data, dict) else None
+    if not isinstance(triggers, list):
+        yield from validator.iter_errors(data)
+        return
+    yield from validator.iter_errors({**data, "triggers": []})
+    name_ok = re.compile(load_schema()["$defs"]["name"]["pattern"]).fullmatch
+    clean: set[str] = set()
+    for i, item in enumerate(triggers):
+        ttype = item.get("type") if isinstance(item, dict) else None
+        if ttype not in TRIGGER_TYPES:
+            item_validator = validator.evolve(schema={**load_schema()["$defs"]["trigger"], "$defs": load_schema()["$defs"]})
+            errors = list(item_validator.iter_errors(item))
+        else:
+            name = item.get("name")
+            try:
+                shape = json.dumps({k: v for k, v in item.items() if k != "name"}, sort_keys=True)
+            except (TypeError, ValueError):
+                shape = None
+            if shape is not None and shape in clean and isinstance(name, str) and len(name) <= 100 and name_ok(name):
+                continue
+            errors = list(validator.evolve(schema=_trigger_schema(ttype)).iter_errors(item))
+            if not errors and shape is not None:
+                clean.add(shape)
+        for error in errors:
+            error.path.appendleft(i)
+            error.path.appendleft("triggers")
+            yield error
+
+
 def _schema_issues(data: Any, doc: _Doc) -> None:
     from jsonschema import Draft202012Validator
 
     schema = load_schema()
     validator = Draft202012Validator(schema, format_checker=_format_checker())
-    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(_iter_schema_errors(validator, data), key=lambda e: [str(p) for p in e.absolute_path])
     bad_type_at = {tuple(e.absolute_path)[:-1] for e in errors if list(e.absolute_path)[-1:] == ["type"]}
     seen: set[tuple[tuple, str]] = set()
     for error in errors:
+        if tuple(error.absolute_path) in doc.unset:
+            continue  # "environment variable X is not set" says it
         for path, message, key in _explain(error, schema, data, bad_type_at):
             if (path, message) in seen:
                 continue
@@ -597,8 +686,8 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
     v = error.validator
     inst = error.instance
     if v in ("additionalProperties", "unevaluatedProperties"):
-        if v == "unevaluatedProperties" and path in bad_type_at:
-            return []  # the unknown type already explains it
+        if v == "unevaluatedProperties" and (path in bad_type_at or (isinstance(inst, dict) and "type" not in inst)):
+            return []  # the unknown or missing type already explains it
         allowed = _allowed_keys(schema, path, data) or list(error.schema.get("properties", {}))
         known = set(allowed)
         out = []
@@ -607,7 +696,9 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
                 continue
             if v == "additionalProperties" and "properties" in error.schema and k in error.schema["properties"]:
                 continue
-            if isinstance(k, bool) or k in ("True", "False"):
+            if k is None:
+                msg = "unknown key null (an empty or ~ key)"
+            elif isinstance(k, bool) or k in ("True", "False"):
                 msg = f"unknown key {k!r}: YAML reads an unquoted on/off/yes/no key as a boolean; quote it"
             else:
                 close = difflib.get_close_matches(str(k), allowed, n=1)
@@ -641,7 +732,10 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
             msg += " (YAML reads unquoted yes/no/on/off as booleans: quote it)"
         return [(path, msg, False)]
     if v == "const" and path == ("version",):
-        return [(path, f"unsupported version {inst!r} (the only version is 1)", False)]
+        if isinstance(inst, int) and not isinstance(inst, bool):
+            return [(path, f"unsupported version {inst} (the only version is 1)", False)]
+        hint = " (write version: 1, unquoted)" if isinstance(inst, str) else ""
+        return [(path, f"expected 1, got {_type_name(inst)}{hint}", False)]
     if v == "pattern":
         if path and (path[-1] in ("name", "workflow") or path == ("workflows",)):
             return [(path, f"{inst!r} is not a valid name (lowercase letters, digits, _ and -; starting with a letter or digit)", False)]
@@ -657,11 +751,27 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
         return [(path, "a queue_depth trigger needs `above` or `below`", False)]
     if v == "not" and isinstance(inst, dict):
         return [(path, "use either `body` or `json`, not both", False)]
+    if v in ("oneOf", "anyOf", "not") and all("type" not in s for s in _as_list(error.validator_value)):
+        return []  # key combinations of a mapping: this value is no mapping, and a type error says so
+    if v in ("oneOf", "anyOf"):  # alternatives of types: `pattern` (a glob or a list), `expect.status`
+        wrong = [e for e in error.context if e.validator != "type"]
+        if not wrong:
+            kinds = " or ".join(_TYPE_WORDS.get(s.get("type"), str(s.get("type"))) for s in error.validator_value)
+            return [(path, f"expected {kinds}, got {_type_name(inst)}", False)]
+        from jsonschema.exceptions import best_match
+
+        return _explain(best_match(wrong), schema, data, bad_type_at)
     if v in ("minItems", "minProperties", "maxProperties"):
         what = "list" if v == "minItems" else "mapping"
         if path and path[-1] == "source":
             return [(path, "source must have exactly one of: directory, command, http, sqlite", False)]
-        return [(path, f"this {what} is {'empty' if not inst else 'too large'}: {error.message}", False)]
+        return [(path, f"this {what} is empty" if not inst else f"this {what} is too large: {error.message}", False)]
+    if v == "minLength":
+        return [(path, "must not be empty", False)]
+    if v == "maxLength":
+        return [(path, f"too long: {len(inst)} characters (at most {error.validator_value})", False)]
+    if v == "uniqueItems":
+        return [(path, "lists an entry more than once", False)]
     if v in ("minimum", "maximum"):
         return [(path, f"{inst} is {'less' if v == 'minimum' else 'more'} than the {v} {error.validator_value}", False)]
     return [(path, error.message, False)]
@@ -760,6 +870,8 @@ def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, Wor
             if tc.name in names:
                 doc.issue(("workflows", wname, "tasks", j, "name"), f"duplicate task name {tc.name!r}", data=data)
             names.add(tc.name)
+            if tc.timeout is not None and tc.timeout <= 0:  # it would fail every run at once
+                doc.issue(("workflows", wname, "tasks", j, "timeout"), "timeout must be greater than 0", data=data)
             if tc.call and not light:
                 try:
                     resolve(tc.call, doc_base_dir(doc))
@@ -767,6 +879,8 @@ def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, Wor
                     doc.issue(("workflows", wname, "tasks", j, "call"), str(e), data=data)
             tasks.append(tc)
         timeout = parse_duration(wf["timeout"]) if "timeout" in wf else None
+        if timeout is not None and timeout <= 0:
+            doc.issue(("workflows", wname, "timeout"), "timeout must be greater than 0", data=data)
         workflows[wname] = WorkflowConfig(name=wname, tasks=tuple(tasks), timeout=timeout)
 
     defaults = data.get("defaults") or {}
@@ -815,6 +929,8 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None, *
         raise ConfigError([ConfigIssue(filename, 1, 1, "", f"cannot read: {e.strerror}")]) from None
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError([ConfigIssue(filename, 1, 1, "", f"file too large ({len(raw)} bytes; limit {MAX_FILE_BYTES})")])
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", "UTF-16 text: save the file as UTF-8")])
     if b"\x00" in raw:
         raise ConfigError([ConfigIssue(filename, 1, 1, "", "not a text file (it contains NUL bytes)")])
     try:
@@ -842,6 +958,16 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
         return super().construct_mapping(node, deep)
 
 
+def _may_exceed_budgets(text: str) -> bool:
+    """Cheap upper bounds of a file's nesting depth and number of values (quotes only inflate them):
+    flow brackets, plus two levels per column of block indentation; one value per line, comma,
+    bracket or `- `."""
+    flow = text.count("[") + text.count("{")
+    indent = max((len(m) for m in re.findall(r"^[ ?:-]*", text, re.M)), default=0)
+    values = text.count("\n") + text.count(",") + flow + text.count("- ") + 1
+    return flow + 2 * indent + 2 > MAX_DEPTH or values > MAX_NODES
+
+
 def _fast_load(text: str) -> Any:
     """Plain, position-free parsing for the common case: a valid file without anchors or aliases.
 
@@ -850,6 +976,8 @@ def _fast_load(text: str) -> Any:
     """
     if "&" in text or "*" in text or "<<" in text:
         raise _NeedMarks  # aliases need the guarded, budgeted loader
+    if _may_exceed_budgets(text):
+        raise _NeedMarks  # libyaml's composer recurses (100,000 levels crash it) and has no size budget
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except Exception:  # any trouble at all: the careful loader explains it
