@@ -18,7 +18,7 @@ from conftest import run_trigctl
 
 from trigctl.config import TriggerConfig, load_config
 from trigctl.triggers.base import PollContext, PollError, PollOutcome, trigger_types
-from trigctl.triggers.http import HttpTrigger
+from trigctl.triggers.http import HttpTrigger, context_digest
 
 
 class LocalServer:
@@ -218,13 +218,13 @@ def test_fire_on_change(server, tmp_path):
     server.respond(json_body={"version": "1"})
     first = step()
     assert not first.fired and "first poll" in first.skip_reason
-    assert state == {"last": {"status": 200, "version": "1"}}
+    assert state == {"last": context_digest({"status": 200, "version": "1"})}  # a digest: no response value stored
     same = step()
     assert not same.fired and same.skip_reason == "no change" and not same.state_updates
     server.respond(json_body={"version": "2"})
     changed = step()
     assert changed.fires == [{"status": 200, "version": "2"}]
-    assert state["last"] == {"status": 200, "version": "2"}
+    assert state["last"] == context_digest({"status": 200, "version": "2"})
     # A response that does not meet `expect` (no expect: not 2xx) neither fires nor moves `last`.
     server.respond(503, json_body={"version": "3"})
     assert not step().fired

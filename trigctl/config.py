@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _one_line(text: str) -> str:
-    if not isinstance(text, str) or not _CONTROL.search(text):
+    if not isinstance(text, str):
+        return text
+    if len(text) > 1000:  # a message quoting a 5 MB value stays readable
+        text = f"{text[:600]}...({len(text) - 800} characters)...{text[-200:]}"
+    if not _CONTROL.search(text):
         return text
     named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
     return _CONTROL.sub(lambda m: named.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
@@ -331,7 +335,7 @@ class _Composer:
             return
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
         try:
-            value = self.loader.construct_object(node, deep=True)
+            value = event.value if tag == "tag:yaml.org,2002:str" else self.loader.construct_object(node, deep=True)
         except (ValueError, TypeError, OverflowError) as e:  # 2024-13-45, !!int abc
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {event.value!r} as {tag.rsplit(':', 1)[-1]}: {e}", event.start_mark) from None
@@ -596,6 +600,10 @@ def _as_list(value: Any) -> list:
 
 
 def _type_name(value: Any) -> str:
+    import datetime
+
+    if isinstance(value, datetime.date):  # an unquoted 2024-01-01 (or with a time)
+        return "a date"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(
         type(value), "null" if value is None else type(value).__name__
     )
@@ -613,7 +621,7 @@ def _allowed_keys(schema: dict, path: tuple, data: Any) -> list[str]:
     return []
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trigger_schema(ttype: str) -> dict[str, Any]:
     """The one schema's trigger definition, flattened for one type: the same rules without the
     if/then branches and unevaluatedProperties, which cost ~3 ms a trigger in jsonschema."""
@@ -724,6 +732,8 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
             msg += " (YAML reads unquoted yes/no/on/off as booleans: quote it)"
         if isinstance(inst, (int, float)) and "string" in str(expected) and not isinstance(inst, bool):
             msg += " (quote it to make it a string)"
+        if _type_name(inst) == "a date" and "string" in str(expected):
+            msg += " (YAML reads an unquoted date as a date: quote it)"
         return [(path, msg, False)]
     if v == "enum":
         allowed = ", ".join(str(x) for x in error.validator_value if not (isinstance(x, str) and x.islower() and x.upper() in error.validator_value))
@@ -963,9 +973,10 @@ def _may_exceed_budgets(text: str) -> bool:
     flow brackets, plus two levels per column of block indentation; one value per line, comma,
     bracket or `- `."""
     flow = text.count("[") + text.count("{")
-    indent = max((len(m) for m in re.findall(r"^[ ?:-]*", text, re.M)), default=0)
-    values = text.count("\n") + text.count(",") + flow + text.count("- ") + 1
-    return flow + 2 * indent + 2 > MAX_DEPTH or values > MAX_NODES
+    if flow + 2 > MAX_DEPTH or text.count("\n") + text.count(",") + flow + text.count("- ") + 1 > MAX_NODES:
+        return True
+    indent = (MAX_DEPTH - flow - 2) // 2 + 1  # an indentation this deep could nest too deep
+    return re.search(rf"^[ ?:-]{{{indent}}}", text, re.M) is not None
 
 
 def _fast_load(text: str) -> Any:

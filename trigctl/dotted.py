@@ -53,6 +53,8 @@ def resolve(path: str, base_dir: Path | None = None) -> Any:
             raise ResolveError(f'cannot import "{path}": no module named {e.name!r}') from None
         except Exception as e:  # the user's module raised while importing
             raise ResolveError(f'cannot import "{path}": {type(e).__name__}: {e}') from None
+        except SystemExit as e:  # sys.exit() at import time must not end trigctl (`validate` would exit 0)
+            raise ResolveError(f'cannot import "{path}": the module called sys.exit({e.code!r})') from None
     obj: Any = module
     for part in qual.split("."):
         try:

@@ -7,6 +7,7 @@ import re
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
+MAX_SECONDS = 100 * 365 * 86400.0  # beyond this, due times stop being dates (and `list` could not show them)
 
 
 class DurationError(ValueError):
@@ -23,6 +24,14 @@ def is_duration(value: object) -> bool:
 
 def parse_duration(value: object) -> float:
     """Return seconds. Raises DurationError with a message naming the value."""
+    seconds = _parse(value)
+    if seconds > MAX_SECONDS:
+        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        raise DurationError(f"{shown} is not a duration (at most 100 years)")
+    return seconds
+
+
+def _parse(value: object) -> float:
     if isinstance(value, bool):
         raise DurationError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):

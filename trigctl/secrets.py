@@ -11,8 +11,8 @@ SECRET_KEY_NAMES = ("password", "passwd")
 
 
 def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return k in SECRET_KEY_NAMES or k.endswith("token") or k.endswith("secret") or k == "authorization"
+    k = key.lower()  # DB_PASSWORD, smtp_passwd, api_token, client_secret, Authorization
+    return k.endswith(SECRET_KEY_NAMES) or k.endswith("token") or k.endswith("secret") or k == "authorization"
 
 
 class Redactor:

@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 from trigctl.triggers._util import NOT_JSON, HttpResponse, http_request, jmes_search, new_session
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, check_context, register
 
-STATE_KEY = "last"  # fire_on: change keeps the last poll's context under this state key
+STATE_KEY = "last"  # fire_on: change keeps a digest of the last poll's context under this state key
+
+
+def context_digest(context: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON: the state remembers that a context changed, not what it held
+    (a response value may be a secret, and the state file must not hold one)."""
+    return hashlib.sha256(json.dumps(context, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _status_text(expected: list[int] | None) -> str:
@@ -86,11 +94,15 @@ class HttpTrigger(TriggerType):
         context = self.context_of(resp, body)
         if self.fire_on != "change":
             return PollOutcome(fires=[context])
+        digest = context_digest(context)
         if STATE_KEY not in ctx.state:
-            return PollOutcome(skip_reason="first poll: context recorded", state_updates={STATE_KEY: context})
-        if ctx.state[STATE_KEY] == context:
+            return PollOutcome(skip_reason="first poll: context recorded", state_updates={STATE_KEY: digest})
+        last = ctx.state[STATE_KEY]
+        if last == digest:
             return PollOutcome(skip_reason="no change")
-        return PollOutcome(fires=[context], state_updates={STATE_KEY: context})
+        if last == context:  # stored by an earlier trigctl, which kept the context itself
+            return PollOutcome(skip_reason="no change", state_updates={STATE_KEY: digest})
+        return PollOutcome(fires=[context], state_updates={STATE_KEY: digest})
 
     def close(self) -> None:
         session, self._session = self._session, None
