@@ -362,9 +362,11 @@ class FileTrigger(TriggerType):
         started = time.monotonic()
         if self.watch and self._wake is not None:
             self._check_watch()
-        files = self.scan()
+        # Closes recorded before the scan are the ones the scan can confirm; taking them after it
+        # would drop a close that lands in between, and its file would wait out the whole settle.
         with self._lock:
             closed, self._closed_files = self._closed_files, {}
+        files = self.scan()
 
         state = ctx.state
         now = ctx.now
