@@ -69,6 +69,14 @@ class DaemonPool:
             self._queue.put(None)
 
 
+class _Escaped(Exception):
+    """A SystemExit or KeyboardInterrupt raised by an async callable, carried as a plain exception."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
 class Dispatcher:
     def __init__(self, post: Post, *, pool_size: int = 32):
         self._post = post
@@ -94,13 +102,20 @@ class Dispatcher:
         loop = self._ensure_loop()
 
         async def wrap():
-            return await awaitable
+            try:
+                return await awaitable
+            except (KeyboardInterrupt, SystemExit) as e:
+                # asyncio re-raises these out of run_forever, which would end the event loop for
+                # every async trigger: carried out as this poll's error instead.
+                raise _Escaped(e) from None
 
         fut = asyncio.run_coroutine_threadsafe(wrap(), loop)
 
         def done(f):
             try:
                 self._post(poll, ("awaited", f.result()), None)
+            except _Escaped as e:
+                self._post(poll, None, e.error)
             except BaseException as e:  # noqa: BLE001
                 self._post(poll, None, e)
 

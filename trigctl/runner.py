@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -19,8 +20,8 @@ from trigctl.config import Config, ConfigError, load_config
 from trigctl.dispatch import Dispatcher
 from trigctl.procs import kill_recorded_group
 from trigctl.scheduler import Poll, PollReport, Scheduler
+from trigctl.store.base import StateError, Store
 from trigctl.triggers.base import PollOutcome
-from trigctl.store.base import Store
 from trigctl.workflows import WorkflowRunner
 
 log = logging.getLogger("trigctl")
@@ -84,7 +85,7 @@ class Runner:
         self.poll_errors = 0
         self.failed_runs = 0
         self._my_runs: set[int] = set()
-        self._last_duplicate: dict[str, tuple] = {}
+        self._logged_duplicates: set[tuple] = set()  # (trigger, blocking run, reason) already logged
         self._pump_needed = True  # queued runs from before a restart start at once
         self._wake_at = 0.0  # monotonic time the loop will wake by itself; 0 while it is awake
 
@@ -228,6 +229,9 @@ class Runner:
                     return
         except _HandedOff:
             return
+        except StateError as e:  # the state cannot be written (a full disk...): say why, stop cleanly
+            log.error("%s; stopping", e)
+            self._exit_code = 1
         except BaseException:
             log.exception("the polling loop failed; stopping")
             self._exit_code = 1
@@ -348,8 +352,13 @@ class Runner:
                 self._pump_needed = True
             if res.suppressed:
                 # One line per blocking run, not one per poll: history counts the repeats.
-                if self._last_duplicate.get(report.trigger) != (res.run_id, res.reason):
-                    self._last_duplicate[report.trigger] = (res.run_id, res.reason)
+                # (Per blocking run, not per trigger: a poll that returns many pending keys would
+                # otherwise log every one of them on every poll.)
+                seen = (report.trigger, res.run_id, res.reason)
+                if seen not in self._logged_duplicates:
+                    if len(self._logged_duplicates) >= 100_000:
+                        self._logged_duplicates.clear()
+                    self._logged_duplicates.add(seen)
                     self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
             else:
                 self._my_runs.add(res.run_id)
@@ -386,8 +395,15 @@ class Runner:
                 self.failed_runs += 1
         try:
             self.scheduler.flush(self.clock(), force=True)
+        except StateError as e:
+            if self._exit_code == 0:  # else the loop already stopped for it, with its one error line
+                log.error("%s; counters of the last second are not saved", e)
+                self._exit_code = 1
         finally:
             self.scheduler.close()
+            util = sys.modules.get("trigctl.triggers._util")
+            if util is not None:  # commands that ignore SIGTERM are SIGKILLed before we exit, not orphaned
+                util.wait_for_stops()
             self.emit("stopped")
 
     # ---------------------------------------------------------------------------------------- log

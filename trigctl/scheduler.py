@@ -455,8 +455,11 @@ def _result_only(stats: PollStats) -> PollStats:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
     name = type(error).__name__
+    try:
+        text = str(error)
+    except BaseException as e:  # noqa: BLE001 - a user exception whose __str__ raises must not stop the loop
+        text = f"(its message could not be read: {type(e).__name__})"
     if name in ("PollError",):
         return text
     return f"{name}: {text}" if text else name

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
+import select
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,11 +24,12 @@ from typing import Any
 
 from trigctl.config import Config, TaskConfig, WorkflowConfig
 from trigctl.procs import kill_group, proc_start_time, terminate_group
-from trigctl.store.base import RunRow, Store
+from trigctl.store.base import RunRow, StateError, Store
 
 log = logging.getLogger("trigctl.workflows")
 
 OUTPUT_TAIL_BYTES = 4096
+WORKER_IDLE = 30.0  # seconds an idle run worker thread waits for another run before it exits
 # Linux refuses one environment string over 128 KiB (MAX_ARG_STRLEN) and a whole environment over
 # ~2 MiB: larger values reach tasks only through TRIGCTL_CONTEXT_FILE.
 MAX_ENV_VALUE = 32 * 1024
@@ -115,6 +120,72 @@ def tail(path: str, limit: int = OUTPUT_TAIL_BYTES) -> str:
     return text
 
 
+def _write_file(path: str, text: str) -> None:
+    """A small private file (owner-only, like the directory it is in)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _private_dir(parent: str | None) -> str:
+    base = tempfile.mkdtemp(prefix="trigctl-runs-", dir=parent)  # mode 0700
+    weakref.finalize(_private_dir, shutil.rmtree, base, True)  # at exit: whatever tasks left there
+    return base
+
+
+class RunFiles:
+    """A run's files, flat in per-process private directories (no directory per run): `files / name`
+    gives a path and remembers it, remove() deletes them all.
+
+    Creating and deleting files is most of what a short run costs on a journaling filesystem (ext4
+    allocating inodes while others are being deleted): the small ones (TRIGCTL_OUTPUT,
+    TRIGCTL_CONTEXT_FILE, a call's result) go to /dev/shm (tmpfs) unless TMPDIR says where
+    temporary files go; task output logs, which can be large, stay in the temporary directory."""
+
+    def __init__(self, small_dir: str, log_dir: str, run_id: int):
+        self._small = os.path.join(small_dir, f"run{run_id}-")
+        self._log = os.path.join(log_dir, f"run{run_id}-")
+        self.created: list[str] = []
+
+    def __truediv__(self, name: str) -> Path:
+        path = (self._log if name.endswith(".log") else self._small) + name
+        self.created.append(path)
+        return Path(path)
+
+    def remove(self) -> None:
+        for path in self.created:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def wait_process(proc: subprocess.Popen, timeout: float | None) -> int:
+    """proc.wait(timeout), woken by the exit itself: Popen.wait with a timeout polls with sleeps of up
+    to 50 ms, which delays every run's end (and the start of the next queued one) by as much."""
+    if timeout is None:
+        return proc.wait()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already reaped
+        return proc.wait(timeout=timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(0.0, timeout) * 1000):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
+# Runs before every task process: wait for the go (one line on stdin), then become the task, with
+# stdin from /dev/null as before. EOF (trigctl died before recording the process) exits 125.
+_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+
+
 class TaskError(Exception):
     pass
 
@@ -138,7 +209,7 @@ class RunExecution:
         self.cancel_status = "cancelled"
         self._proc_lock = threading.Lock()
         self._pgid: int | None = None
-        self.thread = threading.Thread(target=self._main, name=f"run-{run.id}", daemon=True)
+        self._recorded = False  # the current task's row is written
 
     # -- control, from other threads
     def cancel(self, status: str = "cancelled") -> None:
@@ -157,12 +228,13 @@ class RunExecution:
         context = dict(run.context)
         deadline = time.monotonic() + self.workflow.timeout if self.workflow.timeout else None
         try:
-            with tempfile.TemporaryDirectory(prefix=f"trigctl-run{run.id}-") as tmp:
+            tmp = self.runner.run_files(run.id)
+            try:
                 for idx, task in enumerate(self.workflow.tasks):
                     if self.cancel_event.is_set():
                         status, error = self.cancel_status, "cancelled"
                         break
-                    outcome, attempts = self._run_task(idx, task, context, Path(tmp), deadline)
+                    outcome, attempts = self._run_task(idx, task, context, tmp, deadline)
                     if outcome.output_vars:
                         context.update(outcome.output_vars)
                     if outcome.status == "cancelled":
@@ -171,25 +243,39 @@ class RunExecution:
                     if outcome.status == "failed" and not task.continue_on_error:
                         status, error = "failed", f"task {task.name!r} failed: {outcome.error}"
                         break
+            finally:
+                tmp.remove()
         except Exception as e:  # a bug or an OS failure must still end the run and release its key
             log.debug("run %s crashed", run.id, exc_info=True)
             status, error = "failed", f"internal error: {type(e).__name__}: {e}"
         error = self.runner.redact(error) if error else None
-        store.finish_run(run.id, status, clock(), error)
+        try:
+            store.finish_run(run.id, status, clock(), error)
+        except StateError as e:  # a full disk: the run stays `running` in the state until the next start
+            log.warning("run %s ended %s, which cannot be recorded (%s); the next start marks it interrupted",
+                        run.id, status, e)
         self.runner._finished(self, status, error)
 
-    def _run_task(self, idx: int, task: TaskConfig, context: dict[str, Any], tmp: Path, deadline: float | None):
+    def _run_task(self, idx: int, task: TaskConfig, context: dict[str, Any], tmp: RunFiles, deadline: float | None):
         store, clock = self.runner.store, self.runner.clock
         attempts = 0
         delay = task.retry_delay
         while True:
             attempts += 1
-            store.task_started(self.run.id, idx, task.name, clock(), None, None, None)
+            started_at = clock()
+            # A process task's row is written once, right after Popen, with its process group; other
+            # tasks (and a process that could not start) get theirs here.
+            self._recorded = False
+            if task.kind == "http":
+                store.task_started(self.run.id, idx, task.name, started_at, None, None, None)
+                self._recorded = True
             out_path = str(tmp / f"task{idx}.log")
             try:
-                outcome = self._attempt(idx, task, context, tmp, out_path, deadline)
+                outcome = self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
             except TaskError as e:
                 outcome = TaskOutcome("failed", None, str(e))
+            if not self._recorded:
+                store.task_started(self.run.id, idx, task.name, started_at, None, None, None)
             output = self.runner.redact(tail(out_path))
             if outcome.status == "failed" and outcome.error and not output:
                 output = outcome.error
@@ -213,7 +299,7 @@ class RunExecution:
             return None, ""
         return min(limits, key=lambda x: x[0])
 
-    def _attempt(self, idx, task: TaskConfig, context, tmp: Path, out_path: str, deadline) -> TaskOutcome:
+    def _attempt(self, idx, task: TaskConfig, context, tmp: RunFiles, out_path: str, deadline, started_at: float) -> TaskOutcome:
         timeout, timeout_msg = self._timeout_for(task, deadline)
         if timeout is not None and timeout <= 0:
             return TaskOutcome("failed", None, timeout_msg)
@@ -221,11 +307,10 @@ class RunExecution:
             return self._http(task, context, out_path, timeout, timeout_msg)
         output_file = str(tmp / f"task{idx}.vars")
         context_file = str(tmp / f"task{idx}.context.json")
-        Path(output_file).write_text("")
-        Path(context_file).write_text(json.dumps(context))
+        _write_file(output_file, "")
+        _write_file(context_file, json.dumps(context))
         env = task_env(self.run, context, output_file, context_file, dict(task.env))
         cwd = self.runner.resolve_cwd(task.cwd)
-        stdin = subprocess.DEVNULL
         if task.kind == "run":
             argv, shell = ["/bin/sh", "-c", task.run], False
         elif task.kind == "argv":
@@ -234,20 +319,34 @@ class RunExecution:
             result_file = str(tmp / f"task{idx}.result.json")
             argv = [sys.executable, "-m", "trigctl._calltask", task.call or "", str(self.runner.config.base_dir), context_file, result_file]
             shell = False
+        # The task waits at a gate until its process group is recorded: if trigctl dies before that,
+        # the gate reads EOF and the task never starts, so no unrecorded task outlives a crash (the
+        # next start could not stop it, and its rerun would overlap it).
+        gate_r, gate_w = os.pipe()
         with open(out_path, "wb") as out:
             try:
-                proc = subprocess.Popen(argv, shell=shell, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(["/bin/sh", "-c", _GATE, "trigctl-task", *argv], shell=shell, cwd=cwd, env=env,
+                                        stdin=gate_r, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
+                os.close(gate_w)
                 return TaskOutcome("failed", None, f"cannot start {argv[0]!r}: {getattr(e, 'strerror', None) or e}")
+            finally:
+                os.close(gate_r)
             with self._proc_lock:
                 self._pgid = proc.pid
-            self.runner.store.task_started(self.run.id, idx, task.name, self.runner.clock(), proc.pid, proc.pid,
-                                           proc_start_time(proc.pid))
+            try:
+                self.runner.store.task_started(self.run.id, idx, task.name, started_at, proc.pid, proc.pid,
+                                               proc_start_time(proc.pid))
+                self._recorded = True
+                os.write(gate_w, b"\n")
+            except BrokenPipeError:  # cancelled (killed) at the gate
+                pass
+            finally:
+                os.close(gate_w)
             if self.cancel_event.is_set():
                 kill_group(proc.pid, self.runner.kill_grace)
             try:
-                code = proc.wait(timeout=timeout)
+                code = wait_process(proc, timeout)
             except subprocess.TimeoutExpired:
                 terminate_group(proc, self.runner.kill_grace)
                 return TaskOutcome("failed", None, timeout_msg)
@@ -311,7 +410,14 @@ class WorkflowRunner:
         self.kill_grace = kill_grace
         self.active: dict[int, RunExecution] = {}
         self._lock = threading.Lock()
+        self._idle_cond = threading.Condition(self._lock)  # notified when a run ends
         self.paused = False
+        # Runs execute on reused worker threads (starting a thread per run costs the loop a GIL
+        # round trip each); a worker left idle for WORKER_IDLE seconds exits.
+        self._queue: queue.SimpleQueue[RunExecution] = queue.SimpleQueue()
+        self._idle_workers = 0
+        self._workers = 0
+        self._dirs: tuple[str, str] | None = None  # (small files, output logs)
 
     def redact(self, text: str | None) -> str | None:
         return self.config.redactor.text(text) if text else text
@@ -322,30 +428,72 @@ class WorkflowRunner:
         p = Path(cwd)
         return str(p if p.is_absolute() else self.config.base_dir / p)
 
+    def run_files(self, run_id: int) -> RunFiles:
+        """Where one run's files go (see RunFiles); the directories are made on first use."""
+        if self._dirs is None:
+            with self._lock:
+                if self._dirs is None:
+                    logs = _private_dir(None)
+                    small = logs
+                    if not os.environ.get("TMPDIR") and os.access("/dev/shm", os.W_OK | os.X_OK):
+                        try:
+                            small = _private_dir("/dev/shm")
+                        except OSError:
+                            pass
+                    self._dirs = (small, logs)
+        return RunFiles(self._dirs[0], self._dirs[1], run_id)
+
     def pump(self) -> list[RunRow]:
         """Start queued runs while there is room. Returns the runs started."""
         started = []
         while not self.paused:
             with self._lock:
-                if len(self.active) >= self.config.max_concurrent_runs:
-                    break
-            run = self.store.claim_next_queued(self.clock())
-            if run is None:
+                room = self.config.max_concurrent_runs - len(self.active)
+            if room <= 0:
                 break
-            workflow = self.config.workflows.get(run.workflow)
-            if workflow is None:
-                self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
-                continue
-            ex = RunExecution(self, run, workflow)
-            with self._lock:
-                self.active[run.id] = ex
-            ex.thread.start()
-            started.append(run)
+            runs = self.store.claim_queued(self.clock(), room)
+            if not runs:
+                break
+            for run in runs:
+                workflow = self.config.workflows.get(run.workflow)
+                if workflow is None:
+                    self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
+                    continue
+                ex = RunExecution(self, run, workflow)
+                with self._lock:
+                    self.active[run.id] = ex
+                    spawn = self._idle_workers == 0
+                    if spawn:
+                        self._workers += 1
+                    else:
+                        self._idle_workers -= 1
+                self._queue.put(ex)
+                if spawn:
+                    threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
+                started.append(run)
+            if len(runs) < room:
+                break
         return started
+
+    def _worker(self) -> None:
+        while True:
+            try:
+                ex = self._queue.get(timeout=WORKER_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle_workers > 0:  # nobody handed this worker a run meanwhile
+                        self._idle_workers -= 1
+                        self._workers -= 1
+                        return
+                continue  # a run is on its way to this worker
+            threading.current_thread().name = f"run-{ex.run.id}"
+            ex._main()
 
     def _finished(self, ex: RunExecution, status: str, error: str | None) -> None:
         with self._lock:
             self.active.pop(ex.run.id, None)
+            self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
+            self._idle_cond.notify_all()
         if self.on_finished:
             self.on_finished(ex.run.id, status, error)
 
@@ -369,13 +517,5 @@ class WorkflowRunner:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no run is active; False if ``timeout`` passed first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                threads = [ex.thread for ex in self.active.values()]
-            if not threads:
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            threads[0].join(remaining)
+        with self._idle_cond:
+            return self._idle_cond.wait_for(lambda: not self.active, timeout)

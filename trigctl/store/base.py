@@ -144,6 +144,15 @@ class Store(ABC):
     # -- runs
     @abstractmethod
     def claim_next_queued(self, now: float) -> RunRow | None: ...
+    def claim_queued(self, now: float, limit: int) -> list[RunRow]:
+        """Up to ``limit`` queued runs, oldest first, marked running (a backend may do it in one go)."""
+        runs = []
+        while len(runs) < limit:
+            run = self.claim_next_queued(now)
+            if run is None:
+                break
+            runs.append(run)
+        return runs
     @abstractmethod
     def task_started(self, run_id: int, idx: int, name: str, now: float, pid: int | None, pgid: int | None,
                      proc_start: str | None) -> None: ...

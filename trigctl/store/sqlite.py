@@ -115,14 +115,36 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (trigger_name, key)
     ) WITHOUT ROWID;
     """,
+    # 2: `history NAME` (newest first, one trigger) walks this index instead of sorting the trigger's rows
+    """
+    CREATE INDEX events_trigger_id ON events (trigger_name, id);
+    """,
 ]
+
+
+def _fs_problem(path: str) -> str | None:
+    """Why the state's directory cannot be written, when the file system says so."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only"
+    if st.f_bavail == 0:
+        return "full"
+    return None
 
 
 def _err(e: BaseException, path: str) -> StateError:
     text = str(e)
+    # SQLite reports a read-only or full file system in many ways ("unable to open database file",
+    # "disk I/O error" while creating its -wal/-shm files...): ask the file system.
+    problem = _fs_problem(path) if isinstance(e, sqlite3.OperationalError) else None
+    if problem == "read-only":
+        return StateError(f"cannot write state {path}: its directory is on a read-only file system")
     if isinstance(e, sqlite3.OperationalError) and "readonly" in text:
         return StateError(f"state {path} is read-only: {text}")
-    if "disk" in text and "full" in text or getattr(e, "errno", None) == errno.ENOSPC:
+    if problem == "full" or "disk" in text and "full" in text or getattr(e, "errno", None) == errno.ENOSPC:
         return StateError(f"cannot write state {path}: the disk is full")
     if isinstance(e, sqlite3.DatabaseError) and "not a database" in text:
         return StateError(f"{path} is not a trigctl state file (not a SQLite database)")
@@ -152,7 +174,22 @@ class SQLiteStore(Store):
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.Error as e:
-            raise _err(e, path) from None
+            if not (readonly and self._open_immutable(path)):
+                raise _err(e, path) from None
+
+    def _open_immutable(self, path: str) -> bool:
+        """A reader on a read-only file system (a snapshot, a backup mount), where SQLite cannot create
+        the WAL's -shm file: read the file as immutable, unless a -wal holds commits not yet in it."""
+        wal = Path(path + "-wal")
+        if _fs_problem(path) != "read-only" or (wal.exists() and wal.stat().st_size > 0):
+            return False
+        try:
+            self._conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro&immutable=1", uri=True,
+                                         check_same_thread=False, isolation_level=None)
+            self._migrate()
+        except sqlite3.Error:
+            return False
+        return True
 
     @staticmethod
     def _create_file(p: Path) -> None:
@@ -180,7 +217,8 @@ class SQLiteStore(Store):
                 try:
                     yield self._conn
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    if self._conn.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                        self._conn.execute("ROLLBACK")
                     raise
                 else:
                     self._conn.execute("COMMIT")
@@ -447,15 +485,23 @@ class SQLiteStore(Store):
         )
 
     def claim_next_queued(self, now: float) -> RunRow | None:
+        runs = self.claim_queued(now, 1)
+        return runs[0] if runs else None
+
+    def claim_queued(self, now: float, limit: int) -> list[RunRow]:
+        """The oldest ``limit`` queued runs, marked running, in one transaction."""
         with self._tx() as c:
-            row = c.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                return None
-            cols = [d[0] for d in c.execute("SELECT * FROM runs LIMIT 0").description]
-            r = dict(zip(cols, row))
-            c.execute("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ? WHERE id = ?", (now, os.getpid(), r["id"]))
+            cur = c.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY id LIMIT ?", (limit,))
+            cols = [d[0] for d in cur.description]
+            rows = [dict(zip(cols, row)) for row in cur.fetchall()]
+            if not rows:
+                return []
+            pid = os.getpid()
+            c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ? WHERE id = ?",
+                          [(now, pid, r["id"]) for r in rows])
+        for r in rows:
             r.update(status="running", started_at=now)
-        return self._run(r)
+        return [self._run(r) for r in rows]
 
     def task_started(self, run_id, idx, name, now, pid, pgid, proc_start) -> None:
         with self._tx() as c:

@@ -78,20 +78,51 @@ class RunningProcesses:
             self._procs.add(proc)
             closed = self._closed
         if closed:
-            _signal_group(proc, signal.SIGTERM)
+            _stop_groups([proc])
 
     def discard(self, proc: subprocess.Popen) -> None:
         with self._lock:
             self._procs.discard(proc)
 
     def terminate_all(self) -> None:
-        """SIGTERM every running command's group (without waiting: the poll's own timeout still
-        SIGKILLs one that ignores it)."""
+        """SIGTERM every running command's group, and SIGKILL what is left KILL_GRACE later (on a
+        thread: this does not wait; shutdown waits with :func:`wait_for_stops`)."""
         with self._lock:
             self._closed = True
             procs = list(self._procs)
+        _stop_groups(procs)
+
+
+_stoppers: set[threading.Thread] = set()
+
+
+def _stop_groups(procs: list[subprocess.Popen], grace: float = KILL_GRACE) -> None:
+    procs = [p for p in procs if p.returncode is None]
+    if not procs:
+        return
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+
+    def escalate() -> None:
+        # The poll's own thread reaps the command (its returncode is set then); one that ignores
+        # SIGTERM is killed now rather than at its poll timeout, which may be long after trigctl exited.
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.returncode is None for p in procs):
+            time.sleep(0.02)
         for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
+            _signal_group(proc, signal.SIGKILL)
+        _stoppers.discard(threading.current_thread())
+
+    t = threading.Thread(target=escalate, name="trigctl-stop-command", daemon=True)
+    _stoppers.add(t)
+    t.start()
+
+
+def wait_for_stops(timeout: float = KILL_GRACE + 1) -> None:
+    """Wait until the commands stopped by terminate_all() are gone (or SIGKILLed)."""
+    deadline = time.monotonic() + timeout
+    for t in list(_stoppers):
+        t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

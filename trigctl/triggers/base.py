@@ -6,6 +6,7 @@ registered with :func:`register` (the registry refuses duplicates).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from abc import ABC, abstractmethod
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from trigctl.config import TriggerConfig
 
 MAX_CONTEXT_BYTES = 1_000_000  # a context larger than this is refused as an error, not stored
+MAX_FIRES = 100_000  # results one Python poll may return (a list, or a generator that may never end)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,10 @@ def normalize_result(value: Any) -> PollOutcome:
         return out
     items: Iterable[Any]
     if isinstance(value, (list, Iterable)) and not isinstance(value, (tuple, dict, str, bytes, Mapping)):
-        items = list(value)
+        # At most MAX_FIRES (+1 to tell): an endless generator is an error, not the end of memory.
+        items = list(value) if type(value) is list else list(itertools.islice(value, MAX_FIRES + 1))
+        if len(items) > MAX_FIRES:
+            raise TypeError(f"more than {MAX_FIRES} results from one poll")
         if not items:
             out.skip_reason = "empty list"
             return out
