@@ -171,7 +171,7 @@ def main() -> None:
                                                                             "--limit", "50"], 2.0),
     ]
     times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-    for name, argv, _ in cases:  # warm the page cache
+    for _name, argv, _ in cases:  # warm the page cache
         timed(argv, cache)
     for _ in range(args.runs):
         for name, argv, _ in cases:
@@ -185,7 +185,7 @@ def main() -> None:
         print(f"| {name} | {m * 1000:.0f} | {ratio:.2f}× | {f'≤ {target}×' if target else '-'} | "
               f"{('yes' if ratio <= target else 'NO') if target else '-'} |")
     if args.importtime:
-        for name, argv, target in cases[2:5]:
+        for name, argv, _target in cases[2:5]:
             print(f"\n{name}:\n{importtime(argv, cache)}")
 
 
