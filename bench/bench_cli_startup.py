@@ -109,6 +109,16 @@ def make_state(cache: Path, yaml_path: Path, rows: int) -> Path:
         subprocess.run(trigctl_cmd() + ["prune", "--older-than", "36500d", "-c", str(yaml_path)], check=True,
                        capture_output=True)
         print(f"(migrated the cached state from schema {version} in {time.time() - t:.1f}s)", file=sys.stderr)
+    # What `trigctl run` saves at start, so that `list` reads the YAML's summary from the state
+    # instead of parsing the file (list is typically run while `run` runs).
+    from trigctl.config import load_config, trigger_summaries
+    from trigctl.snapshot import config_fingerprint
+    from trigctl.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(db))
+    cfg = load_config(yaml_path, light=True)
+    store.save_config_snapshot(str(cfg.path), config_fingerprint(cfg.path), trigger_summaries(cfg))
+    store.close()
     return db
 
 

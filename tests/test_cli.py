@@ -194,3 +194,17 @@ def test_history_and_show_with_no_state_yet(cli, tmp_path):
     assert cli_json(cli, "history", "--state", state) == []
     assert cli("show", "1", "--state", state).exit_code == 2
     assert not os.path.exists(state)  # reading never creates the state
+
+
+def test_list_uses_the_snapshot_run_saved_and_notices_edits(cli, project, tmp_path):
+    assert cli("run", "--once", "--trigger", "greet").exit_code == 0
+    store = open_state(project)
+    from trigctl.snapshot import config_fingerprint
+
+    assert store.config_snapshot(str(project.resolve()), config_fingerprint(project)) is not None
+    store.close()
+    assert [r["name"] for r in cli_json(cli, "list")] == ["greet", "broken"]
+    project.write_text(project.read_text().replace("interval: 1m\n  - name: broken", "interval: 2m\n  - name: broken"))
+    assert cli_json(cli, "list")[0]["interval"] == 120.0  # the edited file, not the snapshot
+    project.write_text(project.read_text().replace("interval: 2m\n  - name: broken", "interval: ${GREET_EVERY:-3m}\n  - name: broken"))
+    assert cli_json(cli, "list")[0]["interval"] == 180.0

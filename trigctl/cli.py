@@ -377,28 +377,47 @@ def _poll_with_timeout(sched, poll_, timeout: float):
 def list_(config_path, state, as_json) -> None:
     """Each trigger: type, workflow, interval, enabled, last poll and result, next poll, runs, errors."""
     env = Env(config_path, state)
-    cfg = env.config(light=True)
-    store = env.store(readonly=True)
+    summaries, store = _listing_source(env)
     rows = store.trigger_rows()
     out = []
-    for tc in cfg.triggers:
-        row = rows.get(tc.name)
-        enabled = tc.enabled if row is None or row.enabled is None else row.enabled
-        interval = None if tc.type == "schedule" else tc.interval
+    for tc in summaries:
+        row = rows.get(tc["name"])
+        enabled = tc["enabled"] if row is None or row.enabled is None else row.enabled
         out.append({
-            "name": tc.name, "type": tc.type, "workflow": tc.workflow, "interval": interval, "enabled": enabled,
-            "dedupe": tc.dedupe, "last_poll_at": render.iso(row.last_poll_at) if row else None,
+            "name": tc["name"], "type": tc["type"], "workflow": tc["workflow"], "interval": tc["interval"],
+            "enabled": enabled, "dedupe": tc["dedupe"], "last_poll_at": render.iso(row.last_poll_at) if row else None,
             "last_result": row.last_result if row else None,
             "next_poll_at": render.iso(row.next_poll_at) if row and enabled else None,
             "active_runs": row.active_runs if row else 0, "fires": row.fires if row else 0,
             "consecutive_errors": row.consecutive_errors if row else 0,
             "_last_poll_at": row.last_poll_at if row else None, "_next_poll_at": row.next_poll_at if row else None,
-            "_schedule": tc.options.get("cron") or (f"every {tc.options.get('every')}" if tc.options.get("every") else None),
+            "_schedule": tc["schedule"],
         })
     if as_json:
         render.print_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in out])
     else:
         render.trigger_table(out)
+
+
+def _listing_source(env: Env):
+    """The triggers to list and the state. A big YAML is parsed only when it changed since `run`
+    last saved what list shows of it (same bytes, same environment variables)."""
+    from trigctl.store import open_store
+
+    if env.has_config():
+        location = env.state_arg or _state_from_yaml(env.config_path)
+        if location is not None and ("://" in location or Path(location).exists()):
+            from trigctl.snapshot import config_fingerprint
+
+            store = open_store(location, readonly=True)
+            fingerprint = config_fingerprint(env.config_path)
+            cached = store.config_snapshot(str(Path(env.config_path).resolve()), fingerprint) if fingerprint else None
+            if cached is not None:
+                return cached, store
+            store.close()
+    from trigctl.config import trigger_summaries
+
+    return trigger_summaries(env.config(light=True)), env.store(readonly=True)
 
 
 # ------------------------------------------------------------------------------- enable / disable

@@ -1044,3 +1044,17 @@ def _redacted(issues: list[ConfigIssue], secrets: set[str]) -> list[ConfigIssue]
         ConfigIssue(i.file, i.line, i.column, i.path, redactor.text(i.message))
         for i in sorted(issues, key=lambda i: (i.line, i.column))
     ]
+
+
+def trigger_summaries(config: Config) -> list[dict[str, Any]]:
+    """What `trigctl list` shows of each trigger's configuration."""
+    out = []
+    for tc in config.triggers:
+        every = tc.options.get("every")
+        out.append({
+            "name": tc.name, "type": tc.type, "workflow": tc.workflow,
+            "interval": None if tc.type == "schedule" else tc.interval, "enabled": tc.enabled, "dedupe": tc.dedupe,
+            "schedule": tc.options.get("cron") or (f"every {every}" if every else None),
+        })
+    return out
+

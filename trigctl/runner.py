@@ -172,6 +172,7 @@ class Runner:
         self.recover()
         now = self.clock()
         self.scheduler.load(now)
+        self._save_snapshot(self.config)
         self.scheduler.start_triggers(self._wake_trigger)
         self._token = self.store.change_token()
         enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
@@ -190,6 +191,14 @@ class Runner:
         while not self._done.wait(HANDOFF_CHECK):
             self._check_handoff()
         return self._exit_code
+
+    def _save_snapshot(self, config: Config) -> None:
+        from trigctl.config import trigger_summaries
+        from trigctl.snapshot import config_fingerprint
+
+        fingerprint = config_fingerprint(config.path)
+        if fingerprint is not None:
+            self.store.save_config_snapshot(str(config.path), fingerprint, trigger_summaries(config))
 
     def _spawn_owner(self) -> None:  # with _handoff_lock held
         owner = threading.Thread(target=self._owner_main, name="trigctl-loop", daemon=True)
@@ -373,6 +382,7 @@ class Runner:
             return
         self._pump_needed = True
         changes = self.scheduler.reload(new, now)
+        self._save_snapshot(new)
         self.scheduler.start_triggers(self._wake_trigger)
         self.config = new
         self.workflows.config = new

@@ -120,6 +120,12 @@ class Store(ABC):
     def load_kv(self, trigger: str) -> dict[str, Any]: ...
     @abstractmethod
     def load_all_kv(self) -> dict[str, dict[str, Any]]: ...
+
+    def save_config_snapshot(self, config_path: str, fingerprint: str, triggers: list[dict[str, Any]]) -> None:  # noqa: B027
+        """Remember what `list` shows of a YAML file (optional for a backend)."""
+
+    def config_snapshot(self, config_path: str, fingerprint: str) -> list[dict[str, Any]] | None:
+        return None
     @abstractmethod
     def change_token(self) -> int:
         """A number that changes when another process commits (enable/disable/cancel)."""

@@ -119,6 +119,14 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX events_trigger_id ON events (trigger_name, id);
     """,
+    # 3: what `list` shows of the YAML, saved by `run`, so `list` need not parse a big file again
+    """
+    CREATE TABLE config_snapshot (
+        config_path TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        triggers TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -249,15 +257,18 @@ class SQLiteStore(Store):
                 conn.close()
                 self._conn = conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
                 version = 0
-            elif self.readonly:
-                raise StateError(f"state {self.path} needs a schema upgrade: run any writing command (e.g. `trigctl run`) first")
             script = "".join(MIGRATIONS[version:])
             try:
                 # One script, one transaction: a crash mid-migration leaves the old version intact.
+                # Readers migrate too (the steps only add tables and indexes), so `list` works at
+                # once after an upgrade of trigctl.
                 conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {len(MIGRATIONS)}; COMMIT;")
-            except BaseException:
+            except BaseException as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if self.readonly and isinstance(e, sqlite3.Error):
+                    raise StateError(f"state {self.path} needs a schema upgrade that cannot be written here "
+                                     f"({e}): run `trigctl run` once where it can write") from None
                 raise
 
     def close(self) -> None:
@@ -343,6 +354,16 @@ class SQLiteStore(Store):
 
     def load_kv(self, trigger: str) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self._query("SELECT key, value FROM trigger_kv WHERE trigger_name = ?", (trigger,))}
+
+    def save_config_snapshot(self, config_path: str, fingerprint: str, triggers: list[dict[str, Any]]) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO config_snapshot (config_path, fingerprint, triggers) VALUES (?, ?, ?)",
+                      (config_path, fingerprint, json.dumps(triggers)))
+
+    def config_snapshot(self, config_path: str, fingerprint: str) -> list[dict[str, Any]] | None:
+        rows = self._query("SELECT triggers FROM config_snapshot WHERE config_path = ? AND fingerprint = ?",
+                           (config_path, fingerprint))
+        return json.loads(rows[0]["triggers"]) if rows else None
 
     def load_all_kv(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,25 @@
+"""A YAML file's fingerprint: lets `list` reuse what `run` saved instead of parsing a big file.
+
+Kept apart from config.py so that checking it imports neither YAML nor the schema tooling."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+
+def config_fingerprint(path: str | os.PathLike) -> str | None:
+    """Changes whenever what the file means may change: its bytes, and the environment variables it
+    reads. None if the file cannot be read."""
+    import hashlib
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    digest = hashlib.sha256(raw)
+    for name in sorted(set(re.findall(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)", raw))):
+        value = os.environ.get(name.decode())
+        digest.update(b"\0" + name + b"=" + (b"\1" + value.encode("utf-8", "replace") if value is not None else b"\2"))
+    return digest.hexdigest()
