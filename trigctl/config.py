@@ -427,6 +427,9 @@ def load_yaml(text: str, filename: str) -> tuple[Any, _Doc]:
         lines = text.splitlines()
         src = lines[line - 1] if 0 < line <= len(lines) else ""
         problem = (e.problem or e.context or "invalid YAML").strip()
+        if "maximum nesting depth" in problem:  # PyYAML >= 6.0.4's own guard, met before ours
+            doc.issues.append(ConfigIssue(filename, line, col, "", f"document nested deeper than {MAX_DEPTH} levels"))
+            return None, doc
         if e.context and e.problem:
             problem = f"{e.context.strip()}{', ' if problem.startswith('but ') else ': '}{problem}"
         doc.issues.append(ConfigIssue(filename, line, col, "", f"invalid YAML: {problem}{_yaml_hint(problem, src)}"))
