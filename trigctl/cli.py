@@ -216,7 +216,7 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 def run(file, config_path, state, once, only, grace, log_format) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
     from trigctl.durations import DurationError, parse_duration
-    from trigctl.runner import EventFormatter, Runner
+    from trigctl.runner import BatchingHandler, EventFormatter, Runner
     from trigctl.store import open_store
 
     try:
@@ -228,7 +228,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     for name in only:
         if cfg.trigger(name) is None:
             raise Fatal(f"unknown trigger {name!r} (known: {', '.join(t.name for t in cfg.triggers) or 'none'})")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingHandler(sys.stderr)
     handler.setFormatter(EventFormatter(log_format))
     root = logging.getLogger("trigctl")
     saved = (root.handlers[:], root.level, root.propagate)
@@ -243,6 +243,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
             store.close()
         hard_exit = _leaked_threads()
     finally:
+        handler.flush()
         root.handlers[:], root.level, root.propagate = saved
     if hard_exit:
         sys.stdout.flush()

@@ -224,6 +224,7 @@ class Runner:
                 force = self.once and self._first_tick
                 self._first_tick = False
                 self._step(now, force=force)
+                _flush_logs()
                 if self.once and self._once_done():
                     break
                 # A floor on timer waits batches polls that fall due within a few ms of each other
@@ -249,6 +250,7 @@ class Runner:
         try:
             self._shutdown()
         finally:
+            _flush_logs()
             if self.once and self._exit_code == 0:
                 self._exit_code = 1 if (self.poll_errors or self.failed_runs) else 0
             self._done.set()
@@ -420,6 +422,50 @@ class Runner:
 
     def emit(self, event: str, **fields: Any) -> None:
         log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
+        if event not in _BATCHED_EVENTS:
+            _flush_logs()  # rare events (start, stopping, reload...) are written at once
+
+
+class BatchingHandler(logging.StreamHandler):
+    """Collects log lines and writes them in one go when the loop flushes (once per loop step,
+    and at exit): a line per event, but not a write() system call per line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+        except Exception:  # noqa: BLE001 - logging must never take the loop down
+            self.handleError(record)
+        if len(self._pending) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._pending:
+                text, self._pending = "".join(self._pending), []
+                try:
+                    self.stream.write(text)
+                except (OSError, ValueError):  # a closed or broken stderr must not stop the loop
+                    pass
+            if self.stream and hasattr(self.stream, "flush"):
+                try:
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass
+        finally:
+            self.release()
+
+
+_BATCHED_EVENTS = frozenset({"fired", "duplicate", "error", "run_started", "run_finished"})
+
+
+def _flush_logs() -> None:
+    for handler in log.handlers:
+        handler.flush()
 
 
 class EventFormatter(logging.Formatter):
