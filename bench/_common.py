@@ -43,9 +43,9 @@ def quiet_cli_logging():
     so the cost of formatting events is in the figures."""
     import logging
 
-    from trigctl.runner import EventFormatter
+    from trigctl.runner import BatchingHandler, EventFormatter
 
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler = BatchingHandler(open(os.devnull, "w"))  # noqa: SIM115 - as `trigctl run` sets it up
     handler.setFormatter(EventFormatter("text"))
     root = logging.getLogger("trigctl")
     root.handlers[:] = [handler]
