@@ -466,9 +466,8 @@ def test_state_file_is_private_and_its_new_directory_too(tmp_path):
     assert proc.returncode == 0, proc.stderr
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(tmp_path / "deep" / "er") == 0o700
-    # Parents created on the way get the umask's mode (pathlib's mkdir(parents=True)): the state's
-    # own directory is what keeps it private.
-    assert mode(tmp_path / "deep") == 0o755
+    # Every directory trigctl creates on the way is owner-only too.
+    assert mode(tmp_path / "deep") == 0o700
     state = tmp_path / "deep" / "er" / "state.db"
     assert mode(state) == 0o600
     assert mode(state.parent / "state.db.lock") == 0o600

@@ -203,7 +203,10 @@ class SQLiteStore(Store):
     def _create_file(p: Path) -> None:
         if not p.parent.exists():
             try:
-                p.parent.mkdir(parents=True, mode=0o700)
+                # Every directory created for the state is owner-only, not just the last one.
+                missing = [d for d in [p.parent, *p.parent.parents] if not d.exists()]
+                for d in reversed(missing):
+                    d.mkdir(mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StateError(f"cannot create state directory {p.parent}: {e.strerror}") from None
         if not p.exists():
