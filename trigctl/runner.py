@@ -313,7 +313,8 @@ class Runner:
             for run in self.workflows.pump():
                 self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
         sched.flush(now)
-        self._my_runs.update(sched.alerts)
+        if self.once:  # only --once's exit code needs them; a long run must not keep every id
+            self._my_runs.update(sched.alerts)
         sched.alerts.clear()
 
     def _watch_state(self, now: float) -> None:
@@ -372,7 +373,8 @@ class Runner:
                     self._logged_duplicates.add(seen)
                     self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
             else:
-                self._my_runs.add(res.run_id)
+                if self.once:
+                    self._my_runs.add(res.run_id)
                 self.emit("fired", trigger=report.trigger, run_id=res.run_id,
                           context=self.config.redactor.scrub(context))
 
