@@ -110,7 +110,7 @@ def test_env_interpolation_default_and_literal_and_run_untouched():
     text = GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: '${A}-${B:-dflt}-$${C}'")
     text = text.replace("run: echo hi", "run: echo ${HOME_X}")
     cfg = parse_config(text, "t.yaml", {"A": "x"})
-    assert cfg.raw["triggers"][0]["description"] == "x-dflt-${C}"
+    assert cfg.triggers[0].description == "x-dflt-${C}"
     assert cfg.workflows["wf"].tasks[0].run == "echo ${HOME_X}"  # the shell expands its own
 
 
@@ -180,7 +180,7 @@ def test_a_secret_in_an_error_message_is_masked():
 
 def test_default_applies_to_empty_variables_and_unset_errors_name_the_item():
     text = GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: '${EMPTY:-d}'")
-    assert parse_config(text, "t.yaml", {"EMPTY": ""}).raw["triggers"][0]["description"] == "d"
+    assert parse_config(text, "t.yaml", {"EMPTY": ""}).triggers[0].description == "d"
     out = errors(GOOD.replace("callable: os.getcwd", "callable: os.getcwd\n    description: '${NOPE_X}'"))
     assert any("triggers[0](a).description" in e for e in out), out
 

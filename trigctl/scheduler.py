@@ -13,7 +13,6 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trigctl.config import Config, TriggerConfig
@@ -25,7 +24,7 @@ log = logging.getLogger("trigctl.scheduler")
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
 
 
-@dataclass
+@dataclass(slots=True, eq=False)  # thousands of these: no per-instance __dict__
 class Slot:
     """One configured trigger, as the scheduler tracks it."""
 
@@ -102,7 +101,7 @@ class Scheduler:
         if cls is None:
             return None, f"trigger type {tc.type!r} is not available"
         try:
-            return cls(tc, Path(self.config.base_dir)), None
+            return cls(tc, self.config.base_dir), None
         except Exception as e:  # the user's class constructor may raise anything
             return None, f"cannot set up trigger: {type(e).__name__}: {e}"
 

@@ -50,7 +50,7 @@ class FireResult:
     reason: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class PollStats:
     """In-memory counters of a trigger, flushed in batches (skips write no rows)."""
 

@@ -84,7 +84,7 @@ class TriggerType(ABC):
     def __init__(self, config: TriggerConfig, base_dir: Path) -> None:
         self.config = config
         self.base_dir = base_dir
-        self.options: dict[str, Any] = dict(config.options)
+        self.options: Mapping[str, Any] = config.options  # read-only: shared, not copied per trigger
 
     @classmethod
     def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
