@@ -236,3 +236,16 @@ def test_python_m_trigctl_and_no_traceback_on_bad_config(project):
     out = subprocess.run([sys.executable, "-m", "trigctl", "run"], cwd=project, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("triggers.yaml:")
+
+
+def test_run_once_polls_every_trigger_even_when_the_first_is_slow(tmp_path):
+    """A hand-off during --once's single tick must not leave the remaining triggers unpolled."""
+    (tmp_path / "slow.py").write_text("import time\ndef slow():\n    time.sleep(0.3)\n    return True\ndef fast():\n    return True\n")
+    lines = ["version: 1", "workflows:", "  w:", "    tasks:", "      - argv: ['true']", "triggers:"]
+    for name, fn in (("a-slow", "slow"), ("b-fast", "fast"), ("c-fast", "fast")):
+        lines += [f"  - name: {name}", "    type: python", f"    callable: slow:{fn}", "    workflow: w"]
+    (tmp_path / "triggers.yaml").write_text("\n".join(lines) + "\n")
+    out = run_trigctl("run", "--once", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    fired = {h["trigger_name"] for h in json.loads(run_trigctl("history", "--json", cwd=tmp_path).stdout)}
+    assert fired == {"a-slow", "b-fast", "c-fast"}

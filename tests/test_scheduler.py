@@ -191,3 +191,52 @@ def test_a_hung_callable_never_delays_the_others(write_yaml, callables):
         t.join(20)
     assert not t.is_alive()
     assert runner.handoffs >= 1
+
+
+def test_a_second_slow_call_after_a_hand_off_is_handed_off_too(write_yaml, callables):
+    """The first slow call returning must not clear the watchdog's view of the second one."""
+    callables("""
+        import threading, time
+        RELEASE = threading.Event()
+        def slowish():
+            time.sleep(0.09)   # past the 50 ms hand-off, then returns
+            return None
+        def hang():
+            RELEASE.wait(60)
+            return None
+        def fast():
+            return True
+    """)
+    cfg_path = write_yaml(BASE + trig("a", "mytriggers:slowish", interval="1h")
+                          + trig("b", "mytriggers:hang", interval="1h", timeout="60s")
+                          + trig("c", "mytriggers:fast", interval="100ms", allow_concurrent="true"))
+    cfg = load_config(cfg_path)
+    store = SQLiteStore(cfg.state_location())
+    runner = Runner(cfg, store, install_signals=False, grace=5)
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    import mytriggers
+
+    try:
+        wait_for(lambda: getattr(store.trigger_rows().get("c"), "fires", 0) >= 5, timeout=20,
+                 message="c keeps firing while b hangs")
+        assert runner.scheduler.slots["b"].in_flight is not None
+    finally:
+        mytriggers.RELEASE.set()
+        runner._signals = 1
+        runner._event.set()
+        t.join(20)
+    assert runner.handoffs >= 2
+
+
+def test_reload_with_a_poll_in_flight_keeps_the_trigger_alive(write_yaml, callables, clock):
+    callables("def skip():\n    return None\n")
+    cfg = write_yaml(BASE + trig("t", "mytriggers:skip", interval="1s"))
+    sched, store = make_scheduler(cfg, clock.now)
+    (poll,) = sched.tick(clock.now)
+    changed = write_yaml(BASE + trig("t", "mytriggers:skip", interval="2s"), name="changed.yaml")
+    sched.reload(load_config(changed), clock.now)
+    report = sched.complete(poll, sched.execute(poll), None, clock.advance(0.5))
+    assert report is not None and report.result == "skipped"
+    assert not sched.busy()
+    assert len(sched.tick(clock.advance(5))) == 1  # polled again on the new interval

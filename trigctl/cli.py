@@ -576,9 +576,12 @@ def cancel(run_id, config_path, state) -> None:
         if run.status not in ("queued", "running"):
             raise Fatal(f"run {run_id} already ended ({run.status}); nothing to cancel", EXIT_FAILED)
         if run.status == "queued":
-            store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`")
-            click.echo(f"run {run_id} cancelled (it was queued)")
-            return
+            if store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`", only_if="queued"):
+                click.echo(f"run {run_id} cancelled (it was queued)")
+                return
+            run = store.get_run(run_id)  # started meanwhile: cancel it as a running run
+            if run is None or run.status != "running":
+                raise Fatal(f"run {run_id} already ended ({run.status if run else 'gone'}); nothing to cancel", EXIT_FAILED)
         store.request_cancel(run_id, time.time())
         try:
             store.lock_for_run()  # no `trigctl run` alive: this process ends the run itself

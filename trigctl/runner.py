@@ -60,7 +60,12 @@ class Runner:
         self.grace = grace
         self.install_signals = install_signals
         self.scheduler = Scheduler(config, store, only=only)
-        self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished, kill_grace=kill_grace)
+        # Runs record through the same store (one connection, one lock). A second connection was
+        # tried: writes from two connections of one process can stall each other for the busy
+        # timeout (seen as a closed-loop benchmark stopping), so it waits for a writer thread.
+        self._run_store = store
+        self.workflows = WorkflowRunner(config, self._run_store, clock, on_finished=self._run_finished,
+                                        kill_grace=kill_grace)
         self._event = threading.Event()
         self.dispatcher = Dispatcher(self._post)
         # The loop runs on an "owner" thread and calls Python triggers inline (~1 µs a dispatch).
@@ -222,8 +227,10 @@ class Runner:
             while not self._signals:
                 now = self.clock()
                 force = self.once and self._first_tick
-                self._first_tick = False
                 self._step(now, force=force)
+                # Cleared only once the forced tick completed: if it was handed off, the next owner
+                # repeats it (polls already in flight are skipped), so no trigger goes unpolled.
+                self._first_tick = False
                 _flush_logs()
                 if self.once and self._once_done():
                     break
@@ -232,7 +239,8 @@ class Runner:
                 # not thousands. Events (results, file events, signals) still wake at once.
                 wait = max(self._wait_for(self.clock()), MIN_WAIT)
                 self._wake_at = time.monotonic() + wait
-                self._event.wait(wait)
+                if not self._results:  # a result posted while _wake_at was 0 did not wake us
+                    self._event.wait(wait)
                 self._wake_at = 0.0
                 self._event.clear()
                 if self._owner is not me:
@@ -258,13 +266,15 @@ class Runner:
     def _execute_inline(self, poll: Poll) -> None:
         """Call a Python trigger on the loop thread; give up ownership if the watchdog took it."""
         me = threading.current_thread()
-        self._current = (poll, time.monotonic())
+        token = (poll, time.monotonic())
+        self._current = token
         try:
             result, error = self.scheduler.execute(poll), None
         except BaseException as e:  # noqa: BLE001 - a user callable may raise anything
             result, error = None, e
         with self._handoff_lock:
-            self._current = None
+            if self._current is token:  # not another owner's call, started after a hand-off
+                self._current = None
             still_owner = self._owner is me
         if error is None and type(result) is not PollOutcome and inspect.isawaitable(result):
             self.dispatcher.run_awaitable(poll, result)
@@ -401,7 +411,12 @@ class Runner:
             self._event.clear()
         if self.workflows.count():
             self.workflows.cancel_all("cancelled")
-            self.workflows.join(self.workflows.kill_grace + 5)
+            if not self.workflows.join(self.workflows.kill_grace + 5):
+                # A task that cannot be interrupted (an http: call waiting for its timeout): the run
+                # is recorded cancelled now, as promised, rather than left `running` for a rerun.
+                for run_id in self.workflows.active_ids():
+                    if self._run_store.finish_run(run_id, "cancelled", self.clock(), "cancelled at shutdown"):
+                        self._finished_runs.append((run_id, "cancelled", "cancelled at shutdown"))
         while self._finished_runs:
             run_id, status, error = self._finished_runs.popleft()
             self.emit("run_finished", run_id=run_id, status=status, error=error)
@@ -415,6 +430,8 @@ class Runner:
                 self._exit_code = 1
         finally:
             self.scheduler.close()
+            if self._run_store is not self.store:
+                self._run_store.close()
             util = sys.modules.get("trigctl.triggers._util")
             if util is not None:  # commands that ignore SIGTERM are SIGKILLed before we exit, not orphaned
                 util.wait_for_stops()

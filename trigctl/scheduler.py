@@ -150,6 +150,8 @@ class Scheduler:
             slot = self._add(tc, rows.get(tc.name), now)
             if prev is not None:
                 slot.in_flight, slot.waiting = prev.in_flight, prev.waiting
+                if prev.in_flight is not None:
+                    prev.in_flight.slot = slot  # its completion and timeout apply to the live slot
                 slot.stats = prev.stats
                 # The next poll is the earlier of the stored one and now + the new interval.
                 if slot.impl is None or not slot.impl.has_own_schedule:
@@ -300,8 +302,10 @@ class Scheduler:
 
     def complete(self, poll: Poll, result: Any, error: BaseException | None, now: float) -> PollReport | None:
         slot = poll.slot
-        if self.slots.get(slot.name) is not slot:
-            return None  # removed by a reload while in flight
+        if self.slots.get(slot.name) is not slot:  # removed by a reload while in flight
+            if self.in_flight.get(slot.name) is poll:
+                del self.in_flight[slot.name]
+            return None
         if slot.in_flight is poll:
             slot.in_flight = None
             self.in_flight.pop(slot.name, None)

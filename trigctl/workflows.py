@@ -515,6 +515,10 @@ class WorkflowRunner:
         with self._lock:
             return len(self.active)
 
+    def active_ids(self) -> list[int]:
+        with self._lock:
+            return list(self.active)
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no run is active; False if ``timeout`` passed first."""
         with self._idle_cond:

@@ -103,9 +103,6 @@ class Store(ABC):
     # -- lifecycle
     @abstractmethod
     def close(self) -> None: ...
-    @abstractmethod
-    def lock_for_run(self) -> None:
-        """Claim the state for one `trigctl run`; StateLocked if another holds it."""
 
     # -- triggers
     @abstractmethod
@@ -166,7 +163,8 @@ class Store(ABC):
     def task_finished(self, run_id: int, idx: int, status: str, exit_code: int | None, now: float,
                       output_tail: str, attempts: int) -> None: ...
     @abstractmethod
-    def finish_run(self, run_id: int, status: str, now: float, error: str | None = None) -> None: ...
+    def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
+                   only_if: str | None = None) -> bool: ...
     @abstractmethod
     def request_cancel(self, run_id: int, now: float) -> str | None: ...
     @abstractmethod

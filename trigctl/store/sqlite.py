@@ -30,6 +30,7 @@ from trigctl.store.base import (
 )
 
 BUSY_TIMEOUT_MS = 15_000
+PRUNE_BATCH = 5_000  # rows per prune transaction
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -474,7 +475,8 @@ class SQLiteStore(Store):
         with self._tx() as c:
             row = c.execute("SELECT consecutive_errors, last_error FROM triggers WHERE name = ?", (trigger,)).fetchone()
             streak = stats.consecutive_errors
-            if row and row[0] > 0 and row[1] == message:
+            # The streak is the scheduler's in-memory count: the stored one lags by up to a flush.
+            if streak > 1 and row and row[1] == message:
                 # The same error again in one streak: count it on the streak's row, not a new one.
                 c.execute(
                     "UPDATE events SET count = count + 1, updated_at = ? WHERE id = (SELECT max(id) FROM events "
@@ -515,7 +517,8 @@ class SQLiteStore(Store):
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
         """The oldest ``limit`` queued runs, marked running, in one transaction."""
         with self._tx() as c:
-            cur = c.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY id LIMIT ?", (limit,))
+            # `status IN (...)` lets SQLite use the partial index on active runs (no table scan)
+            cur = c.execute("SELECT * FROM runs WHERE status IN ('queued', 'running') AND status = 'queued' ORDER BY id LIMIT ?", (limit,))
             cols = [d[0] for d in cur.description]
             rows = [dict(zip(cols, row)) for row in cur.fetchall()]
             if not rows:
@@ -544,12 +547,15 @@ class SQLiteStore(Store):
                 (status, exit_code, now, output_tail, attempts, run_id, idx),
             )
 
-    def finish_run(self, run_id: int, status: str, now: float, error: str | None = None) -> None:
+    def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
+                   only_if: str | None = None) -> bool:
+        """End an active run (releasing its key). With ``only_if``, only from that status (a queued
+        run that the loop has just started is not cancelled behind its back). True if it ended it."""
         with self._tx() as c:
             row = c.execute("SELECT trigger_name, context_hash, dedupe, status, max_attempts FROM runs WHERE id = ?",
                             (run_id,)).fetchone()
-            if row is None or row[3] not in ("queued", "running"):
-                return
+            if row is None or row[3] not in ("queued", "running") or (only_if is not None and row[3] != only_if):
+                return False
             trigger, key, dedupe, _, limit = row
             # Releasing the key is part of the same statement that ends the run: it cannot leak.
             c.execute(
@@ -576,6 +582,7 @@ class SQLiteStore(Store):
                         "UPDATE dedupe_once SET given_up = 1 WHERE trigger_name = ? AND key = ? AND failures >= ?",
                         (trigger, key, limit),
                     )
+        return True
 
     def request_cancel(self, run_id: int, now: float) -> str | None:
         with self._tx() as c:
@@ -587,7 +594,7 @@ class SQLiteStore(Store):
             return row[0]
 
     def cancel_requested(self) -> set[int]:
-        return {r["id"] for r in self._query("SELECT id FROM runs WHERE cancel_requested = 1 AND status = 'running'")}
+        return {r["id"] for r in self._query("SELECT id FROM runs WHERE status IN ('queued', 'running') AND status = 'running' AND cancel_requested = 1")}
 
     def active_runs(self) -> list[RunRow]:
         runs = [self._run(r) for r in self._query("SELECT * FROM runs WHERE status IN ('queued','running') ORDER BY id")]
@@ -634,13 +641,23 @@ class SQLiteStore(Store):
         return run
 
     def prune(self, before: float) -> int:
-        with self._tx() as c:
-            n = c.execute(
-                "DELETE FROM events WHERE updated_at < ? AND (run_id IS NULL OR kind != 'fire' OR run_id NOT IN "
-                "(SELECT id FROM runs WHERE status IN ('queued','running')))",
-                (before,),
-            ).rowcount
-            c.execute("DELETE FROM tasks WHERE run_id IN (SELECT id FROM runs WHERE completed_at < ? "
-                      "AND status NOT IN ('queued','running'))", (before,))
-            c.execute("DELETE FROM runs WHERE completed_at < ? AND status NOT IN ('queued','running')", (before,))
-        return n
+        """Delete old history in batches, one short transaction each, so a running loop never waits
+        long for the write lock (a single DELETE of millions of rows held it for seconds)."""
+        statements = (
+            ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < ? AND (run_id IS NULL OR "
+             "kind != 'fire' OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running'))) LIMIT ?)", True),
+            ("DELETE FROM tasks WHERE run_id IN (SELECT id FROM runs WHERE completed_at < ? "
+             "AND status NOT IN ('queued','running') AND id IN (SELECT run_id FROM tasks) LIMIT ?)", False),
+            ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE completed_at < ? "
+             "AND status NOT IN ('queued','running') LIMIT ?)", False),
+        )
+        events = 0
+        for sql, counted in statements:
+            while True:
+                with self._tx() as c:
+                    n = c.execute(sql, (before, PRUNE_BATCH)).rowcount
+                if counted:
+                    events += n
+                if n == 0:
+                    break
+        return events
