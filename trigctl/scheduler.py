@@ -94,7 +94,8 @@ class Scheduler:
         for tc in self.config.triggers:
             if self.only is not None and tc.name not in self.only:
                 continue
-            self._add(tc, rows.get(tc.name), now, kv.get(tc.name, {}))
+            slot = self._add(tc, rows.get(tc.name), now, kv.get(tc.name, {}))
+            self._dirty[tc.name] = slot.stats  # `list` shows the next poll before the first one
 
     def _make_impl(self, tc: TriggerConfig) -> tuple[TriggerType | None, str | None]:
         cls = trigger_class(tc.type)
