@@ -132,8 +132,7 @@ triggers:
     while bench_source.DONE < bench_source.FIRED and time.monotonic() < deadline:
         time.sleep(0.05)
     drained = time.time() - t1
-    runner._signals = 1
-    runner._event.set()
+    runner.stop()
     t.join(60)
     store.close()
 

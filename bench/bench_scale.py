@@ -67,8 +67,7 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
     cpu1, wall1 = time.process_time(), time.monotonic()
     sample = list(lateness)
     rss = rss_mb()
-    runner._signals = 1
-    runner._event.set()
+    runner.stop()
     t.join(30)
     due = n * seconds
     return {"system": "trigctl", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample), "due": due,

@@ -27,6 +27,7 @@ import pytest
 from conftest import run_trigctl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_http_trigger import LocalServer
 
 from trigctl.config import load_config
 from trigctl.store.sqlite import SQLiteStore
@@ -319,36 +320,16 @@ def poll(password, client_secret):
 """
 
 
-class EchoServer:
+def echo_server() -> LocalServer:
     """Answers every request with JSON that repeats the secrets (an API that echoes a token back)."""
-
-    def __init__(self):
-        body = json.dumps({"token": SECRETS["T_TOKEN"], "link": f"https://u:{SECRETS['T_PASSWORD']}@x/"}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format, *args):  # noqa: A002
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/echo"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    server = LocalServer()
+    server.respond(json_body={"token": SECRETS["T_TOKEN"], "link": f"https://u:{SECRETS['T_PASSWORD']}@x/"})
+    return server
 
 
 @pytest.fixture
 def secret_project(tmp_path):
-    server = EchoServer()
+    server = echo_server()
     (tmp_path / "triggers.yaml").write_text(SECRET_YAML.format(port=closed_port(), echo_url=server.url))
     (tmp_path / "leaky.py").write_text(LEAKY_PY)
     yield tmp_path
@@ -502,7 +483,7 @@ def test_fire_on_change_remembers_a_digest_not_the_response(tmp_path):
     from trigctl.triggers.base import PollContext
     from trigctl.triggers.http import STATE_KEY, HttpTrigger, context_digest
 
-    server = EchoServer()
+    server = echo_server()
     try:
         trigger = HttpTrigger(TriggerConfig(name="t", type="http", workflow="w", options={
             "url": server.url, "context": {"token": "token"}, "fire_on": "change"}), tmp_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+from contextlib import contextmanager
 
 from conftest import wait_for
 from helpers import drive, make_scheduler
@@ -19,6 +21,28 @@ workflows:
       - run: "true"
 triggers:
 """
+
+
+@contextmanager
+def running_loop(cfg_path):
+    """The real loop in a thread; on exit, set mytriggers.RELEASE (the hung callables return) and
+    stop it as SIGTERM would. The module is imported by the config load, from the YAML's folder."""
+    cfg = load_config(cfg_path)
+    store = SQLiteStore(cfg.state_location())
+    runner = Runner(cfg, store, install_signals=False, grace=5)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        yield runner, store
+    finally:
+        sys.modules["mytriggers"].RELEASE.set()
+        runner.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+
+
+def fires(store, name: str) -> int:
+    return getattr(store.trigger_rows().get(name), "fires", 0)
 
 
 def trig(name: str, callable_: str, **opts) -> str:
@@ -173,23 +197,10 @@ def test_a_hung_callable_never_delays_the_others(write_yaml, callables):
     """)
     cfg_path = write_yaml(BASE + trig("hung", "mytriggers:hang", interval="1s", timeout="30s")
                           + trig("fast", "mytriggers:fast", interval="1s"))
-    cfg = load_config(cfg_path)
-    store = SQLiteStore(cfg.state_location())
-    runner = Runner(cfg, store, install_signals=False, grace=5)
-    t = threading.Thread(target=runner.run, daemon=True)
-    t.start()
-    import mytriggers
-
-    try:
+    with running_loop(cfg_path) as (runner, store):
         # "fast" keeps firing (2 runs, so it was polled again after its first run) while "hung" is stuck.
-        wait_for(lambda: getattr(store.trigger_rows().get("fast"), "fires", 0) >= 2, timeout=20, message="fast trigger fires")
+        wait_for(lambda: fires(store, "fast") >= 2, timeout=20, message="fast trigger fires")
         assert runner.scheduler.slots["hung"].in_flight is not None
-    finally:
-        mytriggers.RELEASE.set()
-        runner._signals = 1
-        runner._event.set()
-        t.join(20)
-    assert not t.is_alive()
     assert runner.handoffs >= 1
 
 
@@ -210,22 +221,9 @@ def test_a_second_slow_call_after_a_hand_off_is_handed_off_too(write_yaml, calla
     cfg_path = write_yaml(BASE + trig("a", "mytriggers:slowish", interval="1h")
                           + trig("b", "mytriggers:hang", interval="1h", timeout="60s")
                           + trig("c", "mytriggers:fast", interval="100ms", allow_concurrent="true"))
-    cfg = load_config(cfg_path)
-    store = SQLiteStore(cfg.state_location())
-    runner = Runner(cfg, store, install_signals=False, grace=5)
-    t = threading.Thread(target=runner.run, daemon=True)
-    t.start()
-    import mytriggers
-
-    try:
-        wait_for(lambda: getattr(store.trigger_rows().get("c"), "fires", 0) >= 5, timeout=20,
-                 message="c keeps firing while b hangs")
+    with running_loop(cfg_path) as (runner, store):
+        wait_for(lambda: fires(store, "c") >= 5, timeout=20, message="c keeps firing while b hangs")
         assert runner.scheduler.slots["b"].in_flight is not None
-    finally:
-        mytriggers.RELEASE.set()
-        runner._signals = 1
-        runner._event.set()
-        t.join(20)
     assert runner.handoffs >= 2
 
 

@@ -63,8 +63,7 @@ class Runner:
         # Runs record through the same store (one connection, one lock). A second connection was
         # tried: writes from two connections of one process can stall each other for the busy
         # timeout (seen as a closed-loop benchmark stopping), so it waits for a writer thread.
-        self._run_store = store
-        self.workflows = WorkflowRunner(config, self._run_store, clock, on_finished=self._run_finished,
+        self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished,
                                         kill_grace=kill_grace)
         self._event = threading.Event()
         self.dispatcher = Dispatcher(self._post)
@@ -110,6 +109,11 @@ class Runner:
 
     def _run_finished(self, run_id: int, status: str, error: str | None) -> None:
         self._finished_runs.append((run_id, status, error))
+        self._event.set()
+
+    def stop(self) -> None:
+        """Stop as SIGTERM would (for callers that run the loop in a thread of their own)."""
+        self._signals = max(self._signals, 1)
         self._event.set()
 
     def _on_signal(self, signum, frame) -> None:
@@ -415,7 +419,7 @@ class Runner:
                 # A task that cannot be interrupted (an http: call waiting for its timeout): the run
                 # is recorded cancelled now, as promised, rather than left `running` for a rerun.
                 for run_id in self.workflows.active_ids():
-                    if self._run_store.finish_run(run_id, "cancelled", self.clock(), "cancelled at shutdown"):
+                    if self.store.finish_run(run_id, "cancelled", self.clock(), "cancelled at shutdown"):
                         self._finished_runs.append((run_id, "cancelled", "cancelled at shutdown"))
         while self._finished_runs:
             run_id, status, error = self._finished_runs.popleft()
@@ -430,8 +434,6 @@ class Runner:
                 self._exit_code = 1
         finally:
             self.scheduler.close()
-            if self._run_store is not self.store:
-                self._run_store.close()
             util = sys.modules.get("trigctl.triggers._util")
             if util is not None:  # commands that ignore SIGTERM are SIGKILLed before we exit, not orphaned
                 util.wait_for_stops()

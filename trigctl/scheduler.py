@@ -267,9 +267,6 @@ class Scheduler:
             if slot is not None and slot.generation == gen:
                 yield slot
 
-    def poll_context(self, poll: Poll) -> PollContext:
-        return _poll_context(poll)
-
     def execute(self, poll: Poll) -> Any:
         """Run one poll (on whatever thread the runner chose)."""
         return execute_poll(poll)
