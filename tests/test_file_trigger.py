@@ -33,7 +33,7 @@ def ctx(now: float, state: dict | None = None) -> PollContext:
 
 def apply(state: dict, out: PollOutcome) -> dict:
     """What the scheduler does with state_updates after recording the fires."""
-    for k, v in out.state_updates.items():
+    for k, v in out.applied_state().items():
         if v is None:
             state.pop(k, None)
         else:
@@ -114,7 +114,7 @@ def test_new_file_fires_once_settled_with_its_context(tmp_path, inbox):
     out = trig.poll(ctx(m + 1.2, state))
     path = str(inbox / "a.csv")
     assert out.fires == [{"path": path, "name": "a.csv", "size": 5, "mtime": m}]
-    assert out.state_updates[path] == [5, m]
+    assert out.applied_state()[path] == [5, m]
     apply(state, out)
     # A file that stays put fires once.
     assert trig.poll(ctx(m + 100, state)).fires == []

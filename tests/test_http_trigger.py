@@ -208,7 +208,7 @@ def test_fire_on_change(server, tmp_path):
 
     def step():
         out = poll(t, state)
-        for k, v in out.state_updates.items():  # what the scheduler persists between polls
+        for k, v in out.applied_state().items():  # what the scheduler persists between polls
             if v is None:
                 state.pop(k, None)
             else:

@@ -68,6 +68,10 @@ def _guard(fn):
     return wrapper
 
 
+def _debugging() -> bool:
+    return bool(os.environ.get("TRIGCTL_DEBUG") or click.get_current_context().find_root().params.get("debug"))
+
+
 def config_option(fn):
     fn = click.option("--state", "state", metavar="PATH_OR_URL", envvar="TRIGCTL_STATE",
                       help="State: SQLite path or postgresql:// URL [env TRIGCTL_STATE; default: the file's state:]")(fn)
@@ -229,7 +233,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
         if cfg.trigger(name) is None:
             raise Fatal(f"unknown trigger {name!r} (known: {', '.join(t.name for t in cfg.triggers) or 'none'})")
     handler = BatchingHandler(sys.stderr)
-    handler.setFormatter(EventFormatter(log_format))
+    handler.setFormatter(EventFormatter(log_format, debug=_debugging()))
     root = logging.getLogger("trigctl")
     saved = (root.handlers[:], root.level, root.propagate)
     root.handlers[:] = [handler]

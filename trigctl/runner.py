@@ -254,8 +254,8 @@ class Runner:
         except StateError as e:  # the state cannot be written (a full disk...): say why, stop cleanly
             log.error("%s; stopping", e)
             self._exit_code = 1
-        except BaseException:
-            log.exception("the polling loop failed; stopping")
+        except BaseException as e:
+            log.error("the polling loop failed (an internal error); stopping", exc_info=e)
             self._exit_code = 1
         if self._owner is not me:
             return
@@ -492,25 +492,50 @@ def _flush_logs() -> None:
 class EventFormatter(logging.Formatter):
     """One line per event on stderr: text for people, JSON for machines."""
 
-    def __init__(self, fmt: str = "text"):
+    def __init__(self, fmt: str = "text", debug: bool = False):
         super().__init__()
         self.json = fmt == "json"
+        self.debug = debug
 
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
         event = getattr(record, "trigctl_event", None)
         fields = getattr(record, "trigctl_fields", {}) if event else {}
+        message = "" if event else _message(record, self.debug)
         if self.json:
             doc = {"ts": ts.isoformat().replace("+00:00", "Z"), "level": record.levelname.lower(),
                    "event": event or "log", **fields}
             if not event:
-                doc["message"] = record.getMessage()
+                doc["message"] = message
+                if record.exc_info and self.debug:
+                    doc["traceback"] = self.formatException(record.exc_info)
             return json.dumps(doc, default=str)
         stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
         if not event:
-            return f"{stamp} {record.levelname.lower()} {record.getMessage()}"
+            line = f"{stamp} {record.levelname.lower()} {message}"
+            if record.exc_info and self.debug:
+                line += "\n" + self.formatException(record.exc_info)
+            return line
         parts = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None and v != "")
         return f"{stamp} {event} {parts}".rstrip()
+
+
+def _message(record: logging.LogRecord, debug: bool) -> str:
+    """The record's message, with the exception it carries (type and text) on the same line."""
+    try:
+        text = record.getMessage()
+    except Exception:  # noqa: BLE001 - a log call with bad arguments must not stop the loop
+        text = str(record.msg)
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None:
+        try:
+            detail = str(exc)
+        except Exception:  # noqa: BLE001
+            detail = "(its message could not be read)"
+        text += f": {type(exc).__name__}" + (f": {detail}" if detail else "")
+        if not debug:
+            text += " (run with --debug for the traceback)"
+    return text
 
 
 def _text(v: Any) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trigctl.config import Config, TriggerConfig
-from trigctl.store.base import FireRequest, FireResult, PollStats, Store, dedupe_hash
+from trigctl.store.base import FireRequest, FireResult, PollStats, StateError, Store, dedupe_hash, safe_text
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
 
 log = logging.getLogger("trigctl.scheduler")
@@ -66,6 +66,7 @@ class PollReport:
     fires: list[tuple[dict[str, Any], FireResult]] = field(default_factory=list)
     error: str | None = None
     late: bool = False
+    reason: str = ""  # why it skipped
 
 
 class Scheduler:
@@ -312,6 +313,7 @@ class Scheduler:
             self._after_inflight(slot, now)
             return None
         outcome: PollOutcome | None = None
+        message = ""
         if error is None:
             try:
                 if isinstance(result, tuple) and len(result) == 2 and result[0] == "awaited":
@@ -321,10 +323,19 @@ class Scheduler:
                 outcome = result
             except Exception as e:
                 error = e
-        if error is not None:
-            report = self._error(slot, poll, _describe(error), now)
+        if error is None and outcome is not None:
+            try:
+                report = self._success(slot, poll, outcome, now)
+            except StateError:
+                raise  # the state cannot be written at all (a full disk): the loop stops, says why
+            except Exception as e:  # noqa: BLE001 - whatever a trigger returned, it is that trigger's error
+                log.debug("trigger %s: its result could not be recorded", slot.name, exc_info=True)
+                error = e
+                message = f"its result could not be recorded: {_describe(e)}"
         else:
-            report = self._success(slot, poll, outcome, now)
+            message = _describe(error)
+        if error is not None:
+            report = self._error(slot, poll, message, now)
         self._after_inflight(slot, now)
         return report
 
@@ -355,15 +366,13 @@ class Scheduler:
         stats.consecutive_errors = 0
         slot.due_at = self._next_due(slot, poll, now)
         stats.next_poll_at = slot.due_at
-        if outcome.cursor is not None:
-            slot.cursor = outcome.cursor
         if not outcome.fires:
             stats.last_result = "skipped"
             self._dirty[tc.name] = stats
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
-            return PollReport(tc.name, "skipped")
+            return PollReport(tc.name, "skipped", reason=outcome.skip_reason)
         results = self._record(slot, outcome.fires, outcome, now)
         fired = any(not r.suppressed for r in results)
         return PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
@@ -383,6 +392,12 @@ class Scheduler:
     def _record(self, slot: Slot, contexts: list[dict[str, Any]], outcome: PollOutcome, now: float) -> list[FireResult]:
         stats = slot.stats
         requests = self.fire_requests(slot, contexts)
+        fire_state = outcome.fire_state
+        if fire_state is not None:
+            if len(fire_state) != len(requests):
+                raise ValueError("fire_state must have one entry per fire")
+            for req, st in zip(requests, fire_state):
+                req.state = st
         if contexts:
             stats.last_result = "fired"
         results = self.store.record_fires(slot.name, slot.config.workflow, requests, stats, now, outcome.cursor,
@@ -391,7 +406,17 @@ class Scheduler:
             stats.last_result = "duplicate"
             self.store.flush_stats([_result_only(stats)])
         slot.error_alerted = False
-        for k, v in outcome.state_updates.items():
+        # The store applied the same: the cursor and each fire's state, unless a fire was deferred.
+        deferred = False
+        updates = dict(outcome.state_updates)
+        for req, res in zip(requests, results):
+            if res.deferred:
+                deferred = True
+            elif req.state:
+                updates.update(req.state)
+        if outcome.cursor is not None and not deferred:
+            slot.cursor = outcome.cursor
+        for k, v in updates.items():
             if v is None:
                 slot.kv.pop(k, None)
             else:
@@ -402,7 +427,8 @@ class Scheduler:
     def _error(self, slot: Slot, poll: Poll, message: str, now: float) -> PollReport:
         tc = slot.config
         stats = slot.stats
-        message = self.config.redactor.text(message)
+        # Readable whatever the trigger raised: lone surrogates escaped, a megabyte of text cut short.
+        message = safe_text(self.config.redactor.text(safe_text(message, 20_000) or ""), 4000) or ""
         stats.polls += 1
         stats.last_poll_at = now
         stats.last_result = "error"

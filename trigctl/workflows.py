@@ -56,7 +56,7 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
         if isinstance(value, bool):
             env[env_name(key)] = "true" if value else "false"
         elif isinstance(value, (str, int, float)):
-            text = str(value)
+            text = env_text(str(value))
             if "\x00" not in text and len(text) <= MAX_ENV_VALUE:
                 env[env_name(key)] = text
         elif value is None:
@@ -77,6 +77,16 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
     return env
 
 
+def env_text(text: str) -> str:
+    """A value the OS can take: a name that is not UTF-8 (surrogateescape, as os.fsdecode gives it)
+    reaches the task byte-exact; any other lone surrogate becomes a visible ``\\ud800`` escape."""
+    try:
+        os.fsencode(text)
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def fill_argv(argv: tuple[str, ...], context: dict[str, Any]) -> list[str]:
     """{{key}} is replaced inside its one argument; no shell ever sees the result."""
 
@@ -85,7 +95,7 @@ def fill_argv(argv: tuple[str, ...], context: dict[str, Any]) -> list[str]:
         if key not in context:
             raise TaskError(f"argv refers to {{{{{key}}}}}, which the context does not have")
         value = context[key]
-        return value if isinstance(value, str) else json.dumps(value)
+        return env_text(value) if isinstance(value, str) else json.dumps(value)
 
     return [_PLACEHOLDER.sub(sub, a) for a in argv]
 

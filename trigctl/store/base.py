@@ -29,9 +29,45 @@ def dedupe_hash(trigger_name: str, context: dict[str, Any], keys: tuple[str, ...
     """SHA-256 of the canonical JSON of the trigger name and the context (or its `keys` subset).
 
     ``keys=()`` is one fixed key per trigger (schedule triggers; an empty context gives the same).
+    Lone surrogates (a file name that is not UTF-8, a ``"\\udcff"`` in a JSON body) hash as their
+    surrogatepass bytes: every valid string hashes exactly as before, and no string can fail.
     """
     subset = context if keys is None else {k: context.get(k) for k in keys}
-    return hashlib.sha256(canonical_json([trigger_name, subset]).encode()).hexdigest()
+    return hashlib.sha256(canonical_json([trigger_name, subset]).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def safe_text(value: str | None, limit: int | None = None) -> str | None:
+    """Text that any UTF-8 sink accepts: lone surrogates become visible ``\\udcff`` escapes.
+
+    For free text that is only read by people (errors, reasons, output tails), optionally cut to
+    ``limit`` characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 3] + "..."
+    return value
+
+
+def exact_text(value: str) -> str | bytes:
+    """A string to store byte-exact (a cursor, a file trigger's remembered path): itself if it is
+    valid Unicode, else its surrogatepass UTF-8 bytes (read back with :func:`from_exact_text`)."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def from_exact_text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return value
 
 
 @dataclass
@@ -41,6 +77,7 @@ class FireRequest:
     dedupe: str  # running | once | none
     max_attempts: int = 3
     rerun_of: int | None = None
+    state: dict[str, Any] | None = None  # trigger state this fire consumes (PollOutcome.fire_state)
 
 
 @dataclass
@@ -48,6 +85,9 @@ class FireResult:
     run_id: int | None  # the new run, or the run that blocked it
     suppressed: bool
     reason: str = ""
+    #: suppressed because an active run holds the key with a *different* context (a `dedupe_key`
+    #: subset): the trigger's state and cursor are not advanced past it, so it is offered again.
+    deferred: bool = False
 
 
 @dataclass(slots=True)

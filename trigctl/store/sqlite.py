@@ -27,7 +27,12 @@ from trigctl.store.base import (
     Store,
     TriggerRow,
     dedupe_hash,
+    exact_text,
+    from_exact_text,
+    safe_text,
 )
+
+MAX_ERROR_CHARS = 4000  # an error message kept in history (a trigger may raise a megabyte of text)
 
 BUSY_TIMEOUT_MS = 15_000
 PRUNE_BATCH = 5_000  # rows per prune transaction
@@ -325,7 +330,7 @@ class SQLiteStore(Store):
             r["name"]: TriggerRow(
                 name=r["name"],
                 enabled=None if r["enabled"] is None else bool(r["enabled"]),
-                cursor=r["cursor"],
+                cursor=from_exact_text(r["cursor"]),
                 next_poll_at=r["next_poll_at"],
                 last_poll_at=r["last_poll_at"],
                 last_result=r["last_result"],
@@ -357,7 +362,8 @@ class SQLiteStore(Store):
             )
 
     def load_kv(self, trigger: str) -> dict[str, Any]:
-        return {r["key"]: json.loads(r["value"]) for r in self._query("SELECT key, value FROM trigger_kv WHERE trigger_name = ?", (trigger,))}
+        return {from_exact_text(r["key"]): json.loads(r["value"])
+                for r in self._query("SELECT key, value FROM trigger_kv WHERE trigger_name = ?", (trigger,))}
 
     def save_config_snapshot(self, config_path: str, fingerprint: str, triggers: list[dict[str, Any]]) -> None:
         with self._tx() as c:
@@ -372,23 +378,30 @@ class SQLiteStore(Store):
     def load_all_kv(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for r in self._query("SELECT trigger_name, key, value FROM trigger_kv"):
-            out.setdefault(r["trigger_name"], {})[r["key"]] = json.loads(r["value"])
+            out.setdefault(r["trigger_name"], {})[from_exact_text(r["key"])] = json.loads(r["value"])
         return out
 
     def _apply_kv(self, c: sqlite3.Connection, trigger: str, updates: dict[str, Any]) -> None:
         for k, v in updates.items():
             if v is None:
-                c.execute("DELETE FROM trigger_kv WHERE trigger_name = ? AND key = ?", (trigger, k))
+                c.execute("DELETE FROM trigger_kv WHERE trigger_name = ? AND key = ?", (trigger, exact_text(k)))
             else:
-                c.execute("INSERT OR REPLACE INTO trigger_kv (trigger_name, key, value) VALUES (?, ?, ?)", (trigger, k, json.dumps(v)))
+                c.execute("INSERT OR REPLACE INTO trigger_kv (trigger_name, key, value) VALUES (?, ?, ?)",
+                          (trigger, exact_text(k), json.dumps(v)))
 
     # --------------------------------------------------------------------------------------- polls
 
     def record_fires(self, trigger, workflow, fires, stats, now, cursor, state_updates) -> list[FireResult]:
         results: list[FireResult] = []
         with self._tx() as c:
+            updates = dict(state_updates)
             for f in fires:
-                results.append(self._fire_one(c, trigger, workflow, f, now))
+                res = self._fire_one(c, trigger, workflow, f, now)
+                results.append(res)
+                if res.deferred:
+                    cursor = None  # offered again next poll: the cursor must not move past it
+                elif f.state:
+                    updates.update(f.state)
             started = sum(1 for r in results if not r.suppressed)
             c.execute(
                 "UPDATE triggers SET fires = fires + ?, last_poll_at = ?, last_result = ?, next_poll_at = ?, "
@@ -396,11 +409,11 @@ class SQLiteStore(Store):
                 + (", cursor = ?" if cursor is not None else "")
                 + " WHERE name = ?",
                 (started, stats.last_poll_at, stats.last_result, stats.next_poll_at, stats.polls)
-                + ((cursor,) if cursor is not None else ())
+                + ((exact_text(cursor),) if cursor is not None else ())
                 + (trigger,),
             )
-            if state_updates:
-                self._apply_kv(c, trigger, state_updates)
+            if updates:
+                self._apply_kv(c, trigger, updates)
         stats.polls = 0
         return results
 
@@ -409,9 +422,11 @@ class SQLiteStore(Store):
         key = f.context_hash
         attempt = 1
         if f.dedupe != "none":
-            row = c.execute("SELECT id FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key)).fetchone()
+            row = c.execute("SELECT id, context FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key)).fetchone()
             if row:
-                return self._duplicate(c, trigger, f, row[0], now, f"run {row[0]} with this key is still active")
+                res = self._duplicate(c, trigger, f, row[0], now, f"run {row[0]} with this key is still active")
+                res.deferred = row[1] != ctx_json
+                return res
             if f.dedupe == "once":
                 st = c.execute(
                     "SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = ? AND key = ?", (trigger, key)
@@ -467,11 +482,12 @@ class SQLiteStore(Store):
             c.execute(
                 "INSERT INTO events (trigger_name, kind, context, context_hash, run_id, error, created_at, updated_at) "
                 "VALUES (?, 'duplicate', ?, ?, ?, ?, ?, ?)",
-                (trigger, json.dumps(f.context, sort_keys=True), f.context_hash, blocking, reason, now, now),
+                (trigger, json.dumps(f.context, sort_keys=True), f.context_hash, blocking, safe_text(reason), now, now),
             )
         return FireResult(run_id=blocking, suppressed=True, reason=reason)
 
     def record_error(self, trigger: str, message: str, stats: PollStats, now: float) -> int:
+        message = safe_text(message, MAX_ERROR_CHARS) or ""
         with self._tx() as c:
             row = c.execute("SELECT consecutive_errors, last_error FROM triggers WHERE name = ?", (trigger,)).fetchone()
             streak = stats.consecutive_errors
@@ -544,7 +560,7 @@ class SQLiteStore(Store):
             c.execute(
                 "UPDATE tasks SET status = ?, exit_code = ?, completed_at = ?, output_tail = ?, attempts = ?, pid = NULL, pgid = NULL "
                 "WHERE run_id = ? AND idx = ?",
-                (status, exit_code, now, output_tail, attempts, run_id, idx),
+                (status, exit_code, now, safe_text(output_tail), attempts, run_id, idx),
             )
 
     def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
@@ -561,7 +577,7 @@ class SQLiteStore(Store):
             c.execute(
                 "UPDATE runs SET status = ?, completed_at = ?, error = coalesce(?, error), active_key = NULL, cancel_requested = 0 "
                 "WHERE id = ?",
-                (status, now, error, run_id),
+                (status, now, safe_text(error, MAX_ERROR_CHARS), run_id),
             )
             c.execute("UPDATE tasks SET status = 'cancelled', completed_at = ?, pid = NULL, pgid = NULL "
                       "WHERE run_id = ? AND status = 'running'", (now, run_id))

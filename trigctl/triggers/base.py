@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 MAX_CONTEXT_BYTES = 1_000_000  # a context larger than this is refused as an error, not stored
 MAX_FIRES = 100_000  # results one Python poll may return (a list, or a generator that may never end)
+#: Contexts nested deeper than this are refused: a context is a few keys for a task to read, and
+#: every walker of it (the JSON encoder, the secret masker, JMESPath) must not meet a recursion limit.
+MAX_CONTEXT_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,23 @@ class PollOutcome:
     skip_reason: str = ""
     cursor: str | None = None  # None: unchanged
     state_updates: dict[str, Any] = field(default_factory=dict)  # key -> JSON value, or None to delete
+    #: Per fire (parallel to ``fires``), state that records what that fire consumed: applied with the
+    #: fire, but not when the fire is deferred (its key is held by an active run of another context),
+    #: so the trigger offers it again instead of forgetting it (a file rewritten while its run is active).
+    fire_state: list[dict[str, Any]] | None = None
 
     @property
     def fired(self) -> bool:
         return bool(self.fires)
+
+    def applied_state(self) -> dict[str, Any]:
+        """The state this outcome leaves when none of its fires is deferred."""
+        if not self.fire_state:
+            return self.state_updates
+        merged = dict(self.state_updates)
+        for st in self.fire_state:
+            merged.update(st)
+        return merged
 
 
 @dataclass(slots=True)
@@ -151,6 +167,9 @@ def check_context(value: Any, what: str = "context") -> dict[str, Any]:
     """A context must be a JSON object of JSON values; return a plain-dict copy or raise TypeError."""
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
+    depth = nesting_depth(value, MAX_CONTEXT_DEPTH + 1)
+    if depth > MAX_CONTEXT_DEPTH:
+        raise TypeError(f"{what} is nested deeper than {MAX_CONTEXT_DEPTH} levels")
     try:
         text = json.dumps(dict(value), default=_refuse, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -158,6 +177,31 @@ def check_context(value: Any, what: str = "context") -> dict[str, Any]:
     if len(text) > MAX_CONTEXT_BYTES:
         raise TypeError(f"{what} is too large ({len(text)} bytes; the limit is {MAX_CONTEXT_BYTES})")
     return json.loads(text)
+
+
+def nesting_depth(value: Any, stop: int, max_nodes: int = 1_000_000) -> int:
+    """How deeply dicts/lists/tuples nest in ``value`` (a scalar is 0), counting at most to ``stop``.
+
+    Iterative, so a structure nested a million levels deep cannot exhaust the stack; a cycle
+    counts as ``stop``, and so does a structure of more than ``max_nodes`` containers (shared
+    sub-lists that would expand exponentially in JSON)."""
+    if not isinstance(value, (Mapping, list, tuple)):
+        return 0
+    deepest = 0
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            return stop
+        if depth > deepest:
+            deepest = depth
+            if deepest >= stop:
+                return deepest
+        children = item.values() if isinstance(item, Mapping) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (Mapping, list, tuple)))
+    return deepest
 
 
 def _refuse(obj: Any) -> Any:

@@ -390,8 +390,7 @@ class FileTrigger(TriggerType):
             if mtime <= now:
                 settles_at = min(settles_at, mtime + settle + MTIME_SLACK)
             if settle <= 0 or now >= settles_at or closed.get(path) == (size, mtime):
-                ready.append((path, size, mtime))
-                updates[path] = [size, mtime]
+                ready.append((path, size, mtime))  # remembered with its fire (PollOutcome.fire_state)
             else:
                 pending[path] = (size, mtime, since)
                 if next_settle is None or settles_at < next_settle:
@@ -411,13 +410,18 @@ class FileTrigger(TriggerType):
         ready.sort(key=lambda r: (r[2], r[0]))  # oldest first: the run queue is FIFO
         entries = [{"path": p, "name": os.path.basename(p), "size": s, "mtime": m} for p, s, m in ready]
         if self.batch and entries:
-            fires = [{"paths": [e["path"] for e in chunk], "files": chunk} for chunk in _chunks(entries)]
+            chunks = list(_chunks(entries))
+            fires = [{"paths": [e["path"] for e in chunk], "files": chunk} for chunk in chunks]
+            fire_state = [{e["path"]: [e["size"], e["mtime"]] for e in chunk} for chunk in chunks]
         else:
             fires = entries
+            fire_state = [{e["path"]: [e["size"], e["mtime"]]} for e in entries]
         skip = ""
         if not fires:
             skip = f"{len(pending)} file(s) settling" if pending else "no new or changed files"
-        return PollOutcome(fires=fires, skip_reason=skip, state_updates=updates)
+        # A file is remembered with its fire, not before: a fire that dedupe defers (the file was
+        # rewritten while the run for its older content is active) leaves it to be offered again.
+        return PollOutcome(fires=fires, skip_reason=skip, state_updates=updates, fire_state=fire_state)
 
 
 def _chunks(entries: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -102,7 +102,9 @@ class HttpTrigger(TriggerType):
             return PollOutcome(skip_reason="no change")
         if last == context:  # stored by an earlier trigctl, which kept the context itself
             return PollOutcome(skip_reason="no change", state_updates={STATE_KEY: digest})
-        return PollOutcome(fires=[context], state_updates={STATE_KEY: digest})
+        # The digest goes with the fire: a deferred fire (its key held by a run of another context)
+        # leaves the old digest, so the change is seen, and fired, again.
+        return PollOutcome(fires=[context], fire_state=[{STATE_KEY: digest}])
 
     def close(self) -> None:
         session, self._session = self._session, None
