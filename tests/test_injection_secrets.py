@@ -496,3 +496,75 @@ def test_fire_on_change_remembers_a_digest_not_the_response(tmp_path):
         trigger.close()
     finally:
         server.close()
+
+
+# ----------------------------------------------------------------------- composed secrets
+
+COMPOSED = {
+    "BEARER_VALUE": "brr-Zq81Xc47Vb",  # a name that does not look secret, used inside a header
+    "SVC_USERPW": "upw-Kk20Ll93",  # the password part of a URL
+    "SVC_API_KEY": "key-Mn66Bv12",  # a secret-looking name in a query string
+}
+
+COMPOSED_YAML = """\
+version: 1
+workflows:
+  wf:
+    tasks:
+      - name: echo
+        run: 'echo "ctx=$TRIGCTL_CONTEXT"; echo "bare=$TRIGCTL_A $TRIGCTL_B $TRIGCTL_C"'
+triggers:
+  - name: echoer
+    type: http
+    url: "http://svc:${{SVC_USERPW}}@127.0.0.1:{port}/status?key=${{SVC_API_KEY}}"
+    headers: {{X-Service-Auth: "Bearer ${{BEARER_VALUE}}"}}
+    context: {{a: a, b: b, c: c, all: all}}
+    workflow: wf
+  - name: failing
+    type: command
+    run: 'echo "rejected $TOKEN_ISH" >&2; exit 3'
+    env: {{TOKEN_ISH: "x-${{BEARER_VALUE}}-y"}}
+    workflow: wf
+"""
+
+
+def test_each_expanded_secret_is_masked_not_only_the_whole_string(tmp_path):
+    """A server that echoes the bare token from `Bearer ${VAR}` (or a URL's password) leaks it
+    nowhere: logs, history, show, poll, the state file."""
+    server = LocalServer()
+    bare = list(COMPOSED.values())
+    server.respond(json_body={"a": bare[0], "b": bare[1], "c": bare[2], "all": " / ".join(bare)})
+    try:
+        port = server.url.split(":")[2].split("/")[0]
+        (tmp_path / "triggers.yaml").write_text(COMPOSED_YAML.format(port=port))
+        outputs = {}
+        for label, args in [("run", ("run", "--once", "triggers.yaml")),
+                            ("run json", ("run", "--once", "--log-format", "json", "triggers.yaml")),
+                            ("history", ("history", "--json")), ("history text", ("history",)),
+                            ("show", ("show", "1", "--json")), ("show text", ("show", "1")),
+                            ("poll", ("poll", "echoer", "--json")), ("poll failing", ("poll", "failing"))]:
+            proc = run_trigctl(*args, cwd=tmp_path, env=COMPOSED, timeout=120)
+            outputs[label] = proc.stdout + proc.stderr
+        assert server.requests, "the trigger reached the server"
+        method, path, headers, _ = server.requests[0]
+        assert headers.get("X-Service-Auth") == f"Bearer {bare[0]}" and bare[2] in path  # really sent
+        assert "***" in outputs["history"] and "***" in outputs["show"], outputs["show"]
+        found = {label: [v for v in bare if v in text] for label, text in outputs.items()}
+        assert not any(found.values()), {k: outputs[k][:1500] for k, v in found.items() if v}
+        for p in (tmp_path / ".trigctl").iterdir():
+            if p.is_file():
+                data = p.read_bytes()
+                assert not [v for v in bare if v.encode() in data], p
+    finally:
+        server.close()
+
+
+def test_short_or_ordinary_expansions_are_not_masked(tmp_path):
+    """Only secrets are masked: a path or a name from ${VAR} keeps its value in output."""
+    (tmp_path / "triggers.yaml").write_text(
+        "version: 1\nworkflows: {w: {tasks: [{run: 'true'}]}}\n"
+        "triggers:\n  - {name: t, type: http, url: 'http://127.0.0.1:1/${SVC_PATH}', "
+        "headers: {X-Id: 'id-${SHORT}'}, workflow: w}\n")
+    cfg = load_config(tmp_path / "triggers.yaml", env={"SVC_PATH": "inbox-dir-name", "SHORT": "abc"})
+    assert cfg.redactor.text("inbox-dir-name and abc") == "inbox-dir-name and abc"
+    assert cfg.redactor.text("id-abc") == "***"

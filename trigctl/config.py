@@ -450,7 +450,9 @@ def load_yaml(text: str, filename: str) -> tuple[Any, _Doc]:
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
-def _interpolate_str(value: str, env: Mapping[str, str], missing: list[str]) -> tuple[str, bool]:
+def _interpolate_str(value: str, env: Mapping[str, str], missing: list[str],
+                     expanded: list[tuple[str, str]] | None = None) -> tuple[str, bool]:
+    """``value`` with every ${VAR} replaced; ``expanded`` collects (name, value) of each expansion."""
     used = False
 
     def sub(m: re.Match) -> str:
@@ -460,16 +462,40 @@ def _interpolate_str(value: str, env: Mapping[str, str], missing: list[str]) -> 
         name, default = m.group(1), m.group(2)
         used = True
         value = env.get(name)
-        if value:
-            return value
-        if default is not None:  # like the shell's ${VAR:-default}: unset or empty
-            return default
-        if value is not None:
-            return value
-        missing.append(name)
-        return ""
+        if not value and default is not None:  # like the shell's ${VAR:-default}: unset or empty
+            value = default
+        if value is None:
+            missing.append(name)
+            return ""
+        if expanded is not None:
+            expanded.append((name, value))
+        return value
 
     return _VAR.sub(sub, value), used
+
+
+#: Environment variable names whose values are secrets wherever they are used.
+_SECRET_VAR = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH(?!OR)|COOKIE",
+                         re.IGNORECASE)
+#: A part of a composed secret shorter than this is not masked on its own (it would mask ordinary
+#: words); the whole composed value still is.
+MIN_SECRET_PART = 4
+
+
+def _secret_parts(out: str, expanded: list[tuple[str, str]], secret_position: bool) -> list[str]:
+    """The values to mask from one interpolated string: the whole string in a secret position, and
+    each ${VAR}'s own value where it is a secret (a secret position, a secret-looking variable name,
+    or the password of a URL), so a server that echoes the bare token does not leak it."""
+    from trigctl.secrets import url_passwords
+
+    parts = [out] if secret_position else []
+    in_urls = url_passwords(out)
+    for name, value in expanded:
+        if len(value) < MIN_SECRET_PART:
+            continue
+        if secret_position or _SECRET_VAR.search(name) or any(value in pw for pw in in_urls):
+            parts.append(value)
+    return parts
 
 
 def _is_shell_string(path: tuple) -> bool:
@@ -498,12 +524,13 @@ def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str],
         return data
     if isinstance(data, str) and not _is_shell_string(path) and "$" in data:
         missing: list[str] = []
-        out, used = _interpolate_str(data, env, missing)
+        expanded: list[tuple[str, str]] = []
+        out, used = _interpolate_str(data, env, missing, expanded)
         for name in missing:
             doc.unset.add(path)
             doc.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)", data=root)
-        if used and _secret_position(path):
-            secrets.add(out)
+        if used:
+            secrets.update(_secret_parts(out, expanded, _secret_position(path)))
         return out
     return data
 

@@ -10,6 +10,11 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<p
 SECRET_KEY_NAMES = ("password", "passwd")
 
 
+def url_passwords(text: str) -> list[str]:
+    """The passwords of the URLs in ``text`` (``scheme://user:PASSWORD@host``)."""
+    return [m.group("pw") for m in _URL_PASSWORD.finditer(text)]
+
+
 def is_secret_key(key: str) -> bool:
     k = key.lower()  # DB_PASSWORD, smtp_passwd, api_token, client_secret, Authorization
     return k.endswith(SECRET_KEY_NAMES) or k.endswith("token") or k.endswith("secret") or k == "authorization"
