@@ -20,6 +20,31 @@ def proc_start_time(pid: int) -> str | None:
     return rest[19] if len(rest) > 19 else None
 
 
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process ``pid`` is alive and is the one that started at ``start`` (not a reused PID)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        data = ""
+    if data:
+        rest = data[data.rfind(")") + 2 :].split()  # state, ppid, ..., starttime (field 22)
+        if not rest or rest[0] in ("Z", "X"):  # a zombie is dead: its owner only has not reaped it
+            return False
+        return start is None or (len(rest) > 19 and rest[19] == start)
+    try:  # no /proc: the PID alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

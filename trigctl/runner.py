@@ -18,9 +18,9 @@ from typing import Any
 
 from trigctl.config import Config, ConfigError, load_config
 from trigctl.dispatch import Dispatcher
-from trigctl.procs import kill_recorded_group
+from trigctl.procs import kill_recorded_group, process_alive
 from trigctl.scheduler import Poll, PollReport, Scheduler
-from trigctl.store.base import StateError, Store
+from trigctl.store.base import StateError, StateLocked, Store
 from trigctl.triggers.base import PollOutcome
 from trigctl.workflows import WorkflowRunner
 
@@ -130,7 +130,15 @@ class Runner:
     def recover(self) -> None:
         """Runs that were running when a previous process died: kill leftovers, mark, maybe rerun."""
         now = self.clock()
-        for run in self.store.active_runs():
+        active = self.store.active_runs()
+        for run in active:
+            # The state lock makes this one process per state; this is the second line of defence:
+            # a run whose owner is alive (not this process, same start time) is never interrupted.
+            if (run.status == "running" and run.owner_pid and run.owner_pid != os.getpid()
+                    and process_alive(run.owner_pid, run.owner_start)):
+                raise StateLocked(f"run {run.id} is still being run by pid {run.owner_pid}, which is alive; "
+                                  "another `trigctl run` is using this state (stop it first)")
+        for run in active:
             if run.status != "running":
                 continue  # queued runs stay queued: the queue survives restarts
             for task in run.tasks:

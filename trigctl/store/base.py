@@ -135,6 +135,8 @@ class RunRow:
     error: str | None
     triggered_at: float
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    owner_pid: int | None = None  # the process that started it (None while queued)
+    owner_start: str | None = None  # that process's kernel start time (PID-reuse guard)
 
 
 class Store(ABC):

@@ -11,12 +11,15 @@ import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
+import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trigctl.procs import proc_start_time, process_alive
 from trigctl.store.base import (
     FireRequest,
     FireResult,
@@ -133,6 +136,18 @@ MIGRATIONS: list[str] = [
         triggers TEXT NOT NULL
     );
     """,
+    # 4: the process that runs this state, recorded in the database itself, so that a second `run`
+    # reaching the same file by another path (a symlink, a hard link, a bind mount) is refused too;
+    # and each run's owner with its start time, so a live owner's run is never taken for a crash's.
+    """
+    CREATE TABLE run_holder (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        proc_start TEXT,
+        since REAL NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN owner_start TEXT;
+    """,
 ]
 
 
@@ -170,6 +185,7 @@ class SQLiteStore(Store):
         self.path = path
         self._lock = threading.RLock()
         self._lockfile: int | None = None
+        self._start: str | None = None
         self.readonly = readonly
         try:
             if readonly and (path == ":memory:" or not Path(path).exists()):
@@ -287,26 +303,66 @@ class SQLiteStore(Store):
             except sqlite3.Error:
                 pass
             if self._lockfile is not None:
+                try:
+                    self._conn.execute("DELETE FROM run_holder WHERE pid = ?", (os.getpid(),))
+                except sqlite3.Error:
+                    pass  # a full disk: the next start sees a holder that is no longer alive
                 os.close(self._lockfile)
                 self._lockfile = None
 
     def lock_for_run(self) -> None:
+        """Make this process the one `trigctl run` of this state, or raise StateLocked.
+
+        Two locks: an flock on ``<real path of the file>.lock`` (opened without following a
+        symlink: a planted link cannot make trigctl truncate another file), and the holder row in
+        the database itself, checked against the recorded process's start time, which catches a
+        second path to the same file that the lock file cannot (a hard link, a bind mount)."""
         import fcntl
 
-        lock_path = self.path + ".lock"
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        if self.path == ":memory:":
+            return
+        lock_path = os.path.realpath(self.path) + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StateError(f"state lock {lock_path} is a symbolic link, which trigctl does not follow; "
+                                 "remove it") from None
+            raise StateError(f"cannot open the state lock {lock_path}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"state lock {lock_path} is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StateLocked(
-                f"another `trigctl run` (pid {other}) is already using the state {self.path}; "
-                "stop it first, or give this one its own --state"
-            ) from None
+            raise self._locked(other) from None
+        try:
+            with self._tx() as c:
+                row = c.execute("SELECT pid, proc_start FROM run_holder WHERE id = 1").fetchone()
+                if row is not None and row[0] != os.getpid() and process_alive(row[0], row[1]):
+                    raise self._locked(str(row[0]))
+                c.execute("INSERT OR REPLACE INTO run_holder (id, pid, proc_start, since) VALUES (1, ?, ?, ?)",
+                          (os.getpid(), self._my_start, time.time()))
+        except BaseException:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lockfile = fd
+
+    def _locked(self, other: str) -> StateLocked:
+        return StateLocked(
+            f"another `trigctl run` (pid {other}) is already using the state {self.path}; "
+            "stop it first, or give this one its own --state"
+        )
+
+    @property
+    def _my_start(self) -> str | None:
+        if self._start is None:
+            self._start = proc_start_time(os.getpid())
+        return self._start
 
     def change_token(self) -> int:
         with self._lock:
@@ -523,7 +579,7 @@ class SQLiteStore(Store):
             id=r["id"], trigger_name=r["trigger_name"], workflow=r["workflow"], status=r["status"],
             context=json.loads(r["context"]), context_hash=r["context_hash"], dedupe=r["dedupe"], attempt=r["attempt"],
             rerun_of=r["rerun_of"], queued_at=r["queued_at"], started_at=r["started_at"], completed_at=r["completed_at"],
-            error=r["error"], triggered_at=r["triggered_at"],
+            error=r["error"], triggered_at=r["triggered_at"], owner_pid=r.get("owner_pid"), owner_start=r.get("owner_start"),
         )
 
     def claim_next_queued(self, now: float) -> RunRow | None:
@@ -539,9 +595,9 @@ class SQLiteStore(Store):
             rows = [dict(zip(cols, row)) for row in cur.fetchall()]
             if not rows:
                 return []
-            pid = os.getpid()
-            c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ? WHERE id = ?",
-                          [(now, pid, r["id"]) for r in rows])
+            pid, start = os.getpid(), self._my_start
+            c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ?, owner_start = ? WHERE id = ?",
+                          [(now, pid, start, r["id"]) for r in rows])
         for r in rows:
             r.update(status="running", started_at=now)
         return [self._run(r) for r in rows]
