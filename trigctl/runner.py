@@ -32,6 +32,7 @@ MIN_WAIT = 0.002  # seconds: the loop's timer granularity
 RESULT_LATENCY = 0.005  # seconds a finished poll may wait for a loop wake-up that is coming anyway
 HANDOFF_AFTER = 0.05  # seconds a Python trigger may hold the loop before the loop moves to a new thread
 HANDOFF_CHECK = 0.025  # how often the watchdog looks
+CLOCK_STEP = 1.0  # seconds the wall clock may move against the monotonic one before it counts as a step
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 
 
@@ -52,10 +53,17 @@ class _HandedOff(Exception):
 class Runner:
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  only: set[str] | None = None, once: bool = False, grace: float = 30.0,
-                 install_signals: bool = True, kill_grace: float = 5.0):
+                 install_signals: bool = True, kill_grace: float = 5.0,
+                 monotonic: Callable[[], float] | None = None):
         self.config = config
         self.store = store
         self.clock = clock
+        # Wall-clock steps are told apart from the passing of time by a monotonic clock. An
+        # injected wall clock without one (a test's fake clock that jumps on purpose) is not watched.
+        if monotonic is None and clock is time.time:
+            monotonic = time.monotonic
+        self.monotonic = monotonic
+        self._clock_offset: float | None = None
         self.once = once
         self.grace = grace
         self.install_signals = install_signals
@@ -296,8 +304,22 @@ class Runner:
             self._event.set()  # the new owner records this late result
             raise _HandedOff
 
+    def _check_clock(self, now: float) -> None:
+        if self.monotonic is None:
+            return
+        offset = now - self.monotonic()
+        previous, self._clock_offset = self._clock_offset, offset
+        if previous is None:
+            return
+        delta = offset - previous
+        if abs(delta) >= CLOCK_STEP:
+            self.scheduler.clock_stepped(delta, now)
+            self._last_watch += delta
+            self.emit("clock_stepped", seconds=round(delta, 3))
+
     def _step(self, now: float, force: bool = False) -> None:
         sched = self.scheduler
+        self._check_clock(now)
         if self._reload_requested:
             self._reload_requested = False
             self.reload(now)

@@ -230,6 +230,39 @@ class Scheduler:
                 slot.due_at = slot.grid_at = min(max(slot.due_at, now), now + slot.config.interval)
             self._push(slot)
 
+    def clock_stepped(self, delta: float, now: float) -> None:
+        """The wall clock jumped by ``delta`` seconds (the monotonic clock did not).
+
+        Interval cadence follows the monotonic clock: every interval due time and poll deadline
+        moves with the step, so a step back does not stall those triggers and a step forward does
+        not make them all due at once. Schedules follow the wall clock: after a step forward a
+        missed slot fires once (or every missed slot, with catch_up), as after downtime; after a
+        step back the schedule goes on from the new time."""
+        for slot in self.slots.values():
+            impl = slot.impl
+            if impl is not None and impl.has_own_schedule:
+                if delta < 0:
+                    updates = impl.clock_stepped_back(now, slot.kv)
+                    if updates:
+                        self.store.update_kv(slot.name, updates)
+                        slot.kv.update(updates)
+                    slot.due_at = slot.grid_at = impl.next_due(None, now)
+            else:
+                slot.due_at += delta
+                slot.grid_at += delta
+            slot.stats.next_poll_at = slot.due_at
+            self._dirty[slot.name] = slot.stats
+        for poll in self.in_flight.values():
+            poll.deadline += delta
+            poll.started_at += delta
+            impl = poll.slot.impl
+            if impl is None or not impl.has_own_schedule:
+                poll.due_at += delta
+        self._last_flush += delta
+        self._heap.clear()
+        for slot in self.slots.values():
+            self._push(slot)
+
     def tick(self, now: float, force: bool = False) -> list[Poll]:
         """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now."""
         return list(self.iter_tick(now, force))

@@ -159,6 +159,9 @@ class Store(ABC):
     def load_kv(self, trigger: str) -> dict[str, Any]: ...
     @abstractmethod
     def load_all_kv(self) -> dict[str, dict[str, Any]]: ...
+    @abstractmethod
+    def update_kv(self, trigger: str, updates: dict[str, Any]) -> None:
+        """Set (or, with None, delete) keys of a trigger's persisted state, in one transaction."""
 
     def save_config_snapshot(self, config_path: str, fingerprint: str, triggers: list[dict[str, Any]]) -> None:  # noqa: B027
         """Remember what `list` shows of a YAML file (optional for a backend)."""

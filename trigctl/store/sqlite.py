@@ -437,6 +437,10 @@ class SQLiteStore(Store):
             out.setdefault(r["trigger_name"], {})[from_exact_text(r["key"])] = json.loads(r["value"])
         return out
 
+    def update_kv(self, trigger: str, updates: dict[str, Any]) -> None:
+        with self._tx() as c:
+            self._apply_kv(c, trigger, updates)
+
     def _apply_kv(self, c: sqlite3.Connection, trigger: str, updates: dict[str, Any]) -> None:
         for k, v in updates.items():
             if v is None:

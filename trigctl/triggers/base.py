@@ -125,6 +125,12 @@ class TriggerType(ABC):
         """Only for ``has_own_schedule`` types: the next due time after ``previous_due``."""
         raise NotImplementedError
 
+    def clock_stepped_back(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Only for ``has_own_schedule`` types: the wall clock was just set back (NTP, a VM restore)
+        to ``now``. Return the state updates that let the schedule go on from ``now`` (instead of
+        waiting until the wall clock is back where it was)."""
+        return {}
+
 
 _REGISTRY: dict[str, type[TriggerType]] = {}
 

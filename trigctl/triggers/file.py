@@ -385,7 +385,8 @@ class FileTrigger(TriggerType):
                 updates[path] = [size, mtime]  # present at the first start: remember, don't fire
                 continue
             prev = old_pending.get(path)
-            since = prev[2] if prev is not None and prev[0] == size and prev[1] == mtime else now
+            # min(): after the wall clock stepped back, a file seen "later" settles from now.
+            since = min(prev[2], now) if prev is not None and prev[0] == size and prev[1] == mtime else now
             settles_at = since + settle
             if mtime <= now:
                 settles_at = min(settles_at, mtime + settle + MTIME_SLACK)

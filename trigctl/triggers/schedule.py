@@ -269,6 +269,16 @@ class ScheduleTrigger(TriggerType):
         # Slots went by meanwhile (downtime, a stalled loop): one poll now covers them all.
         return max(nxt, self._latest(now) or nxt)
 
+    def clock_stepped_back(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
+        # The last fired slot may lie "in the future" now: the slots from `now` on come round
+        # again, as they do for cron. Without this the trigger would wait until the clock is back.
+        self._covered = min(self._covered, now)
+        last = state.get(STATE_KEY)
+        if isinstance(last, (int, float)) and not isinstance(last, bool) and last > now:
+            latest = self._latest(now)
+            return {STATE_KEY: latest}
+        return {}
+
     def _latest(self, t: float) -> float | None:
         for x in self.schedule.descending(t):
             return x
