@@ -56,7 +56,7 @@ class DaemonPool:
             item = self._queue.get()
             with self._lock:
                 self._idle -= 1
-            if item is None:
+            if item is None or self._closed:  # shut down: polls still queued are dropped, not run
                 return
             fn, args = item
             fn(*args)

@@ -32,6 +32,7 @@ MIN_WAIT = 0.002  # seconds: the loop's timer granularity
 RESULT_LATENCY = 0.005  # seconds a finished poll may wait for a loop wake-up that is coming anyway
 HANDOFF_AFTER = 0.05  # seconds a Python trigger may hold the loop before the loop moves to a new thread
 HANDOFF_CHECK = 0.025  # how often the watchdog looks
+SHUTDOWN_DRAIN = 1.0  # seconds shutdown spends recording polls that returned before it
 CLOCK_STEP = 1.0  # seconds the wall clock may move against the monotonic one before it counts as a step
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 
@@ -118,6 +119,9 @@ class Runner:
     def _run_finished(self, run_id: int, status: str, error: str | None) -> None:
         self._finished_runs.append((run_id, status, error))
         self._event.set()
+
+    def _stopping(self) -> bool:
+        return self._signals > 0
 
     def stop(self) -> None:
         """Stop as SIGTERM would (for callers that run the loop in a thread of their own)."""
@@ -328,13 +332,16 @@ class Runner:
         if not (self.once and not force):
             # Due polls first (lateness is what users feel), their bookkeeping after.
             for poll in sched.iter_tick(now, force=force):
+                if self._signals:  # thousands due at once: a signal is looked at between polls
+                    break
                 impl = poll.slot.impl
                 if impl is not None and impl.blocking:
                     self.dispatcher.submit(poll)
                 else:
                     self._execute_inline(poll)
         completed_at = self.clock()
-        while self._results:
+        # The drain looks at signals too: under load, results arrive as fast as they are recorded.
+        while self._results and not self._signals:
             poll, result, error = self._results.popleft()
             report = sched.complete(poll, result, error, completed_at)
             if report:
@@ -354,9 +361,9 @@ class Runner:
             self._pump_needed = True
         if self._pump_needed:
             self._pump_needed = False
-            for run in self.workflows.pump():
+            for run in self.workflows.pump(stop=self._stopping):
                 self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
-        sched.flush(now)
+        sched.flush(now, stop=self._stopping)
         if self.once:  # only --once's exit code needs them; a long run must not keep every id
             self._my_runs.update(sched.alerts)
         sched.alerts.clear()
@@ -439,6 +446,8 @@ class Runner:
     def _shutdown(self) -> None:
         self.emit("stopping", active_runs=self.workflows.count(), grace=self.grace)
         self.dispatcher.close()
+        if self._exit_code == 0:  # not after a state error: those writes would fail again
+            self._record_returned_polls(SHUTDOWN_DRAIN)
         deadline = time.monotonic() + self.grace
         while self.workflows.count() and time.monotonic() < deadline and self._signals < 2:
             self._event.wait(max(0.0, min(0.5, deadline - time.monotonic())))
@@ -468,6 +477,20 @@ class Runner:
             if util is not None:  # commands that ignore SIGTERM are SIGKILLed before we exit, not orphaned
                 util.wait_for_stops()
             self.emit("stopped")
+
+    def _record_returned_polls(self, budget: float) -> None:
+        """At shutdown, record the polls that have already returned, for at most ``budget`` seconds
+        (their work was done: a fire not recorded would be offered again at the next start)."""
+        deadline = time.monotonic() + budget
+        try:
+            while self._results and time.monotonic() < deadline:
+                poll, result, error = self._results.popleft()
+                report = self.scheduler.complete(poll, result, error, self.clock())
+                if report:
+                    self._report(report)
+        except StateError as e:
+            log.error("%s; the last polls' results are not saved", e)
+        self._results.clear()
 
     # ---------------------------------------------------------------------------------------- log
 

@@ -8,6 +8,7 @@ the polls that are due, :meth:`Scheduler.complete` takes a poll's result. The re
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import random
 from collections import deque
@@ -21,6 +22,7 @@ from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger
 
 log = logging.getLogger("trigctl.scheduler")
 
+FLUSH_BATCH = 2000  # counters per transaction: under load, a signal is looked at between batches
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
 
 
@@ -483,18 +485,23 @@ class Scheduler:
             log.warning("trigger %s: %d errors in a row; started %s (run %d)", tc.name, n, tc.on_error_workflow, run_id)
         return PollReport(tc.name, "error", error=message)
 
-    def flush(self, now: float, force: bool = False) -> None:
-        """Write the skipped polls' counters in one batch, at most every STATS_FLUSH_EVERY seconds."""
+    def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> None:
+        """Write the skipped polls' counters, at most every STATS_FLUSH_EVERY seconds, in batches of
+        FLUSH_BATCH; between batches ``stop()`` may end it early (the rest is written next time)."""
         if not force and now - self._last_flush < STATS_FLUSH_EVERY:
             return
         self._last_flush = now
-        if not self._dirty:
-            return
-        dirty = list(self._dirty.values())
-        self._dirty.clear()
-        self.store.flush_stats(dirty)
-        for st in dirty:
-            st.polls = 0
+        while self._dirty:
+            if len(self._dirty) <= FLUSH_BATCH:
+                dirty = list(self._dirty.values())
+                self._dirty.clear()
+            else:
+                dirty = [self._dirty.pop(name) for name in list(itertools.islice(self._dirty, FLUSH_BATCH))]
+            self.store.flush_stats(dirty)
+            for st in dirty:
+                st.polls = 0
+            if stop is not None and stop():
+                return
 
 
 def _poll_context(poll: Poll) -> PollContext:

@@ -453,10 +453,11 @@ class WorkflowRunner:
                     self._dirs = (small, logs)
         return RunFiles(self._dirs[0], self._dirs[1], run_id)
 
-    def pump(self) -> list[RunRow]:
-        """Start queued runs while there is room. Returns the runs started."""
+    def pump(self, stop: Callable[[], bool] | None = None) -> list[RunRow]:
+        """Start queued runs while there is room (and ``stop()`` is not true: a signal arrived).
+        Returns the runs started."""
         started = []
-        while not self.paused:
+        while not self.paused and not (stop is not None and stop()):
             with self._lock:
                 room = self.config.max_concurrent_runs - len(self.active)
             if room <= 0:
