@@ -60,6 +60,20 @@ class EvilBool:
     __hash__ = object.__hash__
 
 
+def _nested(depth: int) -> dict:
+    """A context nested ``depth`` levels deep (a 2 KB JSON body can nest ~500)."""
+    inner: dict = {"leaf": 1}
+    for _ in range(depth):
+        inner = {"a": inner}
+    return inner
+
+
+#: Strings no UTF-8 encoder takes (lone surrogates: a file name that is not UTF-8, "\udcff" in a JSON
+#: body), and text that looks like markup or terminal control.
+HOSTILE_TEXT = st.text(alphabet=st.sampled_from(["\udcff", "\ud800", "\udfff", "\udc80", "a", "[", "/", "]", "\x1b", "\u202e"]),
+                       min_size=1, max_size=6)
+
+
 def _hashables():
     return st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.floats(allow_nan=True),
                      st.binary(max_size=5))
@@ -69,7 +83,8 @@ LEAVES = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63, max_value=2**80),
     st.integers(0, 3).map(lambda k: 10 ** (4400 + k)),  # too many digits for int -> str (Python's own limit)
     st.floats(allow_nan=True, allow_infinity=True), st.just(float("nan")), st.just(-math.inf),
-    st.text(max_size=20), st.text(alphabet="\x00\ud7ff\U0010ffff\n\"'$`;|", max_size=8),
+    st.text(max_size=20), st.text(alphabet="\x00\ud7ff\U0010ffff\n\"'$`;|", max_size=8), HOSTILE_TEXT,
+    st.integers(50, 600).map(_nested),
     st.binary(max_size=20), st.complex_numbers(),
     st.builds(object), st.builds(EvilIter), st.builds(EvilStr), st.builds(EvilBool),
     st.frozensets(_hashables(), max_size=3), st.sets(_hashables(), max_size=3),
@@ -78,7 +93,7 @@ LEAVES = st.one_of(
 
 
 def _containers(children):
-    keys = st.one_of(st.text(max_size=6), st.integers(), st.none(), st.booleans(), st.floats(allow_nan=True),
+    keys = st.one_of(st.text(max_size=6), HOSTILE_TEXT, st.integers(), st.none(), st.booleans(), st.floats(allow_nan=True),
                      st.tuples(st.integers()))
     return st.one_of(
         st.lists(children, max_size=4),
@@ -89,6 +104,9 @@ def _containers(children):
         st.builds(Fire, context=st.dictionaries(st.text(max_size=5), children, max_size=3)),
         st.builds(Skip, reason=children, cursor=children),
         st.builds(Skip, reason=st.text(max_size=10), cursor=st.one_of(st.none(), st.text(max_size=10))),
+        st.builds(Fire, context=st.dictionaries(HOSTILE_TEXT, st.one_of(HOSTILE_TEXT, children), max_size=3),
+                  cursor=st.one_of(st.none(), HOSTILE_TEXT)),
+        st.builds(Skip, reason=HOSTILE_TEXT, cursor=HOSTILE_TEXT),
     )
 
 
@@ -165,6 +183,7 @@ def with_cursor(cursor=None):
 
 EXCEPTIONS = st.one_of(
     st.builds(RuntimeError, st.text(max_size=30)), st.builds(ValueError), st.builds(EvilError),
+    st.builds(RuntimeError, HOSTILE_TEXT), st.builds(OSError, st.integers(), HOSTILE_TEXT),
     st.builds(KeyError, JUNK), st.builds(OSError, st.integers(), st.text(max_size=10)),
     st.just(SystemExit(3)), st.just(KeyboardInterrupt()), st.just(GeneratorExit()), st.just(RecursionError("deep")),
     st.just(MemoryError()), st.builds(Exception, JUNK),
@@ -244,7 +263,7 @@ def test_junk_through_the_scheduler_never_escapes_and_the_store_stays_consistent
     for (ctx,) in query(db, "SELECT context FROM runs"):
         json.loads(ctx, parse_constant=lambda c: pytest.fail(f"{c} stored in a context"))
     for (cursor,) in query(db, "SELECT cursor FROM triggers WHERE cursor IS NOT NULL"):
-        assert isinstance(cursor, str)
+        assert isinstance(cursor, (str, bytes))  # bytes: a cursor that is not valid Unicode, kept exact
 
 
 # ------------------------------------------------------------------------------- a real `run`
