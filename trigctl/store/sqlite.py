@@ -139,7 +139,7 @@ def _fs_problem(path: str) -> str | None:
         return None
     if st.f_flag & os.ST_RDONLY:
         return "read-only"
-    if st.f_bavail == 0:
+    if st.f_bavail == 0 and st.f_blocks > 0:  # /proc and alike have no blocks at all: not "full"
         return "full"
     return None
 
@@ -157,6 +157,8 @@ def _err(e: BaseException, path: str) -> StateError:
         return StateError(f"cannot write state {path}: the disk is full")
     if isinstance(e, sqlite3.DatabaseError) and "not a database" in text:
         return StateError(f"{path} is not a trigctl state file (not a SQLite database)")
+    if isinstance(e, sqlite3.OperationalError) and ("no such table" in text or "no such column" in text):
+        return StateError(f"{path} is not a trigctl state file, or a damaged one ({text})")
     return StateError(f"state {path}: {text}")
 
 
@@ -256,6 +258,15 @@ class SQLiteStore(Store):
                 )
             if version == len(MIGRATIONS):
                 return
+            if version == 0:
+                # Version 0 with tables is another program's database: trigctl's first migration
+                # sets the version in the same transaction that creates its tables.
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                     "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
+                if tables:
+                    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+                    raise StateError(f"{self.path} is a SQLite database of another program (tables: {shown}), "
+                                     "not a trigctl state; give another --state")
             if self.readonly and version == 0:
                 # An empty file (a run that never got going): answer from an empty in-memory state.
                 conn.close()
