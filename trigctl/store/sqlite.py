@@ -242,11 +242,26 @@ class SQLiteStore(Store):
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
-                cur = self._conn.execute(sql, tuple(params))
-                cols = [d[0] for d in cur.description] if cur.description else []
-                return [dict(zip(cols, row)) for row in cur.fetchall()]
+                try:
+                    return self._rows(sql, params)
+                except sqlite3.OperationalError as e:
+                    if "decode to UTF-8" not in str(e):
+                        raise
+                    # Text that is not UTF-8 (written by another tool, or damaged): read it with the
+                    # bad bytes as lone surrogates, which the CLI shows escaped, rather than failing
+                    # every read of that row. Only such a query pays for the Python decoder.
+                    self._conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+                    try:
+                        return self._rows(sql, params)
+                    finally:
+                        self._conn.text_factory = str
             except sqlite3.Error as e:
                 raise _err(e, self.path) from None
+
+    def _rows(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        cur = self._conn.execute(sql, tuple(params))
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def _migrate(self) -> None:
         conn = self._conn
