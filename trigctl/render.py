@@ -43,16 +43,27 @@ def _json_escape(m: re.Match[str]) -> str:
     return f"\\u{ord(m.group()):04x}"
 
 
+# Times come from the state, which another clock or tool may have written: one that no date can
+# express (the year 33658, NaN) is shown as its number, or null in JSON, never an internal error.
+_BAD_TIME = (ValueError, OverflowError, OSError)
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except _BAD_TIME:
+        return None
 
 
 def local(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    try:
+        return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    except _BAD_TIME:
+        return f"@{ts}"
 
 
 def relative(ts: float | None, now: float | None = None) -> str:
@@ -60,6 +71,8 @@ def relative(ts: float | None, now: float | None = None) -> str:
         return "-"
     now = time.time() if now is None else now
     delta = now - ts
+    if not abs(delta) < 1e12:  # also NaN
+        return "?"
     future = delta < 0
     text = format_duration(abs(delta)) if abs(delta) >= 1 else "now"
     if text == "now":
