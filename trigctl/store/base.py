@@ -31,7 +31,9 @@ def dedupe_hash(trigger_name: str, context: dict[str, Any], keys: tuple[str, ...
     ``keys=()`` is one fixed key per trigger (schedule triggers; an empty context gives the same).
     """
     subset = context if keys is None else {k: context.get(k) for k in keys}
-    return hashlib.sha256(canonical_json([trigger_name, subset]).encode()).hexdigest()
+    # surrogatepass: a lone surrogate (a file name that is not UTF-8) hashes too; text without one
+    # encodes exactly as before, so stored keys keep their meaning.
+    return hashlib.sha256(canonical_json([trigger_name, subset]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
