@@ -103,12 +103,15 @@ def _console():
                    width=None if sys.stdout.isatty() else 220)
 
 
-def _table(columns: list[str]):
+def _table(columns: list[str], fold: tuple[str, ...] = ()):
+    """Columns in ``fold`` (and the last) hold free text: a long value folds onto more lines in its
+    column. The others (times, statuses, counts) never wrap, and are not cut short to make room."""
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for i, c in enumerate(columns):
-        table.add_column(c, overflow="fold", no_wrap=i < len(columns) - 1)
+        free = c in fold or i == len(columns) - 1
+        table.add_column(c, overflow="fold", no_wrap=not free, min_width=None if free else len(c))
     return table
 
 
@@ -121,7 +124,8 @@ def _row(table, *cells: object) -> None:
 
 def trigger_table(rows: list[dict[str, Any]]) -> None:
     now = time.time()
-    table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"])
+    table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"],
+                   fold=("NAME", "TYPE", "WORKFLOW", "INTERVAL", "RESULT"))
     for r in rows:
         _row(
             table, r["name"], r["type"], r["workflow"], format_duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
@@ -144,7 +148,7 @@ def history_table(rows: list[dict[str, Any]]) -> None:
         sys.stdout.write("no history yet\n")
         return
     now = time.time()
-    table = _table(["ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR"])
+    table = _table(["ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR"], fold=("TRIGGER",))
     for r in rows:
         detail = r["error"] if r["kind"] == "error" else _short_context(r["context"])
         _row(
