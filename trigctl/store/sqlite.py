@@ -179,6 +179,7 @@ class SQLiteStore(Store):
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            self._refuse_foreign()  # before WAL mode, which would rewrite the file's header
             mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
                 self._conn.execute("PRAGMA journal_mode = WAL")
@@ -274,14 +275,7 @@ class SQLiteStore(Store):
             if version == len(MIGRATIONS):
                 return
             if version == 0:
-                # Version 0 with tables is another program's database: trigctl's first migration
-                # sets the version in the same transaction that creates its tables.
-                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                                     "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
-                if tables:
-                    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-                    raise StateError(f"{self.path} is a SQLite database of another program (tables: {shown}), "
-                                     "not a trigctl state; give another --state")
+                self._refuse_foreign()
             if self.readonly and version == 0:
                 # An empty file (a run that never got going): answer from an empty in-memory state.
                 conn.close()
@@ -300,6 +294,19 @@ class SQLiteStore(Store):
                     raise StateError(f"state {self.path} needs a schema upgrade that cannot be written here "
                                      f"({e}): run `trigctl run` once where it can write") from None
                 raise
+
+    def _refuse_foreign(self) -> None:
+        """Version 0 with tables is another program's database, not to be added to: trigctl's first
+        migration sets the version in the same transaction that creates its tables."""
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] != 0:
+            return
+        tables = [r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                   "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
+        if tables:
+            self._conn.close()
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StateError(f"{self.path} is a SQLite database of another program (tables: {shown}), "
+                             "not a trigctl state; give another --state")
 
     def close(self) -> None:
         with self._lock:
