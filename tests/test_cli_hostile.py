@@ -248,6 +248,7 @@ def test_times_no_date_can_express_are_shown(tmp_path):
     with c:
         c.execute("UPDATE events SET created_at = 1e12, updated_at = 1e12")
         c.execute("UPDATE runs SET started_at = -1e15, completed_at = 1e300")
+        c.execute("UPDATE tasks SET started_at = ?, completed_at = ?", (1.0, float("inf")))
     c.close()
     for args in (["history"], ["history", "--json"], ["show", str(run_id)], ["show", str(run_id), "--json"]):
         result = invoke(tmp_path, *args, "--state", str(state))

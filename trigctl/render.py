@@ -8,6 +8,7 @@ and every string passes through :func:`visible` first.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -64,6 +65,15 @@ def local(ts: float | None) -> str:
         return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
     except _BAD_TIME:
         return f"@{ts}"
+
+
+def duration(seconds: object) -> str:
+    """format_duration, for a value read from the state: anything but a finite number shows as is."""
+    if seconds is None:
+        return "-"
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
+        return format_duration(seconds) if seconds >= 0 else "-" + format_duration(-seconds)  # a clock step
+    return visible(repr(seconds))
 
 
 def relative(ts: float | None, now: float | None = None) -> str:
@@ -128,7 +138,7 @@ def trigger_table(rows: list[dict[str, Any]]) -> None:
                    fold=("NAME", "TYPE", "WORKFLOW", "INTERVAL", "RESULT"))
     for r in rows:
         _row(
-            table, r["name"], r["type"], r["workflow"], format_duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
+            table, r["name"], r["type"], r["workflow"], duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
             "yes" if r["enabled"] else "no", relative(r["_last_poll_at"], now), r["last_result"] or "-",
             relative(r["_next_poll_at"], now) if r["enabled"] else "-", str(r["active_runs"]), str(r["fires"]),
             str(r["consecutive_errors"]) if r["consecutive_errors"] else "-",
@@ -154,7 +164,7 @@ def history_table(rows: list[dict[str, Any]]) -> None:
         _row(
             table, str(r["id"]), f"{local(r['_when'])} ({relative(r['_when'], now)})", r["trigger_name"], r["kind"],
             str(r["run_id"]) if r["run_id"] is not None else "-", r["status"] or "-",
-            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            duration(r["duration"]),
             str(r["count"]) if r["count"] > 1 else "", detail or "",
         )
     _console().print(table)
@@ -167,13 +177,13 @@ def run_view(doc: dict[str, Any], error: str | None) -> None:
     completed = doc["_completed_at"]
     out.write(f"run {doc['id']}  trigger {v(doc['trigger_name'])}  workflow {v(doc['workflow'])}  status {v(doc['status'])}\n")
     out.write(f"started   {local(started)} ({relative(started)})\n")
-    out.write(f"completed {local(completed)}" + (f"  duration {format_duration(completed - started)}" if completed and started else "") + "\n")
+    out.write(f"completed {local(completed)}" + (f"  duration {duration(completed - started)}" if completed and started else "") + "\n")
     if error:
         out.write(f"error     {v(error)}\n")
     out.write("context   " + json_text(doc["context"]) + "\n")
     for t in doc["tasks"]:
         code = t["exit_code"] if t["exit_code"] is not None else "-"
-        dur = format_duration(t["duration"]) if t["duration"] is not None else "-"
+        dur = duration(t["duration"])
         out.write(f"\n== task {v(t['name'])}: {v(t['status'])} (exit {code}, {dur})\n")
         if t["output_tail"]:
             # Lines and tabs stay; a CR (a progress bar, CRLF output) or an escape sequence shows.
