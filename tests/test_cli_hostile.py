@@ -563,3 +563,22 @@ def test_real_process_odd_arguments(project):
         assert contains in out.stderr, out.stderr
         assert_clean_bytes(out.stderr)
         assert out.stdout == b""
+
+
+def test_a_name_that_is_not_utf8_matching_a_stored_row_is_one_line(tmp_path):
+    """A state row whose trigger name is bytes that are not UTF-8 (another writer): `history` lists
+    it escaped, and naming it is a clean error (SQLite text cannot hold it as a parameter)."""
+    state = tmp_path / "state.db"
+    store = SQLiteStore(str(state))
+    store.sync_triggers(["t"])
+    store.enqueue_run("t", "wf", {}, time.time())
+    store.close()
+    c = sqlite3.connect(state)
+    with c:
+        for table, column in (("triggers", "name"), ("events", "trigger_name"), ("runs", "trigger_name")):
+            c.execute(f"UPDATE {table} SET {column} = CAST(? AS TEXT)", (b"t\xff",))
+    c.close()
+    listing = invoke(tmp_path, "history", "--state", str(state))
+    assert listing.exit_code == 0 and "t\\udcff" in listing.stdout
+    assert_one_line_error(invoke(tmp_path, "history", "t\udcff", "--state", str(state)), contains="is not UTF-8 text")
+    assert_one_line_error(invoke(tmp_path, "enable", "t\udcff", "--state", str(state)), contains="is not UTF-8 text")

@@ -128,6 +128,10 @@ def _guard(fn):
             store_mod = sys.modules.get("trigctl.store.base")
             if store_mod is not None and isinstance(e, store_mod.StateError):
                 raise Fatal(str(e)) from None
+            if isinstance(e, UnicodeEncodeError) and isinstance(e.object, str) and "surrogates" in e.reason:
+                # An argument with bytes that are not UTF-8 (a name matching such a row): SQLite
+                # text is UTF-8, so it cannot even be looked up.
+                raise Fatal(f"{e.object!r} is not UTF-8 text: the state cannot store or look it up") from None
             if os.environ.get("TRIGCTL_DEBUG") or click.get_current_context().find_root().params.get("debug"):
                 raise
             raise Fatal(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", EXIT_FAILED) from None
