@@ -488,7 +488,6 @@ STATES = {
     "binary-file": (lambda d: (d / "blob").write_bytes(bytes(range(256)) * 8) and d / "blob", "not a SQLite database"),
     "yaml-file": (lambda d: d / "triggers.yaml", "not a SQLite database"),
     "other-program": (lambda d: _foreign_sqlite(d / "app.db"), "another program (tables: invoices)"),
-    "below-a-file": (lambda d: d / "triggers.yaml" / "state.db", "a parent of it is a file"),
 }
 STATE_COMMANDS = [["list"], ["history"], ["show", "1"], ["cancel", "1"], ["enable", "t"], ["disable", "t"],
                   ["prune", "--older-than", "1d"], ["poll", "t"], ["run", "--once"]]
@@ -506,10 +505,17 @@ def test_unusable_state_is_one_line(project, kind, command):
 
 
 @pytest.mark.parametrize("command", [["list"], ["history"], ["show", "1"], ["poll", "t"]])
-def test_readers_of_a_missing_state_answer_empty(project, command):
-    result = invoke(project, *command, "--state", str(project / "missing" / "state.db"))
+@pytest.mark.parametrize("where", ["missing/state.db", "triggers.yaml/state.db"])
+def test_readers_of_a_missing_state_answer_empty(project, command, where):
+    result = invoke(project, *command, "--state", str(project / where))
     assert result.exit_code == (2 if command[0] == "show" else 0), result.output
     assert not (project / "missing").exists()
+
+
+@pytest.mark.parametrize("command", [["enable", "t"], ["prune", "--older-than", "1d"], ["cancel", "1"], ["run", "--once"]])
+def test_writers_below_a_file_are_one_line(project, command):
+    assert_one_line_error(invoke(project, *command, "--state", str(project / "triggers.yaml" / "state.db")),
+                          contains="Not a directory")
 
 
 CONFIGS = {

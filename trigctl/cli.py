@@ -238,10 +238,8 @@ def open_state(location: str, *, readonly: bool = False):
     if "://" not in location and location != ":memory:":
         try:
             mode = os.stat(location).st_mode
-        except FileNotFoundError:
-            mode = None  # created by writers; readers answer from an empty state
-        except NotADirectoryError:
-            raise Fatal(f"state {location}: a parent of it is a file, not a directory") from None
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # created by writers (or "cannot create state directory"); readers answer empty
         except (OSError, ValueError) as e:
             raise Fatal(f"state {location}: {getattr(e, 'strerror', None) or e}") from None
         if mode is not None and stat.S_ISDIR(mode):
