@@ -8,9 +8,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from trigctl.config import Config
 
 from trigctl import render
 
@@ -23,10 +26,11 @@ class Fatal(click.ClickException):
 
     def __init__(self, message: str, code: int = EXIT_USAGE):
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]  # click reads it per instance; its ClassVar is the default
 
     def show(self, file=None) -> None:
-        click.echo(f"trigctl: {self.format_message()}", err=True)
+        # Messages quote names, paths and values from the command line, the YAML and the state.
+        click.echo(f"trigctl: {render.visible(self.format_message())}", err=True)
 
 
 class Issues(click.ClickException):
@@ -36,9 +40,72 @@ class Issues(click.ClickException):
 
     def __init__(self, issues):
         super().__init__("\n".join(str(i) for i in issues))
+        self.lines = [render.visible(str(i)) for i in issues]  # one line each, whatever the YAML holds
 
     def show(self, file=None) -> None:
-        click.echo(self.format_message(), err=True)
+        click.echo("\n".join(self.lines), err=True)
+
+
+class OneLineUsage(click.UsageError):
+    """Click's usage errors (a bad option value, a missing argument) as one line, like every other
+    error: `trigctl: Invalid value for '--limit': ... (see `trigctl history -h`)`."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file=None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "trigctl"
+        message = self.format_message().rstrip(".")
+        click.echo(f"trigctl: {render.visible(message)} (see `{render.visible(where)} -h`)", err=True)
+
+
+class Group(click.Group):
+    """The command group: usage errors, of the group and of each command, are one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except (OneLineUsage, click.exceptions.NoArgsIsHelpError):
+            raise
+        except click.UsageError as e:
+            raise OneLineUsage(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (OneLineUsage, click.exceptions.NoArgsIsHelpError):
+            raise
+        except click.UsageError as e:
+            raise OneLineUsage(e) from None
+
+
+# The largest rowid SQLite stores: a larger id names no run (and cannot even be a query parameter).
+MAX_RUN_ID = 2**63 - 1
+
+
+class RunId(click.ParamType):
+    """A run id: ASCII digits (click's int would take " 1", "١" or "1_0"). Out-of-range ids are
+    accepted here and are "no run N" later, like any id that names no run."""
+
+    name = "run_id"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        import re
+
+        text = str(value).strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,4000}", text):
+            self.fail(f"{render.visible(repr(value))} is not a run id (a number such as 42)", param, ctx)
+        return int(text)
+
+
+# `show -1` is the run id -1 (no such run), not an unknown option -1.
+RUN_ID_ARGS = {"ignore_unknown_options": True}
+
+
+def _get_run(store, run_id: int):
+    return store.get_run(run_id) if 0 < run_id <= MAX_RUN_ID else None
 
 
 def _guard(fn):
@@ -61,6 +128,10 @@ def _guard(fn):
             store_mod = sys.modules.get("trigctl.store.base")
             if store_mod is not None and isinstance(e, store_mod.StateError):
                 raise Fatal(str(e)) from None
+            if isinstance(e, UnicodeEncodeError) and isinstance(e.object, str) and "surrogates" in e.reason:
+                # An argument with bytes that are not UTF-8 (a name matching such a row): SQLite
+                # text is UTF-8, so it cannot even be looked up.
+                raise Fatal(f"{e.object!r} is not UTF-8 text: the state cannot store or look it up") from None
             if os.environ.get("TRIGCTL_DEBUG") or click.get_current_context().find_root().params.get("debug"):
                 raise
             raise Fatal(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", EXIT_FAILED) from None
@@ -123,10 +194,14 @@ class Env:
     """Finds the config and the state for a command."""
 
     def __init__(self, config_path: str | None, state: str | None, file_arg: str | None = None):
+        # An empty environment variable counts as unset (click); an empty argument is a mistake.
+        for value, what in ((file_arg, "FILE"), (config_path, "-c/--config"), (state, "--state")):
+            if value == "":
+                raise Fatal(f"{what}: empty path")
         self.explicit_config = file_arg or config_path
         self.config_path = self.explicit_config or "triggers.yaml"
         self.state_arg = state
-        self._config = None
+        self._config: Config | None = None
 
     def config(self, light: bool = False):
         if self._config is None:
@@ -142,6 +217,10 @@ class Env:
         if self.state_arg:
             return self.state_arg
         if not need_config and not self.has_config():
+            if self.explicit_config and os.path.lexists(self.config_path):
+                self.config(light=True)  # a directory, a device...: the loader says what is wrong with it
+            if self.explicit_config:
+                raise Fatal(f"{self.config_path}: no such file (or give --state PATH to read a state without its YAML)")
             raise Fatal(f"no {self.config_path} here: give -c/--config PATH or --state PATH")
         if not need_config and self._config is None:
             quick = _state_from_yaml(self.config_path)
@@ -150,12 +229,31 @@ class Env:
         return self.config(light=True).state_location()
 
     def store(self, readonly: bool = False, need_config: bool = True):
-        from trigctl.store import open_store
-
-        return open_store(self.state_location(need_config), readonly=readonly)
+        return open_state(self.state_location(need_config), readonly=readonly)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def open_state(location: str, *, readonly: bool = False):
+    """The store at ``location``, once the path is something a SQLite file can be: SQLite itself
+    says "unable to open database file" of a directory and "disk I/O error" of a FIFO or a device."""
+    import stat
+
+    from trigctl.store import open_store
+
+    if "://" not in location and location != ":memory:":
+        try:
+            mode = os.stat(location).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # created by writers (or "cannot create state directory"); readers answer empty
+        except (OSError, ValueError) as e:
+            raise Fatal(f"state {location}: {getattr(e, 'strerror', None) or e}") from None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise Fatal(f"state {location} is a directory, not a state file (give a file path such as {location}/state.db)")
+        if mode is not None and not stat.S_ISREG(mode):
+            raise Fatal(f"state {location} is not a regular file (a FIFO, a socket or a device): give the path of a state file")
+    return open_store(location, readonly=readonly)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="trigctl", prog_name="trigctl")
 @click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
 def main(debug: bool) -> None:
@@ -172,11 +270,21 @@ STARTER = Path(__file__).with_name("starter.yaml")
 @_guard
 def init(path: str) -> None:
     """Write a commented starter triggers.yaml (refuses to overwrite)."""
+    if not path:
+        raise Fatal("PATH: empty path")
     target = Path(path)
-    if target.exists():
+    if os.path.lexists(target):
         raise Fatal(f"{path} already exists; not overwriting it")
-    target.write_text(STARTER.read_text())
-    (target.parent / "inbox").mkdir(exist_ok=True)  # the starter's file trigger watches it
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "x") as f:  # "x": a file that appeared meanwhile is not overwritten either
+            f.write(STARTER.read_text())
+        (target.parent / "inbox").mkdir(exist_ok=True)  # the starter's file trigger watches it
+    except FileExistsError:
+        raise Fatal(f"{path} already exists; not overwriting it") from None
+    except OSError as e:
+        raise Fatal(f"cannot write {e.filename or path}: {e.strerror or e}") from None
+    path = render.visible(path)
     click.echo(f"wrote {path} (and inbox/): edit it, then `trigctl validate {path}` and `trigctl run {path}`")
 
 
@@ -203,7 +311,7 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
     if as_json:
         render.print_json({"valid": True, "errors": []})
         return
-    click.echo(f"{env.config_path}: ok ({len(cfg.triggers)} triggers, {len(cfg.workflows)} workflows)")
+    click.echo(f"{render.visible(env.config_path)}: ok ({len(cfg.triggers)} triggers, {len(cfg.workflows)} workflows)")
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -221,7 +329,6 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
     from trigctl.durations import DurationError, parse_duration
     from trigctl.runner import BatchingHandler, EventFormatter, Runner
-    from trigctl.store import open_store
 
     try:
         grace_s = parse_duration(grace)
@@ -240,7 +347,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     root.setLevel(logging.INFO)
     root.propagate = False
     try:
-        store = open_store(env.state_location())
+        store = open_state(env.state_location())
         try:
             code = Runner(cfg, store, only=set(only) if only else None, once=once, grace=grace_s).run()
         finally:
@@ -326,16 +433,13 @@ def poll(name, config_path, state, as_json) -> None:
         if slot.impl is not None:
             slot.impl.close()
     duration = time.monotonic() - started
+    doc = {"trigger_name": name, "result": result, "fires": fires, "duration": round(duration, 6)}
+    if error:
+        doc["error"] = error
     if as_json:
-        doc = {"trigger_name": name, "result": result, "fires": fires, "duration": round(duration, 6)}
-        if error:
-            doc["error"] = error
         render.print_json(doc)
     else:
-        click.echo(f"{name}: {result} in {duration * 1000:.0f}ms" + (f": {error}" if error else ""))
-        for f in fires:
-            state_ = f"suppressed ({f['reason']})" if f["suppressed"] else "would start a run"
-            click.echo(f"  {state_}: {render._short_context(f['context'], 200)}  key={f['dedupe_key'][:12]}")
+        render.poll_view(doc)
     if result == "error":
         raise click.exceptions.Exit(EXIT_FAILED)
 
@@ -407,14 +511,12 @@ def list_(config_path, state, as_json) -> None:
 def _listing_source(env: Env):
     """The triggers to list and the state. A big YAML is parsed only when it changed since `run`
     last saved what list shows of it (same bytes, same environment variables)."""
-    from trigctl.store import open_store
-
     if env.has_config():
         location = env.state_arg or _state_from_yaml(env.config_path)
         if location is not None and ("://" in location or Path(location).exists()):
             from trigctl.snapshot import config_fingerprint
 
-            store = open_store(location, readonly=True)
+            store = open_state(location, readonly=True)
             fingerprint = config_fingerprint(env.config_path)
             cached = store.config_snapshot(str(Path(env.config_path).resolve()), fingerprint) if fingerprint else None
             if cached is not None:
@@ -442,7 +544,7 @@ def _set_enabled(names, config_path, state, value: bool) -> None:
         store.set_enabled(names, value)
     finally:
         store.close()
-    click.echo(f"{'enabled' if value else 'disabled'}: {', '.join(names)}")
+    click.echo(f"{'enabled' if value else 'disabled'}: {render.visible(', '.join(names))}")
 
 
 @main.command()
@@ -467,21 +569,29 @@ def disable(names, config_path, state) -> None:
 
 
 def _since(value: str | None) -> float | None:
-    if not value:
+    if not value:  # an empty --since (an unset variable in a script) is no --since
         return None
+    import re
     from datetime import datetime
 
     from trigctl.durations import DurationError, parse_duration
 
     try:
         return time.time() - parse_duration(value)
-    except DurationError:
-        pass
+    except DurationError as e:
+        # Digits with duration units (or none) are meant as a duration: say what is wrong with it,
+        # rather than reading "1111111111" as the year 1111 (fromisoformat takes basic ISO forms).
+        if re.fullmatch(r"[0-9.]+(?:ms|s|m|h|d|w)?(?:[0-9.]+(?:ms|s|m|h|d|w))*", value.strip()):
+            raise Fatal(f"--since: {e}") from None
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return dt.timestamp()
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise Fatal(f"--since: {value!r} is neither a duration (1h, 2d) nor an ISO time") from None
+    try:
+        return dt.timestamp()
+    except (OverflowError, OSError, ValueError):
+        # Beyond what this platform's clock can express (the year 1, 9999-12-31 in a zone east of UTC)
+        return None if dt.year < 1970 else float("inf")
 
 
 @main.command()
@@ -497,18 +607,20 @@ def history(name, config_path, state, as_json, limit, status, since) -> None:
     from trigctl.store.base import RUN_STATUSES
 
     statuses = [s.strip() for s in status.split(",")] if status else None
+    known_statuses = RUN_STATUSES + ("duplicate", "error")
     for s in statuses or []:
-        if s not in RUN_STATUSES + ("duplicate", "error"):
-            raise Fatal(f"--status: unknown status {s!r}")
+        if s not in known_statuses:
+            raise Fatal(f"--status: unknown status {s!r} (known: {', '.join(known_statuses)})")
+    since_ts = _since(since)
     env = Env(config_path, state)
     store = env.store(readonly=True, need_config=False)
-    if name:
+    if name is not None:
         known = set(store.trigger_rows())
         if name not in known and env.has_config():  # a trigger of the file that has no row yet
             known |= {t.name for t in env.config(light=True).triggers}
         if name not in known:
             raise Fatal(f"unknown trigger {name!r}")
-    rows = store.history(name, limit, statuses, _since(since))
+    rows = store.history(name, limit, statuses, since_ts)
     out = [history_doc(r) for r in rows]
     if as_json:
         render.print_json([{k: v for k, v in r.items() if not k.startswith("_")} for r in out])
@@ -536,15 +648,15 @@ def history_doc(r: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ show/cancel
 
 
-@main.command()
-@click.argument("run_id", type=int)
+@main.command(context_settings=RUN_ID_ARGS)
+@click.argument("run_id", type=RunId())
 @config_option
 @json_option
 @_guard
 def show(run_id, config_path, state, as_json) -> None:
     """One run: context, each task's status, exit code, duration and last lines of output."""
     store = Env(config_path, state).store(readonly=True, need_config=False)
-    run = store.get_run(run_id)
+    run = _get_run(store, run_id)
     if run is None:
         raise Fatal(f"no run {run_id}")
     tasks = [
@@ -563,8 +675,8 @@ def show(run_id, config_path, state, as_json) -> None:
         render.run_view({**doc, "_started_at": run.started_at, "_completed_at": run.completed_at}, run.error)
 
 
-@main.command()
-@click.argument("run_id", type=int)
+@main.command(context_settings=RUN_ID_ARGS)
+@click.argument("run_id", type=RunId())
 @config_option
 @_guard
 def cancel(run_id, config_path, state) -> None:
@@ -574,7 +686,7 @@ def cancel(run_id, config_path, state) -> None:
 
     store = Env(config_path, state).store(need_config=False)
     try:
-        run = store.get_run(run_id)
+        run = _get_run(store, run_id)
         if run is None:
             raise Fatal(f"no run {run_id}")
         if run.status not in ("queued", "running"):
@@ -620,7 +732,7 @@ def prune(older_than, config_path, state) -> None:
         n = store.prune(time.time() - age)
     finally:
         store.close()
-    click.echo(f"pruned {n} history entries older than {older_than}")
+    click.echo(f"pruned {n} history entries older than {render.visible(older_than)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Everything people read: tables, times with offsets, "12s ago". The only printer besides cli.py."""
+"""Everything people read: tables, times with offsets, "12s ago". The only printer besides cli.py.
+
+Everything shown comes from data that triggers, tasks, files and peers control: it is text, never
+markup and never terminal control. Cells are plain `Text` on a console with markup and emoji off,
+and every string passes through :func:`visible` first.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -10,17 +17,63 @@ from typing import Any
 
 from trigctl.durations import format_duration
 
+# What must not reach a terminal raw: C0 controls and DEL (ESC starts CSI/OSC sequences, CR and BS
+# overwrite what was shown), C1 controls (U+009B is a CSI of its own), lone surrogates (a file name
+# that is not UTF-8; they cannot even be encoded), line and paragraph separators, and the bidi
+# embeddings, overrides and isolates that make text read differently from what it is.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}")
+
+
+def visible(value: object, keep: str = "") -> str:
+    """``value`` as text that is safe to print: every character of :data:`_UNSAFE` (except those
+    in ``keep``, e.g. newlines of a task's output) becomes its Python escape (``\\x1b``,
+    ``\\u202e``, ``\\udcff``), so it shows instead of acting."""
+    text = value if isinstance(value, str) else str(value)
+    if not keep:
+        return _UNSAFE.sub(_escape, text)
+    return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escape(m), text)
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+# Times come from the state, which another clock or tool may have written: one that no date can
+# express (the year 33658, NaN) is shown as its number, or null in JSON, never an internal error.
+_BAD_TIME = (ValueError, OverflowError, OSError)
+
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except _BAD_TIME:
+        return None
 
 
 def local(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    try:
+        return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    except _BAD_TIME:
+        return f"@{ts}"
+
+
+def duration(seconds: object) -> str:
+    """format_duration, for a value read from the state: anything but a finite number shows as is."""
+    if seconds is None:
+        return "-"
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
+        return format_duration(seconds) if seconds >= 0 else "-" + format_duration(-seconds)  # a clock step
+    return visible(repr(seconds))
 
 
 def relative(ts: float | None, now: float | None = None) -> str:
@@ -28,6 +81,8 @@ def relative(ts: float | None, now: float | None = None) -> str:
         return "-"
     now = time.time() if now is None else now
     delta = now - ts
+    if not abs(delta) < 1e12:  # also NaN
+        return "?"
     future = delta < 0
     text = format_duration(abs(delta)) if abs(delta) >= 1 else "now"
     if text == "now":
@@ -35,34 +90,55 @@ def relative(ts: float | None, now: float | None = None) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+def json_text(doc: Any, indent: int | None = None) -> str:
+    """JSON of ``doc``, UTF-8 where it can be, with the characters of :data:`_UNSAFE` as ``\\uXXXX``
+    escapes: the same data (a lone surrogate stays one), but nothing a terminal would act on and
+    nothing that cannot be encoded. They can only occur inside JSON strings, where an escape is valid."""
+    text = json.dumps(doc, indent=indent, default=str, ensure_ascii=False)
+    return text if text.isascii() and "\x7f" not in text else _UNSAFE.sub(_json_escape, text)
+
+
 def print_json(doc: Any) -> None:
     # Indented for a person at a terminal; compact for pipes (the C encoder: 10x faster on big lists).
     indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(doc, indent=indent, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(doc, indent) + "\n")
 
 
 def _console():
     from rich.console import Console
 
     # Piped output is not wrapped at 80 columns: a line per row is what grep and less want.
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 220)
+    # Markup, emoji codes and highlighting off: nothing printed here is rich markup.
+    return Console(highlight=False, soft_wrap=False, markup=False, emoji=False,
+                   width=None if sys.stdout.isatty() else 220)
 
 
-def _table(columns: list[str]):
+def _table(columns: list[str], fold: tuple[str, ...] = ()):
+    """Columns in ``fold`` (and the last) hold free text: a long value folds onto more lines in its
+    column. The others (times, statuses, counts) never wrap, and are not cut short to make room."""
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for i, c in enumerate(columns):
-        table.add_column(c, overflow="fold", no_wrap=i < len(columns) - 1)
+        free = c in fold or i == len(columns) - 1
+        table.add_column(c, overflow="fold", no_wrap=not free, min_width=None if free else len(c))
     return table
+
+
+def _row(table, *cells: object) -> None:
+    """One row of data: each cell literal text (no markup, no emoji codes, no control characters)."""
+    from rich.text import Text
+
+    table.add_row(*(Text(visible(c)) for c in cells))
 
 
 def trigger_table(rows: list[dict[str, Any]]) -> None:
     now = time.time()
-    table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"])
+    table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"],
+                   fold=("NAME", "TYPE", "WORKFLOW", "INTERVAL", "RESULT"))
     for r in rows:
-        table.add_row(
-            r["name"], r["type"], r["workflow"], format_duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
+        _row(
+            table, r["name"], r["type"], r["workflow"], duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
             "yes" if r["enabled"] else "no", relative(r["_last_poll_at"], now), r["last_result"] or "-",
             relative(r["_next_poll_at"], now) if r["enabled"] else "-", str(r["active_runs"]), str(r["fires"]),
             str(r["consecutive_errors"]) if r["consecutive_errors"] else "-",
@@ -82,13 +158,13 @@ def history_table(rows: list[dict[str, Any]]) -> None:
         sys.stdout.write("no history yet\n")
         return
     now = time.time()
-    table = _table(["ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR"])
+    table = _table(["ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR"], fold=("TRIGGER",))
     for r in rows:
         detail = r["error"] if r["kind"] == "error" else _short_context(r["context"])
-        table.add_row(
-            str(r["id"]), f"{local(r['_when'])} ({relative(r['_when'], now)})", r["trigger_name"], r["kind"],
+        _row(
+            table, str(r["id"]), f"{local(r['_when'])} ({relative(r['_when'], now)})", r["trigger_name"], r["kind"],
             str(r["run_id"]) if r["run_id"] is not None else "-", r["status"] or "-",
-            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            duration(r["duration"]),
             str(r["count"]) if r["count"] > 1 else "", detail or "",
         )
     _console().print(table)
@@ -96,17 +172,29 @@ def history_table(rows: list[dict[str, Any]]) -> None:
 
 def run_view(doc: dict[str, Any], error: str | None) -> None:
     out = sys.stdout
+    v = visible
     started = doc["_started_at"]
     completed = doc["_completed_at"]
-    out.write(f"run {doc['id']}  trigger {doc['trigger_name']}  workflow {doc['workflow']}  status {doc['status']}\n")
+    out.write(f"run {doc['id']}  trigger {v(doc['trigger_name'])}  workflow {v(doc['workflow'])}  status {v(doc['status'])}\n")
     out.write(f"started   {local(started)} ({relative(started)})\n")
-    out.write(f"completed {local(completed)}" + (f"  duration {format_duration(completed - started)}" if completed and started else "") + "\n")
+    out.write(f"completed {local(completed)}" + (f"  duration {duration(completed - started)}" if completed and started else "") + "\n")
     if error:
-        out.write(f"error     {error}\n")
-    out.write("context   " + json.dumps(doc["context"], ensure_ascii=False) + "\n")
+        out.write(f"error     {v(error)}\n")
+    out.write("context   " + json_text(doc["context"]) + "\n")
     for t in doc["tasks"]:
         code = t["exit_code"] if t["exit_code"] is not None else "-"
-        dur = format_duration(t["duration"]) if t["duration"] is not None else "-"
-        out.write(f"\n== task {t['name']}: {t['status']} (exit {code}, {dur})\n")
+        dur = duration(t["duration"])
+        out.write(f"\n== task {v(t['name'])}: {v(t['status'])} (exit {code}, {dur})\n")
         if t["output_tail"]:
-            out.write(t["output_tail"].rstrip("\n") + "\n")
+            # Lines and tabs stay; a CR (a progress bar, CRLF output) or an escape sequence shows.
+            out.write(v(t["output_tail"].replace("\r\n", "\n").rstrip("\n"), keep="\n\t") + "\n")
+
+
+def poll_view(doc: dict[str, Any]) -> None:
+    out = sys.stdout
+    error = doc.get("error")
+    out.write(f"{visible(doc['trigger_name'])}: {doc['result']} in {doc['duration'] * 1000:.0f}ms"
+              + (f": {visible(error)}" if error else "") + "\n")
+    for f in doc["fires"]:
+        state = f"suppressed ({visible(f['reason'])})" if f["suppressed"] else "would start a run"
+        out.write(f"  {state}: {visible(_short_context(f['context'], 200))}  key={f['dedupe_key'][:12]}\n")

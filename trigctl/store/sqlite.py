@@ -159,7 +159,7 @@ def _fs_problem(path: str) -> str | None:
         return None
     if st.f_flag & os.ST_RDONLY:
         return "read-only"
-    if st.f_bavail == 0:
+    if st.f_bavail == 0 and st.f_blocks > 0:  # /proc and alike have no blocks at all: not "full"
         return "full"
     return None
 
@@ -177,6 +177,8 @@ def _err(e: BaseException, path: str) -> StateError:
         return StateError(f"cannot write state {path}: the disk is full")
     if isinstance(e, sqlite3.DatabaseError) and "not a database" in text:
         return StateError(f"{path} is not a trigctl state file (not a SQLite database)")
+    if isinstance(e, sqlite3.OperationalError) and ("no such table" in text or "no such column" in text):
+        return StateError(f"{path} is not a trigctl state file, or a damaged one ({text})")
     return StateError(f"state {path}: {text}")
 
 
@@ -198,6 +200,7 @@ class SQLiteStore(Store):
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            self._refuse_foreign()  # before WAL mode, which would rewrite the file's header
             mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
                 self._conn.execute("PRAGMA journal_mode = WAL")
@@ -261,11 +264,26 @@ class SQLiteStore(Store):
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
-                cur = self._conn.execute(sql, tuple(params))
-                cols = [d[0] for d in cur.description] if cur.description else []
-                return [dict(zip(cols, row)) for row in cur.fetchall()]
+                try:
+                    return self._rows(sql, params)
+                except sqlite3.OperationalError as e:
+                    if "decode to UTF-8" not in str(e):
+                        raise
+                    # Text that is not UTF-8 (written by another tool, or damaged): read it with the
+                    # bad bytes as lone surrogates, which the CLI shows escaped, rather than failing
+                    # every read of that row. Only such a query pays for the Python decoder.
+                    self._conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+                    try:
+                        return self._rows(sql, params)
+                    finally:
+                        self._conn.text_factory = str
             except sqlite3.Error as e:
                 raise _err(e, self.path) from None
+
+    def _rows(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        cur = self._conn.execute(sql, tuple(params))
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -277,6 +295,8 @@ class SQLiteStore(Store):
                 )
             if version == len(MIGRATIONS):
                 return
+            if version == 0:
+                self._refuse_foreign()
             if self.readonly and version == 0:
                 # An empty file (a run that never got going): answer from an empty in-memory state.
                 conn.close()
@@ -295,6 +315,19 @@ class SQLiteStore(Store):
                     raise StateError(f"state {self.path} needs a schema upgrade that cannot be written here "
                                      f"({e}): run `trigctl run` once where it can write") from None
                 raise
+
+    def _refuse_foreign(self) -> None:
+        """Version 0 with tables is another program's database, not to be added to: trigctl's first
+        migration sets the version in the same transaction that creates its tables."""
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] != 0:
+            return
+        tables = [r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                   "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
+        if tables:
+            self._conn.close()
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StateError(f"{self.path} is a SQLite database of another program (tables: {shown}), "
+                             "not a trigctl state; give another --state")
 
     def close(self) -> None:
         with self._lock:
