@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -287,7 +287,7 @@ class _Composer:
             self.scalar(event)
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in self.anchors:
-                raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
+                raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}", cast(Any, event.start_mark))
             value, size, height = self.anchors[event.anchor]
             self.count(size, height)
             path = self.child_path()
@@ -298,7 +298,7 @@ class _Composer:
             kind = "seq" if isinstance(event, yaml.SequenceStartEvent) else "map"
             if event.tag not in _COLLECTION_TAGS[kind]:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"could not determine a constructor for the tag {event.tag!r}", event.start_mark)
+                    None, None, f"could not determine a constructor for the tag {event.tag!r}", cast(Any, event.start_mark))
             self.count(1, 0)
             mark = _mark(event.start_mark)
             is_key = self.in_key_position()
@@ -525,13 +525,13 @@ def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str],
     if isinstance(data, str) and not _is_shell_string(path) and "$" in data:
         missing: list[str] = []
         expanded: list[tuple[str, str]] = []
-        out, used = _interpolate_str(data, env, missing, expanded)
+        text, used = _interpolate_str(data, env, missing, expanded)
         for name in missing:
             doc.unset.add(path)
             doc.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)", data=root)
         if used:
-            secrets.update(_secret_parts(out, expanded, _secret_position(path)))
-        return out
+            secrets.update(_secret_parts(text, expanded, _secret_position(path)))
+        return text
     return data
 
 
@@ -775,8 +775,8 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
             msg += " (YAML reads an unquoted date as a date: quote it)"
         return [(path, msg, False)]
     if v == "enum":
-        allowed = ", ".join(str(x) for x in error.validator_value if not (isinstance(x, str) and x.islower() and x.upper() in error.validator_value))
-        msg = f"{json.dumps(inst) if not isinstance(inst, bool) else inst} is not one of: {allowed}"
+        allowed_text = ", ".join(str(x) for x in error.validator_value if not (isinstance(x, str) and x.islower() and x.upper() in error.validator_value))
+        msg = f"{json.dumps(inst) if not isinstance(inst, bool) else inst} is not one of: {allowed_text}"
         if isinstance(inst, bool):
             msg += " (YAML reads unquoted yes/no/on/off as booleans: quote it)"
         return [(path, msg, False)]
@@ -954,9 +954,9 @@ def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, Wor
         for key in item.get("dedupe_key") or []:
             if not isinstance(key, str):
                 doc.issue(path + ("dedupe_key",), "dedupe_key entries must be strings", data=data)
-        tc = _trigger_config(i, item, defaults, doc, data, light)
-        if tc is not None:
-            triggers.append(tc)
+        trigger_cfg = _trigger_config(i, item, defaults, doc, data, light)
+        if trigger_cfg is not None:
+            triggers.append(trigger_cfg)
     return workflows, triggers
 
 

@@ -92,7 +92,7 @@ class Runner:
         self._finished_runs: deque = deque()
         self._signals = 0
         self._reload_requested = False
-        self._token = None
+        self._token: int | None = None
         self._last_watch = 0.0
         # for --once
         self.poll_errors = 0
@@ -424,7 +424,7 @@ class Runner:
                     self._logged_duplicates.add(seen)
                     self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
             else:
-                if self.once:
+                if self.once and res.run_id is not None:
                     self._my_runs.add(res.run_id)
                 self.emit("fired", trigger=report.trigger, run_id=res.run_id,
                           context=self.config.redactor.scrub(context))

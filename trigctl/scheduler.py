@@ -7,6 +7,7 @@ the polls that are due, :meth:`Scheduler.complete` takes a poll's result. The re
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -179,7 +180,7 @@ class Scheduler:
             if slot.impl is not None and not slot.started:
                 slot.started = True
                 try:
-                    slot.impl.start(lambda n=slot.name: wake(n))
+                    slot.impl.start(functools.partial(wake, slot.name))
                 except Exception as e:
                     log.warning("trigger %s: cannot start watching (%s); polling only", slot.name, e)
 
@@ -367,7 +368,7 @@ class Scheduler:
                 log.debug("trigger %s: its result could not be recorded", slot.name, exc_info=True)
                 error = e
                 message = f"its result could not be recorded: {_describe(e)}"
-        else:
+        elif error is not None:
             message = _describe(error)
         if error is not None:
             report = self._error(slot, poll, message, now)
@@ -481,7 +482,8 @@ class Scheduler:
             self.store.set_error_alerted(tc.name, True)
             ctx = {"trigger": tc.name, "error": message, "consecutive_errors": n}
             run_id = self.store.enqueue_run(tc.name, tc.on_error_workflow, ctx, now).run_id
-            self.alerts.append(run_id)
+            if run_id is not None:
+                self.alerts.append(run_id)
             log.warning("trigger %s: %d errors in a row; started %s (run %d)", tc.name, n, tc.on_error_workflow, run_id)
         return PollReport(tc.name, "error", error=message)
 

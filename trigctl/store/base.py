@@ -169,6 +169,9 @@ class Store(ABC):
     def config_snapshot(self, config_path: str, fingerprint: str) -> list[dict[str, Any]] | None:
         return None
     @abstractmethod
+    def lock_for_run(self) -> None:
+        """Make this process the one that runs this state's loop, or raise StateLocked."""
+    @abstractmethod
     def change_token(self) -> int:
         """A number that changes when another process commits (enable/disable/cancel)."""
 
@@ -194,7 +197,7 @@ class Store(ABC):
     def claim_next_queued(self, now: float) -> RunRow | None: ...
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
         """Up to ``limit`` queued runs, oldest first, marked running (a backend may do it in one go)."""
-        runs = []
+        runs: list[RunRow] = []
         while len(runs) < limit:
             run = self.claim_next_queued(now)
             if run is None:

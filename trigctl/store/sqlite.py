@@ -261,7 +261,7 @@ class SQLiteStore(Store):
             except sqlite3.Error as e:
                 raise _err(e, self.path) from None
 
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             try:
                 try:
@@ -280,7 +280,7 @@ class SQLiteStore(Store):
             except sqlite3.Error as e:
                 raise _err(e, self.path) from None
 
-    def _rows(self, sql: str, params: Iterable[Any]) -> list[Any]:
+    def _rows(self, sql: str, params: Iterable[Any]) -> list[dict[str, Any]]:
         cur = self._conn.execute(sql, tuple(params))
         cols = [d[0] for d in cur.description] if cur.description else []
         return [dict(zip(cols, row)) for row in cur.fetchall()]

@@ -33,6 +33,7 @@ class PythonTrigger(TriggerType):
         else:
             self._fn = obj
             self._kwargs = args
+        params: Mapping[str, Any]
         try:
             params = inspect.signature(self._fn).parameters
         except (TypeError, ValueError):

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from trigctl.durations import DurationError, parse_duration
@@ -233,7 +233,7 @@ def make_schedule(options: Mapping[str, Any]) -> Every | Cron:
 class ScheduleTrigger(TriggerType):
     type_name = "schedule"
     blocking = False  # pure computation
-    default_dedupe_key = ()  # one fixed key: a slow run never overlaps the next slot
+    default_dedupe_key: ClassVar[tuple[str, ...] | None] = ()  # one fixed key: a slow run never overlaps the next slot
     has_own_schedule = True
 
     def __init__(self, config, base_dir: Path) -> None:
