@@ -41,6 +41,9 @@ def raiser():
 
 def skipper():
     return trigctl.Skip("reason \ud800")
+
+def esc():
+    raise RuntimeError("\x1b]8;;http://evil\x07click\x1b]8;;\x07\x1b[2J\r")
 '''
 
 YAML = """
@@ -59,6 +62,7 @@ triggers:
   - {{name: deep, type: python, callable: "untrusted:deep", workflow: w}}
   - {{name: raiser, type: python, callable: "untrusted:raiser", workflow: w}}
   - {{name: skipper, type: python, callable: "untrusted:skipper", workflow: w}}
+  - {{name: esc, type: python, callable: "untrusted:esc", workflow: w}}
   - {{name: cmd, type: command, argv: [printf, '{{"x": "\\\\udcff", "y": "\\\\ud800"}}'], workflow: w}}
   - {{name: http-surrogates, type: http, url: "{url}/s", context: {{x: x, all: "@"}}, workflow: w}}
   - {{name: http-deep, type: http, url: "{url}/d", context: {{all: "@"}}, workflow: w}}
@@ -100,7 +104,8 @@ def test_hostile_values_from_every_source_stop_nothing(tmp_path):
             def erred(name):
                 return query(db, "SELECT consecutive_errors FROM triggers WHERE name = ?", (name,))[0][0] >= 2
 
-            wait_for(lambda: erred("deep") and erred("raiser"), timeout=30, message="errors recorded twice")
+            wait_for(lambda: erred("deep") and erred("raiser") and erred("esc"), timeout=30,
+                     message="errors recorded twice")
             n = _beats(tmp_path)
             wait_for(lambda: _beats(tmp_path) >= n + 10, timeout=20, message="the heartbeat goes on")
             assert proc.proc.poll() is None, proc.stderr[-3000:]
@@ -108,7 +113,8 @@ def test_hostile_values_from_every_source_stop_nothing(tmp_path):
             code = proc.stop(60)
         assert code == 0, proc.stderr[-3000:]
         assert "polling loop failed" not in proc.stderr and "Traceback" not in proc.stderr
-        assert "\x1b" not in proc.stderr  # control characters from an error message are escaped
+        # Control characters from error messages and file names are escaped in the log, never raw.
+        assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr and "\r" not in proc.stderr
         # Non-UTF-8 names reached both tasks byte-exact (environment and argv).
         got = {}
         for p in (tmp_path / "out").iterdir():

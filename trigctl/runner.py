@@ -565,7 +565,7 @@ class EventFormatter(logging.Formatter):
             return json.dumps(doc, default=str)
         stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
         if not event:
-            line = f"{stamp} {record.levelname.lower()} {message}"
+            line = _visible(f"{stamp} {record.levelname.lower()} {message}")
             if record.exc_info and self.debug:
                 line += "\n" + self.formatException(record.exc_info)
             return line
@@ -591,8 +591,17 @@ def _message(record: logging.LogRecord, debug: bool) -> str:
     return text
 
 
+def _visible(text: str) -> str:
+    """A log line as text: control characters, lone surrogates and other unprintables from data
+    (an error message, a file name) are shown as escapes, never sent to the terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _text(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return json.dumps(v, default=str)
     s = str(v)
-    return json.dumps(s) if (" " in s or not s) else s
+    # JSON-quoted (so escaped) when it has a space, nothing, or anything not printable.
+    return json.dumps(s) if (" " in s or not s or '"' in s or not s.isprintable()) else s

@@ -271,4 +271,6 @@ def _add_one(out: PollOutcome, item: Any) -> None:
 def _cursor(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"cursor must be a string, got {type(value).__name__}")
+    if len(value) > MAX_CONTEXT_BYTES:
+        raise TypeError(f"cursor is too large ({len(value)} characters; the limit is {MAX_CONTEXT_BYTES})")
     return value
