@@ -92,17 +92,14 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
     return env
 
 
-_NUMBER = re.compile(r"-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
 def fill_argv(argv: tuple[str, ...], context: dict[str, Any]) -> list[str]:
     """{{key}} is replaced inside its one argument; no shell ever sees the result.
 
-    One pass: a value that contains ``{{other}}`` is not filled again. An argument that starts with
-    a placeholder and comes out starting with ``-`` (a file named ``--help`` or ``-rf``) would be
-    read as an option by the program: that fails the task, unless an argument ``--`` comes before
-    it or the value is a number (``-5``). The program itself (the first argument) never comes from
-    data as an option."""
+    One pass: a value that contains ``{{other}}`` is not filled again. Values reach the program
+    exactly, also ones that start with ``-`` (a file named ``--help``): only the program knows its
+    options (``grep -e "{{pattern}}"`` must get ``-foo``), so argv should put ``--`` before
+    placeholders that could start with ``-``. The program itself (the first argument) never comes
+    out of data starting with ``-``: the start gate's ``exec`` (bash's) would read it as an option."""
 
     def sub(m: re.Match) -> str:
         key = m.group(1)
@@ -111,18 +108,10 @@ def fill_argv(argv: tuple[str, ...], context: dict[str, Any]) -> list[str]:
         value = context[key]
         return value if isinstance(value, str) else json.dumps(value)
 
-    out: list[str] = []
-    options_end = False
-    for i, template in enumerate(argv):
-        arg = _PLACEHOLDER.sub(sub, template)
-        if (arg.startswith("-") and _PLACEHOLDER.match(template) and not options_end
-                and (i == 0 or not _NUMBER.fullmatch(arg))):
-            where = "the program" if i == 0 else f"argument {i}"
-            raise TaskError(f"argv: {where} {template!r} is {_short(arg)}, which starts with '-' and would be read "
-                            f"as an option; put \"--\" before it in argv, or a prefix such as \"./\" in front of it")
-        if template == "--":
-            options_end = True
-        out.append(arg)
+    out = [_PLACEHOLDER.sub(sub, a) for a in argv]
+    if out and out[0].startswith("-") and out[0] != argv[0]:
+        raise TaskError(f"argv: the program {argv[0]!r} is {_short(out[0])}, which starts with '-'; "
+                        "a program path from the context must not (write \"./{{...}}\" for a relative one)")
     return out
 
 

@@ -183,7 +183,9 @@ class FileTrigger(TriggerType):
         self._stopped = False
         # Work a scan found beyond one poll's share: (kind, path, size, mtime), oldest fire first.
         self._backlog: list[tuple[int, str, int, float]] = []
-        self._backlog_first = False  # the backlog is the first poll's: INIT_KEY is set when it is done
+        # The backlog is the first poll's and INIT_KEY is not written yet: with ignore_existing it is
+        # written with the last share (until then, what is found counts as present at the first start).
+        self._backlog_first = False
 
     @classmethod
     def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
@@ -459,7 +461,8 @@ class FileTrigger(TriggerType):
         del self._backlog[:taken]
         if self._backlog:
             self._wake_now()  # the next share at once (a poll in flight is repeated when it returns)
-        elif self._backlog_first:
+        if self._backlog_first and (not self._backlog or not self.ignore_existing):
+            self._backlog_first = False
             updates[INIT_KEY] = True
         left = f"{len(self._backlog)} file(s) left for the next polls" if self._backlog else ""
         return self._outcome(ready, updates, self._pending, left)
