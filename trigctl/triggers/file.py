@@ -167,7 +167,7 @@ class FileTrigger(TriggerType):
         self.ignore_existing = bool(o.get("ignore_existing", False))
         self._match = compile_patterns(_patterns(o)).fullmatch
         if self.batch:
-            self.default_dedupe_key = None  # type: ignore[misc]  # a batch is keyed by its whole context
+            self.default_dedupe_key = None  # type: ignore[misc,assignment]  # a batch is keyed by its whole context
         # Unsettled files: path -> (size, mtime, when first seen with that size and mtime).
         self._pending: dict[str, tuple[int, float, float]] = {}
         self._pending_paths: frozenset[str] = frozenset()  # read by the watch thread
@@ -226,7 +226,7 @@ class FileTrigger(TriggerType):
 
             observer = Observer()
             try:
-                observer.schedule(_Handler(self), self.root, recursive=self.recursive)
+                observer.schedule(_Handler(self), self.root, recursive=self.recursive)  # type: ignore[arg-type]
                 observer.start()
             except Exception as e:  # inotify limits, permissions, a directory removed meanwhile...
                 try:
@@ -469,7 +469,8 @@ class FileTrigger(TriggerType):
 
     def _outcome(self, ready: list[tuple[str, int, float]], updates: dict[str, Any],
                  pending: Mapping[str, Any], skip: str = "") -> PollOutcome:
-        entries = [{"path": p, "name": os.path.basename(p), "size": s, "mtime": m} for p, s, m in ready]
+        entries: list[dict[str, Any]] = [{"path": p, "name": os.path.basename(p), "size": s, "mtime": m} for p, s, m in ready]
+        fires: list[dict[str, Any]]
         if self.batch and entries:
             fires = [{"paths": [e["path"] for e in chunk], "files": chunk} for chunk in _chunks(entries)]
         else:
