@@ -29,6 +29,12 @@ from trigctl.store.base import RunRow, StateError, Store
 log = logging.getLogger("trigctl.workflows")
 
 OUTPUT_TAIL_BYTES = 4096
+# What trigctl reads back from a task: TRIGCTL_OUTPUT and a call's result. Past this the task fails
+# (truncating would silently drop key=value lines that later tasks rely on). The same order as a
+# context's limit (MAX_CONTEXT_BYTES), which is what these grow.
+MAX_TASK_RESULT_BYTES = 1 << 20
+MAX_TASK_RESULT_TEXT = "1 MiB"
+_READ_CHUNK = 65536
 WORKER_IDLE = 30.0  # seconds an idle run worker thread waits for another run before it exits
 # Linux refuses one environment string over 128 KiB (MAX_ARG_STRLEN) and a whole environment over
 # ~2 MiB: larger values reach tasks only through TRIGCTL_CONTEXT_FILE.
@@ -46,6 +52,12 @@ def env_name(key: str) -> str:
     return "TRIGCTL_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
+#: Variables trigctl itself reads (a task that runs `trigctl history` uses them): a context key that
+#: maps onto one (`state`, `config`, `debug`) does not set it, so data cannot re-point those commands.
+#: The variables trigctl sets for every task are reserved as well; they are set last.
+CONFIG_VARS = frozenset({"TRIGCTL_CONFIG", "TRIGCTL_STATE", "TRIGCTL_DEBUG"})
+
+
 def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_file: str,
              extra: dict[str, str] | None = None) -> dict[str, str]:
     """The parent environment, the task's `env:`, TRIGCTL_<KEY> per scalar context key, then the
@@ -53,14 +65,17 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
     env = dict(os.environ)
     env.update(extra or {})
     for key, value in context.items():
+        name = env_name(key)
+        if name in CONFIG_VARS:
+            continue
         if isinstance(value, bool):
-            env[env_name(key)] = "true" if value else "false"
+            env[name] = "true" if value else "false"
         elif isinstance(value, (str, int, float)):
             text = env_text(str(value))
             if "\x00" not in text and len(text) <= MAX_ENV_VALUE:
-                env[env_name(key)] = text
+                env[name] = text
         elif value is None:
-            env[env_name(key)] = ""
+            env[name] = ""
     env.update(
         TRIGCTL_RUN_ID=str(run.id),
         TRIGCTL_TRIGGER=run.trigger_name,
@@ -88,7 +103,13 @@ def env_text(text: str) -> str:
 
 
 def fill_argv(argv: tuple[str, ...], context: dict[str, Any]) -> list[str]:
-    """{{key}} is replaced inside its one argument; no shell ever sees the result."""
+    """{{key}} is replaced inside its one argument; no shell ever sees the result.
+
+    One pass: a value that contains ``{{other}}`` is not filled again. Values reach the program
+    exactly, also ones that start with ``-`` (a file named ``--help``): only the program knows its
+    options (``grep -e "{{pattern}}"`` must get ``-foo``), so argv should put ``--`` before
+    placeholders that could start with ``-``. The program itself (the first argument) never comes
+    out of data starting with ``-``: the start gate's ``exec`` (bash's) would read it as an option."""
 
     def sub(m: re.Match) -> str:
         key = m.group(1)
@@ -97,21 +118,46 @@ def fill_argv(argv: tuple[str, ...], context: dict[str, Any]) -> list[str]:
         value = context[key]
         return env_text(value) if isinstance(value, str) else json.dumps(value)
 
-    return [_PLACEHOLDER.sub(sub, a) for a in argv]
+    out = [_PLACEHOLDER.sub(sub, a) for a in argv]
+    if out and out[0].startswith("-") and out[0] != argv[0]:
+        raise TaskError(f"argv: the program {argv[0]!r} is {_short(out[0])}, which starts with '-'; "
+                        "a program path from the context must not (write \"./{{...}}\" for a relative one)")
+    return out
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return json.dumps(text if len(text) <= limit else text[:limit] + "...")
+
+
+class ResultTooLarge(Exception):
+    pass
+
+
+def read_capped(path: str, what: str, limit: int = MAX_TASK_RESULT_BYTES) -> bytes:
+    """A file a task wrote for trigctl, at most ``limit`` bytes: a larger one raises ResultTooLarge
+    without being read (a task can write gigabytes; trigctl's memory must not follow)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise ResultTooLarge(f"{what} is larger than {MAX_TASK_RESULT_TEXT} ({max(size, len(data))} bytes); "
+                             f"trigctl reads at most {limit} bytes of it")
+    return data
 
 
 def read_output_vars(path: str) -> dict[str, str]:
+    """`key=value` lines of a TRIGCTL_OUTPUT file; ResultTooLarge past MAX_TASK_RESULT_BYTES."""
     out: dict[str, str] = {}
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if "=" in line and not line.startswith("#"):
-                    k, _, v = line.partition("=")
-                    if k.strip():
-                        out[k.strip()] = v
+        data = read_capped(path, "TRIGCTL_OUTPUT")
     except OSError:
-        pass
+        return out
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    for line in text.split("\n"):
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            if k.strip():
+                out[k.strip()] = v
     return out
 
 
@@ -121,13 +167,36 @@ def tail(path: str, limit: int = OUTPUT_TAIL_BYTES) -> str:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - limit))
-            data = f.read()
+            data = f.read(limit)
     except OSError:
         return ""
+    return _tail_text(data, size, limit)
+
+
+def _tail_text(data: bytes, total: int, limit: int) -> str:
     text = data.decode("utf-8", errors="replace")
-    if size > limit and "\n" in text:
-        text = text[text.index("\n") + 1 :]
+    if total > limit and "\n" in text:
+        text = text[text.index("\n") + 1 :]  # a cut first line is dropped
     return text
+
+
+class OutputTail:
+    """The last ``limit`` bytes of a task's output, in memory: the output itself goes through a
+    pipe and is never stored, so a task that prints gigabytes costs no disk and 4 KiB of memory."""
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES):
+        self.limit = limit
+        self.total = 0
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        self._buf += data[-self.limit :]
+        if len(self._buf) > self.limit:
+            del self._buf[: len(self._buf) - self.limit]
+
+    def text(self) -> str:
+        return _tail_text(bytes(self._buf), self.total, self.limit)
 
 
 def _write_file(path: str, text: str) -> None:
@@ -172,23 +241,106 @@ class RunFiles:
                 pass
 
 
-def wait_process(proc: subprocess.Popen, timeout: float | None) -> int:
-    """proc.wait(timeout), woken by the exit itself: Popen.wait with a timeout polls with sleeps of up
-    to 50 ms, which delays every run's end (and the start of the next queued one) by as much."""
-    if timeout is None:
-        return proc.wait()
+def wait_reading(proc: subprocess.Popen, out_fd: int, sink: OutputTail, timeout: float | None) -> int:
+    """Wait for ``proc`` to exit (TimeoutExpired after ``timeout``) while reading its output pipe
+    into ``sink``. Woken by the exit itself (a pidfd) and by output; the end of the output is not
+    waited for: a child the task left in the background may hold the pipe open for ever."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        fd = os.pidfd_open(proc.pid)
+        pidfd: int | None = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already reaped
-        return proc.wait(timeout=timeout)
+        pidfd = None
+    poller = select.poll()
+    poller.register(out_fd, select.POLLIN)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
     try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if not poller.poll(max(0.0, timeout) * 1000):
-            raise subprocess.TimeoutExpired(proc.args, timeout)
+        while True:
+            if pidfd is None and proc.poll() is not None:
+                break
+            wait_ms: float | None = None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+                wait_ms = left * 1000
+            if pidfd is None:  # no exit notification: look every 50 ms
+                wait_ms = 50 if wait_ms is None else min(wait_ms, 50)
+            exited = False
+            for fd, _ in poller.poll(wait_ms):
+                if fd == out_fd:
+                    data = os.read(out_fd, _READ_CHUNK)
+                    if data:
+                        sink.feed(data)
+                    else:  # every writer closed it: only the exit is left to wait for
+                        poller.unregister(out_fd)
+                else:
+                    exited = True
+            if exited:
+                break
     finally:
-        os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
     return proc.wait()
+
+
+def drain(out_fd: int, sink: OutputTail, limit: int = 16 * _READ_CHUNK) -> None:
+    """Read what is in the pipe now, without waiting for writers (at most ``limit`` bytes: a writer
+    that keeps writing must not keep trigctl reading)."""
+    os.set_blocking(out_fd, False)
+    read = 0
+    while read < limit:
+        try:
+            data = os.read(out_fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            return
+        if not data:
+            return
+        sink.feed(data)
+        read += len(data)
+
+
+# The `call:` child. `-I`: nothing from the task's working directory (which may be an inbox that
+# others write to) or from PYTHON* variables is on sys.path or configures the interpreter. The
+# python that starts is the one running trigctl; trigctl's own location is appended (last: it cannot
+# shadow anything) in case trigctl runs from a checkout rather than site-packages.
+_CALL_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
+              "from trigctl._calltask import main; sys.exit(main(sys.argv[2:]))")
+_TRIGCTL_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def call_argv(dotted: str, base_dir: Path, context_file: str, result_file: str, env: dict[str, str],
+              pythonpath_from_task: bool) -> list[str]:
+    """The command line of a `call:` child. Its sys.path is the interpreter's own (standard library,
+    site-packages, and the user's site-packages when trigctl's interpreter has them), after it
+    PYTHONPATH's entries as absolute paths (empty entries dropped; relative ones resolved against
+    the YAML file's directory when the task's `env:` sets PYTHONPATH, else against trigctl's
+    working directory, as trigctl's own interpreter read them), and, while the callable is
+    imported, the YAML file's directory first. Never the task's `cwd`."""
+    import site
+
+    anchor = str(base_dir) if pythonpath_from_task else os.getcwd()
+    extra = [os.path.normpath(os.path.join(anchor, e)) for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
+    user_site = ""
+    if site.ENABLE_USER_SITE and site.USER_SITE and site.USER_SITE in sys.path:
+        user_site = site.USER_SITE
+    spec = json.dumps({"pythonpath": extra, "user_site": user_site})
+    return [sys.executable, "-I", "-c", _CALL_BOOT, _TRIGCTL_ROOT, dotted, str(base_dir), context_file, result_file, spec]
+
+
+def read_call_result(path: str, dotted: str) -> dict[str, Any] | None:
+    """The dict a `call:` child wrote (None: none written); ResultTooLarge past the cap."""
+    try:
+        data = read_capped(path, f"the result of {dotted}")
+    except OSError:
+        return None
+    try:
+        result = json.loads(data or b"null")
+    except (ValueError, RecursionError):
+        return None
+    return result if isinstance(result, dict) else None
 
 
 # Runs before every task process: wait for the go (one line on stdin), then become the task, with
@@ -206,6 +358,7 @@ class TaskOutcome:
     exit_code: int | None
     error: str | None = None
     output_vars: dict[str, Any] | None = None
+    output: str | None = None  # a process task's output tail (an http task's is in its log file)
 
 
 class RunExecution:
@@ -286,7 +439,7 @@ class RunExecution:
                 outcome = TaskOutcome("failed", None, str(e))
             if not self._recorded:
                 store.task_started(self.run.id, idx, task.name, started_at, None, None, None)
-            output = self.runner.redact(tail(out_path))
+            output = self.runner.redact(outcome.output if outcome.output is not None else tail(out_path)) or ""
             if outcome.status == "failed" and outcome.error and not output:
                 output = outcome.error
             store.task_finished(self.run.id, idx, outcome.status, outcome.exit_code, clock(), output, attempts)
@@ -322,26 +475,34 @@ class RunExecution:
         env = task_env(self.run, context, output_file, context_file, dict(task.env))
         cwd = self.runner.resolve_cwd(task.cwd)
         if task.kind == "run":
-            argv, shell = ["/bin/sh", "-c", task.run], False
+            argv = ["/bin/sh", "-c", task.run or ""]
         elif task.kind == "argv":
-            argv, shell = fill_argv(task.argv or (), context), False
+            argv = fill_argv(task.argv or (), context)
         else:  # call: a child process, so a timeout can stop it
             result_file = str(tmp / f"task{idx}.result.json")
-            argv = [sys.executable, "-m", "trigctl._calltask", task.call or "", str(self.runner.config.base_dir), context_file, result_file]
-            shell = False
+            argv = call_argv(task.call or "", self.runner.config.base_dir, context_file, result_file, env,
+                             bool(task.env and "PYTHONPATH" in task.env))
         # The task waits at a gate until its process group is recorded: if trigctl dies before that,
         # the gate reads EOF and the task never starts, so no unrecorded task outlives a crash (the
         # next start could not stop it, and its rerun would overlap it).
+        # Its output goes through a pipe of which only the tail is kept (OutputTail). The exit is
+        # waited for, not the end of the output: a background child holding the pipe open does
+        # not hold up the run (and is terminated with the group). If trigctl dies, a task that
+        # writes more output gets SIGPIPE; the next start would terminate it anyway.
+        sink = OutputTail()
         gate_r, gate_w = os.pipe()
-        with open(out_path, "wb") as out:
-            try:
-                proc = subprocess.Popen(["/bin/sh", "-c", _GATE, "trigctl-task", *argv], shell=shell, cwd=cwd, env=env,
-                                        stdin=gate_r, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
-                os.close(gate_w)
-                return TaskOutcome("failed", None, f"cannot start {argv[0]!r}: {getattr(e, 'strerror', None) or e}")
-            finally:
-                os.close(gate_r)
+        out_r, out_w = os.pipe()
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", _GATE, "trigctl-task", *argv], cwd=cwd, env=env,
+                                    stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
+            os.close(gate_w)
+            os.close(out_r)
+            return TaskOutcome("failed", None, f"cannot start {argv[0]!r}: {getattr(e, 'strerror', None) or e}")
+        finally:
+            os.close(gate_r)
+            os.close(out_w)
+        try:
             with self._proc_lock:
                 self._pgid = proc.pid
             try:
@@ -356,28 +517,36 @@ class RunExecution:
             if self.cancel_event.is_set():
                 kill_group(proc.pid, self.runner.kill_grace)
             try:
-                code = wait_process(proc, timeout)
+                code = wait_reading(proc, out_r, sink, timeout)
             except subprocess.TimeoutExpired:
+                drain(out_r, sink)
                 terminate_group(proc, self.runner.kill_grace)
-                return TaskOutcome("failed", None, timeout_msg)
+                drain(out_r, sink)
+                return TaskOutcome("failed", None, timeout_msg, output=sink.text())
             finally:
                 with self._proc_lock:
                     self._pgid = None
+            drain(out_r, sink)
             # Children left in the group (a backgrounded `sleep &`) must not outlive the task.
             kill_group(proc.pid, 0.5)
+            drain(out_r, sink)
+        finally:
+            os.close(out_r)
+        output = sink.text()
         if self.cancel_event.is_set():
-            return TaskOutcome("cancelled", code, "cancelled")
-        vars_out = read_output_vars(output_file)
-        if task.kind == "call" and code == 0:
-            try:
-                result = json.loads(Path(result_file).read_text() or "null")
-            except (OSError, ValueError):
-                result = None
-            if isinstance(result, dict):
-                vars_out.update(result)
+            return TaskOutcome("cancelled", code, "cancelled", output=output)
+        try:
+            vars_out: dict[str, Any] = read_output_vars(output_file)
+            if task.kind == "call" and code == 0:
+                result = read_call_result(result_file, task.call or "")
+                if result:
+                    vars_out.update(result)
+        except ResultTooLarge as e:
+            return TaskOutcome("failed", code, str(e), None, output)
         if code != 0:
-            return TaskOutcome("failed", code, f"exit code {code}" if code > 0 else f"killed by signal {-code}", vars_out)
-        return TaskOutcome("succeeded", 0, None, vars_out)
+            return TaskOutcome("failed", code, f"exit code {code}" if code > 0 else f"killed by signal {-code}", vars_out,
+                               output)
+        return TaskOutcome("succeeded", 0, None, vars_out, output)
 
     def _http(self, task: TaskConfig, context, out_path: str, timeout: float | None, timeout_msg: str) -> TaskOutcome:
         # The trigger types' request helper: a total deadline, a body cap, and error messages that

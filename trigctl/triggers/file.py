@@ -53,6 +53,15 @@ TIMER_SLACK = 0.05  # the settle timer wakes the trigger this much after the fil
 WATCH_RETRY = 300.0  # seconds between attempts to start a watch that failed for another reason than a missing directory
 WAKE_EVENTS = frozenset({"created", "modified", "moved", "closed", "attrib"})
 BATCH_BUDGET = MAX_CONTEXT_BYTES - 10_000  # a batch context larger than this is split into several fires
+# One poll's share of a big change (the first poll of an inbox holding 200,000 files): the loop
+# records a poll's fires and remembered files in one transaction (~80 µs a fire, a few µs a
+# remembered or forgotten file) while every other trigger waits. A poll fires at most
+# FIRES_PER_POLL files (one run each) and remembers or forgets at most UPDATES_PER_POLL files
+# (the files of batch fires included); the rest waits in the trigger's backlog, and the trigger is
+# polled again at once (wake()), taking its next share without scanning the directory again.
+FIRES_PER_POLL = 200
+UPDATES_PER_POLL = 2000
+_FIRE, _REMEMBER, _FORGET = 0, 1, 2
 
 
 # ------------------------------------------------------------------------------------- patterns
@@ -158,7 +167,7 @@ class FileTrigger(TriggerType):
         self.ignore_existing = bool(o.get("ignore_existing", False))
         self._match = compile_patterns(_patterns(o)).fullmatch
         if self.batch:
-            self.default_dedupe_key = None  # type: ignore[misc]  # a batch is keyed by its whole context
+            self.default_dedupe_key = None  # type: ignore[misc,assignment]  # a batch is keyed by its whole context
         # Unsettled files: path -> (size, mtime, when first seen with that size and mtime).
         self._pending: dict[str, tuple[int, float, float]] = {}
         self._pending_paths: frozenset[str] = frozenset()  # read by the watch thread
@@ -172,6 +181,11 @@ class FileTrigger(TriggerType):
         self._watch_warned = False
         self._watch_retry_at = 0.0
         self._stopped = False
+        # Work a scan found beyond one poll's share: (kind, path, size, mtime), oldest fire first.
+        self._backlog: list[tuple[int, str, int, float]] = []
+        # The backlog is the first poll's and INIT_KEY is not written yet: with ignore_existing it is
+        # written with the last share (until then, what is found counts as present at the first start).
+        self._backlog_first = False
 
     @classmethod
     def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
@@ -212,7 +226,7 @@ class FileTrigger(TriggerType):
 
             observer = Observer()
             try:
-                observer.schedule(_Handler(self), self.root, recursive=self.recursive)
+                observer.schedule(_Handler(self), self.root, recursive=self.recursive)  # type: ignore[arg-type]
                 observer.start()
             except Exception as e:  # inotify limits, permissions, a directory removed meanwhile...
                 try:
@@ -359,6 +373,8 @@ class FileTrigger(TriggerType):
         return found
 
     def poll(self, ctx: PollContext) -> PollOutcome:
+        if self._backlog:
+            return self._poll_backlog(ctx)
         started = time.monotonic()
         if self.watch and self._wake is not None:
             self._check_watch()
@@ -399,8 +415,6 @@ class FileTrigger(TriggerType):
         for key in state:
             if key not in files and key != INIT_KEY:
                 updates[key] = None  # gone (or no longer matching): forget it
-        if first:
-            updates[INIT_KEY] = True
         self._pending = pending
         self._pending_paths = frozenset(pending)
         if next_settle is not None:
@@ -409,7 +423,53 @@ class FileTrigger(TriggerType):
             self._schedule_recheck(None)
 
         ready.sort(key=lambda r: (r[2], r[0]))  # oldest first: the run queue is FIFO
-        entries = [{"path": p, "name": os.path.basename(p), "size": s, "mtime": m} for p, s, m in ready]
+        if len(updates) > UPDATES_PER_POLL or (len(ready) > FIRES_PER_POLL and not self.batch):
+            fired = {p for p, _, _ in ready}
+            work = [(_FIRE, p, s, m) for p, s, m in ready]
+            work += [(_REMEMBER, p, v[0], v[1]) for p, v in updates.items() if v is not None and p not in fired]
+            work += [(_FORGET, p, 0, 0.0) for p, v in updates.items() if v is None]
+            self._backlog, self._backlog_first = work, first
+            return self._poll_backlog(ctx)
+        if first:
+            updates[INIT_KEY] = True
+        return self._outcome(ready, updates, pending)
+
+    def _poll_backlog(self, ctx: PollContext) -> PollOutcome:
+        """The next share of the backlog. A file to fire is looked at again (one stat): one that
+        went away or changed since the scan is left to the next scan, which sees it settle."""
+        ready: list[tuple[str, int, float]] = []
+        updates: dict[str, Any] = {}
+        fire_cap = FIRES_PER_POLL if not self.batch else UPDATES_PER_POLL
+        taken = 0
+        for kind, path, size, mtime in self._backlog:
+            if len(updates) >= UPDATES_PER_POLL or (kind == _FIRE and len(ready) >= fire_cap):
+                break
+            taken += 1
+            if kind == _FIRE:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if st.st_size != size or st.st_mtime != mtime:
+                    continue
+                ready.append((path, size, mtime))  # remembered with its fire (PollOutcome.fire_state)
+            elif kind == _REMEMBER:
+                updates[path] = [size, mtime]
+            else:
+                updates[path] = None
+        del self._backlog[:taken]
+        if self._backlog:
+            self._wake_now()  # the next share at once (a poll in flight is repeated when it returns)
+        if self._backlog_first and (not self._backlog or not self.ignore_existing):
+            self._backlog_first = False
+            updates[INIT_KEY] = True
+        left = f"{len(self._backlog)} file(s) left for the next polls" if self._backlog else ""
+        return self._outcome(ready, updates, self._pending, left)
+
+    def _outcome(self, ready: list[tuple[str, int, float]], updates: dict[str, Any],
+                 pending: Mapping[str, Any], skip: str = "") -> PollOutcome:
+        entries: list[dict[str, Any]] = [{"path": p, "name": os.path.basename(p), "size": s, "mtime": m} for p, s, m in ready]
+        fires: list[dict[str, Any]]
         if self.batch and entries:
             chunks = list(_chunks(entries))
             fires = [{"paths": [e["path"] for e in chunk], "files": chunk} for chunk in chunks]
@@ -417,8 +477,7 @@ class FileTrigger(TriggerType):
         else:
             fires = entries
             fire_state = [{e["path"]: [e["size"], e["mtime"]]} for e in entries]
-        skip = ""
-        if not fires:
+        if not fires and not skip:
             skip = f"{len(pending)} file(s) settling" if pending else "no new or changed files"
         # A file is remembered with its fire, not before: a fire that dedupe defers (the file was
         # rewritten while the run for its older content is active) leaves it to be offered again.
