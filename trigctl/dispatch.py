@@ -154,6 +154,9 @@ class Dispatcher:
     def _run_pooled(self, poll: Any) -> None:
         from trigctl.scheduler import execute_poll
 
+        if poll.timed_out:  # waited in the queue past its timeout: its result would be dropped anyway
+            self._post(poll, None, None)
+            return
         try:
             result, error = execute_poll(poll), None
         except BaseException as e:  # noqa: BLE001
