@@ -146,6 +146,64 @@ def test_an_exchange_aborted_before_it_starts_sends_nothing(hostile):
     assert server.requests == []
 
 
+@pytest.fixture
+def full_backlog():
+    """A port whose listen backlog is full: a connect to it hangs (the SYN is dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    held = [socket.create_connection(("127.0.0.1", port))]
+    yield f"http://127.0.0.1:{port}"
+    for sock in [*held, listener]:
+        sock.close()
+
+
+def test_a_connect_that_never_completes_ends_at_the_deadline(full_backlog):
+    err, took = timed_request(full_backlog, 1.0)
+    assert isinstance(err, RequestTimeout), err
+    assert took <= 1.0 + SLACK
+
+
+def test_abort_ends_a_connect_that_hangs(full_backlog):
+    ex = Exchange()
+    threading.Timer(0.3, ex.abort).start()
+    err, took = timed_request(full_backlog, 60, exchange=ex)
+    assert isinstance(err, RequestAborted), err
+    assert took < 2.0
+
+
+@pytest.fixture
+def slow_dns(monkeypatch):
+    """Names ending in .slow.test resolve only when released (getaddrinfo cannot be interrupted)."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if str(host).endswith(".slow.test"):
+            release.wait(60)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield release
+    release.set()
+
+
+def test_a_name_that_never_resolves_ends_at_the_deadline(slow_dns, hostile):
+    server = hostile(h.ok)
+    err, took = timed_request(f"http://api.slow.test:{server.port}/", 1.0)
+    assert isinstance(err, RequestTimeout), err
+    assert 0.9 <= took <= 1.0 + SLACK
+    ex = Exchange()
+    threading.Timer(0.3, ex.abort).start()
+    err, took = timed_request(f"http://api.slow.test:{server.port}/", 60, exchange=ex)
+    assert isinstance(err, RequestAborted) and took < 2.0
+    assert server.requests == []
+    slow_dns.set()  # a name that resolves in time still works
+    assert http_request(new_session(), "GET", f"http://api.slow.test:{server.port}/", timeout=5).status == 200
+
+
 def test_a_socket_attached_after_the_deadline_is_shut_down_at_once():
     a, b = socket.socketpair()
     with a, b:

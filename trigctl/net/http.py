@@ -14,10 +14,11 @@ when a kept-alive connection is reused. The exchange holds a duplicate of each s
 until it ends, so a shutdown can never hit an unrelated socket that reused a closed descriptor
 number. A connection that was shut down reads as dropped, and urllib3 replaces it before reuse.
 
-Not bounded: DNS resolution (``getaddrinfo`` cannot be interrupted; it is bounded by the system
-resolver's own timeouts, /etc/resolv.conf ``timeout``/``attempts``). The exchange still fails as
-soon as resolution returns after the deadline, and the caller (the poll's timeout) does not wait
-for it. SOCKS proxies use urllib3's own connection classes and get only the per-read timeout.
+DNS: ``getaddrinfo`` cannot be interrupted, so a host name is resolved on a short-lived helper
+thread that the exchange stops waiting for at its deadline (or abort); the thread itself lives
+until the system resolver gives up (/etc/resolv.conf ``timeout`` x ``attempts``), one per
+connection attempt that hung. Not bounded: SOCKS proxies, which use urllib3's own connection
+classes and get only the per-read timeout; a session not made by :func:`new_session`.
 
 ``requests`` and ``urllib3`` are imported lazily, so ``trigctl --help`` does not pay for them.
 """
@@ -30,6 +31,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -64,6 +66,7 @@ class Exchange:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._socks: dict[int, socket.socket] = {}  # socket inode -> our duplicate of its descriptor
+        self._waiters: set[threading.Event] = set()  # name resolutions waiting; set at the end
         self.deadline = math.inf
         self.ended: str | None = None  # "timeout" | "aborted": the sockets were shut down
         self.finished = False
@@ -88,6 +91,8 @@ class Exchange:
             self.ended = why
             for sock in self._socks.values():
                 _shutdown(sock)
+            for event in self._waiters:
+                event.set()
 
     def attach(self, sock: socket.socket) -> None:
         """Register a socket of this exchange (new or reused); one attached after the end is shut down now."""
@@ -109,6 +114,18 @@ class Exchange:
                     return
             if self.ended:
                 _shutdown(dup)
+
+    def add_waiter(self, event: threading.Event) -> bool:
+        """``event`` is set when the exchange ends; False if it has ended already."""
+        with self._lock:
+            if self.finished or self.ended:
+                return False
+            self._waiters.add(event)
+            return True
+
+    def remove_waiter(self, event: threading.Event) -> None:
+        with self._lock:
+            self._waiters.discard(event)
 
     def finish(self) -> str | None:
         """End the exchange; returns why its sockets were shut down (None if they were not)."""
@@ -192,6 +209,84 @@ def current_exchange() -> Exchange | None:
     return getattr(_local, "exchange", None)
 
 
+# ------------------------------------------------------------------------------- connecting
+
+
+def open_socket(ex: Exchange, address: tuple[Any, Any], timeout: Any, source_address: Any,
+                socket_options: Any) -> socket.socket:
+    """urllib3's create_connection, bounded by the exchange: the name is resolved on a helper thread
+    (getaddrinfo cannot be interrupted), and each socket is attached before its connect, so the
+    deadline or an abort ends a connect that hangs (a shut-down connecting socket fails at once)."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util.connection import allowed_gai_family
+
+    host, port = address
+    if host.startswith("["):
+        host = host.strip("[]")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise LocationParseError(f"'{host}', label empty or too long") from None
+    err: OSError | None = None
+    for af, socktype, proto, _, sa in resolve(ex, host, port, allowed_gai_family()):
+        sock = None
+        try:
+            left = ex.remaining()
+            if ex.ended or left <= 0:
+                raise TimeoutError("the exchange ended before connecting")
+            sock = socket.socket(af, socktype, proto)
+            for opt in socket_options or ():
+                sock.setsockopt(*opt)
+            sock.settimeout(min(timeout, left) if isinstance(timeout, (int, float)) else left)
+            if source_address:
+                sock.bind(source_address)
+            ex.attach(sock)
+            if ex.ended:  # ended between the check above and the attach
+                raise TimeoutError("the exchange ended before connecting")
+            sock.connect(sa)
+            return sock
+        except OSError as e:
+            err = e
+            if sock is not None:
+                sock.close()
+    if err is not None:
+        raise err
+    raise OSError("getaddrinfo returns an empty list")
+
+
+def resolve(ex: Exchange, host: str, port: int, family: int) -> list[tuple]:
+    """getaddrinfo, given up on when the exchange ends (its thread is left to finish on its own:
+    the system resolver's timeouts bound it). An IP address needs no thread."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(fam, host)
+        except (OSError, ValueError):
+            continue
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    done = threading.Event()
+    box: list[Any] = []
+
+    def work() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box.append(e)
+        done.set()
+
+    if not ex.add_waiter(done):
+        raise TimeoutError("the exchange ended before name resolution")
+    try:
+        threading.Thread(target=work, name="trigctl-resolve", daemon=True).start()
+        done.wait(max(0.0, ex.remaining()))
+    finally:
+        ex.remove_waiter(done)
+    if not box:
+        raise TimeoutError("name resolution did not finish within the exchange's deadline")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
 # ------------------------------------------------------------------------------- the adapter
 
 
@@ -206,22 +301,25 @@ def _adapter_class() -> Any:
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-    from urllib3.exceptions import ConnectTimeoutError
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
     def with_deadline(base: Any) -> Any:
         class DeadlineConnection(base):
             def _new_conn(self) -> socket.socket:
                 ex = current_exchange()
-                if ex is not None:
-                    left = ex.remaining()
-                    if ex.ended or left <= 0:
-                        raise ConnectTimeoutError(self, "the exchange's deadline passed before connecting")
-                    current = getattr(self, "timeout", None)
-                    if not isinstance(current, (int, float)) or current > left:
-                        setattr(self, "timeout", left)  # noqa: B010 - connect: what is left of the deadline
-                sock = super()._new_conn()
-                if ex is not None:
-                    ex.attach(sock)
+                if ex is None:
+                    return super()._new_conn()
+                # urllib3's own _new_conn, with a connect the exchange can end (see open_socket).
+                try:
+                    sock = open_socket(ex, (getattr(self, "_dns_host", self.host), self.port), self.timeout,
+                                       self.source_address, self.socket_options)
+                except socket.gaierror as e:
+                    raise NameResolutionError(self.host, self, e) from e
+                except TimeoutError as e:  # socket.timeout
+                    raise ConnectTimeoutError(self, f"Connection to {self.host} timed out.") from e
+                except OSError as e:
+                    raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
+                sys.audit("http.client.connect", self, self.host, self.port)
                 return sock
 
             def request(self, *args: Any, **kwargs: Any) -> Any:
