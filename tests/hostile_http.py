@@ -16,8 +16,10 @@ Behaviour = Callable[["HostileServer", socket.socket, str], bool]  # True: keep 
 
 
 class HostileServer:
-    def __init__(self, behaviour: Behaviour | None = None, tick: float = 0.1) -> None:
+    def __init__(self, behaviour: Behaviour | None = None, tick: float = 0.1,
+                 raw: Callable[[HostileServer, socket.socket], None] | None = None) -> None:
         self.behaviour: Behaviour = behaviour or ok
+        self.raw = raw  # instead of reading HTTP requests: the connection as it comes
         self.tick = tick  # seconds between trickled bytes
         self.connections = 0
         self.requests: list[str] = []
@@ -47,6 +49,10 @@ class HostileServer:
     def _serve(self, conn: socket.socket) -> None:
         buf = b""
         try:
+            if self.raw is not None:
+                self.got_request.set()
+                self.raw(self, conn)
+                return
             while not self.stopped.is_set():
                 while b"\r\n\r\n" not in buf:
                     data = conn.recv(65536)
@@ -152,6 +158,13 @@ def chunked_forever(server: HostileServer, conn: socket.socket, path: str) -> bo
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     server.trickle(conn, b"", forever=b"1\r\n \r\n")
     return False
+
+
+def tls_trickler(server: HostileServer, conn: socket.socket) -> None:
+    """A TLS handshake record header announcing 16 KiB, then its bytes one per tick."""
+    conn.recv(65536)  # the ClientHello
+    conn.sendall(b"\x16\x03\x03\x40\x00")
+    server.trickle(conn, b"\x02" * 16384)
 
 
 def redirect_chain_to_trickle(server: HostileServer, conn: socket.socket, path: str) -> bool:

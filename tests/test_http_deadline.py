@@ -44,8 +44,8 @@ HOSTILE = {
 def hostile():
     servers: list[h.HostileServer] = []
 
-    def make(behaviour=h.ok, tick: float = 0.1) -> h.HostileServer:
-        s = h.HostileServer(behaviour, tick)
+    def make(behaviour=h.ok, tick: float = 0.1, raw=None) -> h.HostileServer:
+        s = h.HostileServer(behaviour, tick, raw)
         servers.append(s)
         return s
 
@@ -74,6 +74,50 @@ def test_each_hostile_server_ends_at_the_deadline(hostile, variant):
     assert 0.9 <= took <= 1.0 + SLACK, took
     assert str(err) == f"GET {server.url}/path?...: timed out after 1s"  # secret-free, as before
     assert nethttp._watchdog.pending() == 0
+
+
+def test_a_tls_handshake_that_never_completes_ends_at_the_deadline(hostile):
+    server = hostile(h.silent)  # reads the ClientHello as a request head that never ends; never answers
+    err, took = timed_request(f"https://127.0.0.1:{server.port}/", 1.0)
+    assert isinstance(err, RequestTimeout), err
+    assert 0.9 <= took <= 1.0 + SLACK
+
+
+def test_a_trickled_tls_handshake_ends_at_the_deadline(hostile):
+    server = hostile(raw=h.tls_trickler)
+    err, took = timed_request(f"https://127.0.0.1:{server.port}/", 1.0)
+    assert isinstance(err, RequestTimeout), err
+    assert 0.9 <= took <= 1.0 + SLACK
+
+
+def test_redirects_count_against_the_same_deadline(hostile):
+    """Ten hops of 0.4 s each: every hop is quick enough alone, together they are 4 s."""
+    def slow_hops(server, conn, path):
+        hop = int(path.rsplit("/", 1)[1] or 0)
+        if server.stopped.wait(0.4):
+            return False
+        conn.sendall(h.response("302 Found", b"", f"Location: /{hop + 1}\r\n") if hop < 10 else h.response())
+        return True
+
+    server = hostile(slow_hops)
+    err, took = timed_request(server.url + "/0", 1.0)
+    assert isinstance(err, RequestTimeout), err
+    assert took <= 1.0 + SLACK
+    assert len(server.requests) <= 4
+
+
+def test_a_redirect_to_another_slow_server_ends_at_the_deadline(hostile):
+    slow = hostile(h.trickle_body)
+
+    def to_slow(server, conn, path):
+        conn.sendall(h.response("307 Temporary Redirect", b"", f"Location: {slow.url}/there\r\n"))
+        return True
+
+    first = hostile(to_slow)
+    err, took = timed_request(first.url + "/here", 1.0)
+    assert isinstance(err, RequestTimeout) and str(err) == f"GET {first.url}/here: timed out after 1s"
+    assert took <= 1.0 + SLACK
+    assert slow.requests == ["/there"]
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
