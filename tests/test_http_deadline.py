@@ -498,7 +498,7 @@ def test_a_timed_out_poll_is_polled_again_once_its_call_returns(hanging_type, tm
         hanging_type.release.set()
         runner.stop()
         thread.join(20)
-    rows = query(tmp_path / ".trigctl" / "state.db", "SELECT error FROM events WHERE kind = 'error'")
+    rows = query(tmp_path / ".trigctl" / "state.db", "SELECT error FROM events WHERE kind = 'error' ORDER BY id")
     assert rows[0][0] == "poll timed out after 0.3s" and any(r[0] == "released" for r in rows)
 
 
