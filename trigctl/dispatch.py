@@ -21,45 +21,103 @@ from typing import Any
 Post = Callable[[Any, Any, BaseException | None], None]
 
 
+MAX_ABANDONED = 1024  # extra workers, at most, standing in for workers stuck in abandoned calls
+
+
 class DaemonPool:
     """A minimal thread pool of daemon threads, started as needed.
 
     concurrent.futures joins its workers when the interpreter exits, so one stuck blocking poll
     (an NFS stat, a user's socket without a timeout) would hold up `trigctl run`'s exit. A poll
     past its timeout has already been recorded as an error; nothing is lost by not waiting.
+
+    A worker stuck in a call its caller has given up on (``abandoned(*args)`` is true: a poll past
+    its timeout) does not count against ``max_workers``: another worker is started in its place, so
+    hung calls cannot starve the rest. Threads are bounded by ``max_workers + max_abandoned``; the
+    abandoned calls themselves are bounded by the number of blocking triggers, since a trigger is
+    not polled again while its call runs. A worker whose abandoned call returns, and is not needed,
+    exits.
     """
 
-    def __init__(self, max_workers: int, name: str):
+    def __init__(self, max_workers: int, name: str, *, abandoned: Callable[..., bool] | None = None,
+                 max_abandoned: int = MAX_ABANDONED):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._max = max_workers
+        self._max_abandoned = max_abandoned
+        self._abandoned = abandoned
         self._name = name
         self._threads = 0
         self._idle = 0
+        self._pending = 0  # submitted, not yet taken by a worker
+        self._running: dict[int, tuple] = {}  # worker thread id -> the args of the call it runs
+        self._started = 0
         self._lock = threading.Lock()
         self._closed = False
+
+    def _live(self) -> int:
+        """Workers not stuck in abandoned calls (with the lock held). Costs a scan only when full."""
+        if self._threads < self._max or self._abandoned is None:
+            return self._threads
+        stuck = sum(1 for args in self._running.values() if self._abandoned(*args))
+        return self._threads - min(stuck, self._max_abandoned)
+
+    def _to_spawn(self) -> int:  # with the lock held
+        wanted = self._pending - self._idle
+        if wanted <= 0 or self._closed:
+            return 0
+        n = min(wanted, self._max - self._live())
+        self._threads += max(n, 0)
+        return max(n, 0)
+
+    def _spawn(self, n: int) -> None:
+        for _ in range(n):
+            self._started += 1
+            threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             if self._closed:
                 return
-            spawn = self._idle == 0 and self._threads < self._max
-            if spawn:
-                self._threads += 1
+            self._pending += 1
+            n = self._to_spawn()
         self._queue.put((fn, args))
-        if spawn:
-            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+        self._spawn(n)
+
+    def rebalance(self) -> None:
+        """Start workers for queued calls if some workers have become stuck in abandoned calls."""
+        with self._lock:
+            n = self._to_spawn()
+        self._spawn(n)
+
+    def threads(self) -> int:
+        with self._lock:
+            return self._threads
 
     def _work(self) -> None:
+        me = threading.get_ident()
         while True:
             with self._lock:
                 self._idle += 1
             item = self._queue.get()
             with self._lock:
                 self._idle -= 1
+                if item is not None:
+                    self._pending -= 1
+                    self._running[me] = item[1]
             if item is None or self._closed:  # shut down: polls still queued are dropped, not run
                 return
             fn, args = item
-            fn(*args)
+            try:
+                fn(*args)
+            finally:
+                with self._lock:
+                    del self._running[me]
+                    # A stand-in started while this worker was stuck: one too many now.
+                    leave = self._threads > self._max and self._live() > self._max
+                    if leave:
+                        self._threads -= 1
+            if leave:
+                return
 
     def shutdown(self) -> None:
         with self._lock:
@@ -80,7 +138,8 @@ class _Escaped(Exception):
 class Dispatcher:
     def __init__(self, post: Post, *, pool_size: int = 32):
         self._post = post
-        self._pool = DaemonPool(pool_size, "trigctl-poll")
+        # A poll past its timeout (the scheduler set poll.timed_out) no longer holds a worker's place.
+        self._pool = DaemonPool(pool_size, "trigctl-poll", abandoned=lambda poll: poll.timed_out)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
 
@@ -88,9 +147,16 @@ class Dispatcher:
         """Run a blocking poll on the pool."""
         self._pool.submit(self._run_pooled, poll)
 
+    def rebalance(self) -> None:
+        """Polls have timed out: replace the workers they hold, for the polls waiting behind them."""
+        self._pool.rebalance()
+
     def _run_pooled(self, poll: Any) -> None:
         from trigctl.scheduler import execute_poll
 
+        if poll.timed_out:  # waited in the queue past its timeout: its result would be dropped anyway
+            self._post(poll, None, None)
+            return
         try:
             result, error = execute_poll(poll), None
         except BaseException as e:  # noqa: BLE001

@@ -346,8 +346,11 @@ class Runner:
             report = sched.complete(poll, result, error, completed_at)
             if report:
                 self._report(report)
-        for report in sched.expire(now):
+        expired = sched.expire(now)
+        for report in expired:
             self._report(report)
+        if expired:
+            self.dispatcher.rebalance()
         while self._finished_runs:
             run_id, status, error = self._finished_runs.popleft()
             self._pump_needed = True

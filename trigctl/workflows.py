@@ -380,8 +380,11 @@ class RunExecution:
         self.cancel_event.set()
         with self._proc_lock:
             pgid = self._pgid
+            exchange = getattr(self, "_exchange", None)  # set by _http while a request is in flight
         if pgid:
             threading.Thread(target=kill_group, args=(pgid, self.runner.kill_grace), daemon=True).start()
+        if exchange is not None:
+            exchange.abort()  # its sockets are shut down: the request ends now, not at its timeout
 
     # -- the run
     def _main(self) -> None:
@@ -549,23 +552,35 @@ class RunExecution:
         return TaskOutcome("succeeded", 0, None, vars_out, output)
 
     def _http(self, task: TaskConfig, context, out_path: str, timeout: float | None, timeout_msg: str) -> TaskOutcome:
-        # The trigger types' request helper: a total deadline, a body cap, and error messages that
-        # never quote header values or query strings (requests' own messages do).
-        from trigctl.triggers._util import RequestTimeout, http_request, new_session
+        # The trigger types' request helper: one deadline for the whole exchange, a body cap, and
+        # error messages that never quote header values or query strings (requests' own messages do).
+        # cancel() aborts the exchange.
+        from trigctl.net.http import Exchange, RequestAborted, RequestTimeout, http_request, new_session
         from trigctl.triggers.base import PollError
 
         spec = task.http or {}
         method = str(spec.get("method", "POST")).upper()
         headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
         session = new_session()
+        exchange = Exchange()
+        with self._proc_lock:
+            self._exchange: Exchange | None = exchange
+        if self.cancel_event.is_set():  # cancelled before cancel() could see the exchange
+            exchange.abort()
         try:
             resp = http_request(session, method, spec["url"], json_body=context, headers=headers,
-                                timeout=timeout or 30, verify=bool(spec.get("verify_tls", True)))
+                                timeout=timeout or 30, verify=bool(spec.get("verify_tls", True)), exchange=exchange)
+        except RequestAborted:
+            return TaskOutcome("cancelled", None, "cancelled")
         except RequestTimeout:
             return TaskOutcome("failed", None, timeout_msg or "timed out")
         except PollError as e:
+            if self.cancel_event.is_set():
+                return TaskOutcome("cancelled", None, "cancelled")
             return TaskOutcome("failed", None, self.runner.redact(str(e)))
         finally:
+            with self._proc_lock:
+                self._exchange = None
             session.close()
         Path(out_path).write_bytes(f"{method} -> {resp.status}\n".encode() + resp.body[-OUTPUT_TAIL_BYTES:])
         if not 200 <= resp.status < 300:

@@ -2,10 +2,9 @@
 
 * :func:`run_process`: a subprocess in its own session, killed as a whole process group (SIGTERM,
   then SIGKILL) when the poll's timeout passes.
-* :func:`http_request`: one HTTP request with a total deadline and a body size cap, whose error
-  messages never contain header values, URL passwords or query strings.
-
-``requests`` is imported lazily, so ``trigctl --help`` does not pay for it.
+* :func:`http_request` (from :mod:`trigctl.net.http`, re-exported here): one HTTP request with one
+  deadline for the whole exchange and a body size cap, whose error messages never contain header
+  values, URL passwords or query strings.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -24,15 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trigctl.net.http import (  # noqa: F401 - re-exported for the trigger types and tasks
+    MAX_BODY,
+    HttpResponse,
+    RequestAborted,
+    RequestTimeout,
+    http_request,
+    new_session,
+    safe_url,
+)
 from trigctl.procs import terminate_group
-from trigctl.secrets import Redactor
 from trigctl.triggers.base import PollError
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a poll's command times out
 LEFTOVER_GRACE = 0.5  # for children a finished command left running in its group
 MAX_STDOUT = 1_048_576  # bytes of stdout kept (a context is limited to 1 MB anyway)
 STDERR_TAIL = 4096
-MAX_BODY = 10 * 1024 * 1024  # bytes of an HTTP response body
 NOT_JSON: Any = object()  # HttpResponse.json() when the body is not JSON
 
 
@@ -173,30 +178,7 @@ def run_process(argv: Sequence[str], *, cwd: str | Path, timeout: float, env: Ma
     return ProcessResult(code, stdout, stderr_tail)
 
 
-# ----------------------------------------------------------------------------------------- HTTP
-
-
-class RequestTimeout(PollError):
-    """The request did not complete within its timeout."""
-
-
-@dataclass
-class HttpResponse:
-    status: int
-    body: bytes
-    encoding: str | None
-    content_type: str = ""
-
-    @property
-    def text(self) -> str:
-        try:
-            return self.body.decode(self.encoding or "utf-8", errors="replace")
-        except LookupError:  # an unknown charset in Content-Type
-            return self.body.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        """The parsed body, or NOT_JSON."""
-        return parse_json(self.body)
+# ----------------------------------------------------------------------------------------- JSON
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -211,114 +193,6 @@ def parse_json(data: bytes | str) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def safe_url(url: str) -> str:
-    """The URL for messages: password masked, query string and fragment left out."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    masked = Redactor().text(str(url))
-    try:
-        parts = urlsplit(masked)
-    except ValueError:
-        return "<invalid URL>"
-    shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return shown + ("?..." if parts.query else "")
-
-
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([A-Za-z][A-Za-z ,'-]*[A-Za-z])")
-
-
-def _reason(exc: BaseException) -> str:
-    """A short, secret-free description of a failed request.
-
-    The exception's own text is never used whole: requests puts header values (InvalidHeader) and
-    full URLs with their query strings into its messages.
-    """
-    import requests
-
-    text = str(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error" + (": certificate verify failed" if "certificate verify failed" in text else "")
-    if isinstance(exc, requests.exceptions.InvalidHeader):
-        return "invalid header (a header name or value is not allowed)"
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema)):
-        return "invalid URL"
-    if isinstance(exc, requests.TooManyRedirects):
-        return "too many redirects"
-    if isinstance(exc, requests.ConnectionError):
-        m = _ERRNO.search(text)
-        if m:
-            return f"connection failed: {m.group(1)}"
-        if "Name or service not known" in text or "nodename nor servname" in text:
-            return "connection failed: unknown host"
-        if "RemoteDisconnected" in text or "Connection aborted" in text:
-            return "connection failed: the server closed the connection"
-        return "connection failed"
-    if isinstance(exc, UnicodeError):
-        return "invalid request: a header or URL holds characters HTTP cannot send"
-    return f"request failed ({type(exc).__name__})"
-
-
-def new_session() -> Any:
-    import requests
-
-    from trigctl import __version__
-
-    session = requests.Session()
-    session.headers["User-Agent"] = f"trigctl/{__version__}"
-    return session
-
-
-_UNSET: Any = object()
-
-
-def http_request(session: Any, method: str, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
-                 verify: bool = True, data: bytes | None = None, json_body: Any = _UNSET,
-                 max_body: int = MAX_BODY) -> HttpResponse:
-    """One request; the whole exchange (connect, headers, body) must finish within ``timeout``.
-
-    Any failure to get a complete response raises PollError("METHOD URL: reason") (RequestTimeout
-    for a timeout), with the URL as :func:`safe_url` shows it and no header value in it.
-    """
-    import requests
-
-    method = method.upper()
-    if not verify:  # chosen in the config: no InsecureRequestWarning on stderr at every poll
-        import urllib3
-
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    deadline = time.monotonic() + timeout
-    where = f"{method} {safe_url(url)}"
-    kwargs: dict[str, Any] = {"headers": dict(headers or {}), "timeout": timeout, "verify": verify, "stream": True}
-    if data is not None:
-        kwargs["data"] = data
-    if json_body is not _UNSET:
-        kwargs["json"] = json_body
-    try:
-        with session.request(method, url, **kwargs) as resp:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in resp.iter_content(65536):
-                size += len(chunk)
-                if size > max_body:
-                    raise PollError(f"{where}: response body larger than {max_body} bytes")
-                if time.monotonic() > deadline:
-                    raise RequestTimeout(f"{where}: timed out after {timeout:g}s")
-                chunks.append(chunk)
-            return HttpResponse(resp.status_code, b"".join(chunks), resp.encoding,
-                                resp.headers.get("Content-Type", ""))
-    except PollError:
-        raise
-    except requests.Timeout:
-        raise RequestTimeout(f"{where}: timed out after {timeout:g}s") from None
-    except requests.ConnectionError as e:
-        if "timed out" in str(e):  # a read timeout while streaming the body arrives as ConnectionError
-            raise RequestTimeout(f"{where}: timed out after {timeout:g}s") from None
-        raise PollError(f"{where}: {_reason(e)}") from None
-    except (requests.RequestException, ValueError) as e:  # UnicodeError is a ValueError
-        raise PollError(f"{where}: {_reason(e)}") from None
 
 
 def jmes_search(expr: Any, data: Any, what: str) -> Any:

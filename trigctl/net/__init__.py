@@ -1,0 +1,1 @@
+"""Network clients with deadlines: see :mod:`trigctl.net.http`."""
