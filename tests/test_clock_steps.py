@@ -20,7 +20,7 @@ version: 1
 workflows:
   wf: {tasks: [{run: "true"}]}
 triggers:
-  - {name: tick, type: python, callable: "steps:skip", workflow: wf, interval: 10s}
+  - {name: tick, type: python, callable: "clocksteps:skip", workflow: wf, interval: 10s}
   - {name: every, type: schedule, every: 10s, workflow: wf}
   - {name: cron, type: schedule, cron: "* * * * *", workflow: wf}
 """
@@ -38,7 +38,7 @@ def _polled(reports, name):
 
 
 def _setup(write_yaml, callables, start):
-    callables(STEPS, "steps")
+    callables(STEPS, "clocksteps")
     sched, store = make_scheduler(write_yaml(YAML), start)
     return sched, store
 
@@ -85,7 +85,7 @@ def test_a_step_forward_does_not_burst(write_yaml, callables):
 def test_the_real_loop_goes_on_after_the_wall_clock_steps_back(write_yaml, callables):
     """A real Runner on the real monotonic clock with a wall clock that is set back an hour: the
     100 ms interval trigger keeps polling, and `disable` from another shell is still seen."""
-    callables(STEPS, "steps")
+    callables(STEPS, "clocksteps")
     cfg_path = write_yaml(YAML.replace("interval: 10s", "interval: 100ms"))
     cfg = load_config(cfg_path)
     store = SQLiteStore(cfg.state_location())
@@ -94,7 +94,7 @@ def test_the_real_loop_goes_on_after_the_wall_clock_steps_back(write_yaml, calla
                     monotonic=time.monotonic)
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
-    calls = sys.modules["steps"].CALLS
+    calls = sys.modules["clocksteps"].CALLS
     try:
         wait_for(lambda: len(calls) >= 3, message="polls before the step")
         offset[0] = -HOUR
