@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 Behaviour = Callable[["HostileServer", socket.socket, str], bool]  # True: keep the connection for another request
@@ -177,13 +176,3 @@ def redirect_chain_to_trickle(server: HostileServer, conn: socket.socket, path: 
         return True
     return trickle_body(server, conn, path)
 
-
-def wait_until(predicate: Callable[[], object], timeout: float, message: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.01)

@@ -89,15 +89,20 @@ def test_trigctl_output_at_the_cap_is_read_whole(tmp_path, write_yaml):
               - run: 'python3 -c "import os; f = open(os.environ[\\"TRIGCTL_OUTPUT\\"], \\"a\\"); [f.write(\\"k%d=%s\\\\n\\" % (i, \\"v\\" * 90)) for i in range(10000)]; f.write(\\"last=yes\\\\n\\")"'
               - run: 'printf "%s|%s" "$TRIGCTL_K9999" "$TRIGCTL_LAST" > seen.txt'
         """))
+    run = run_workflow(cfg)
+    assert run.status == "succeeded", run.error
+    assert (tmp_path / "seen.txt").read_text() == "v" * 90 + "|yes"
+
+
+def run_workflow(cfg):
+    """Run workflow `wf` once (for trigger `t`) with the real runner; the finished run."""
     store = SQLiteStore(cfg.state_location())
     store.sync_triggers(["t"])
     runner = WorkflowRunner(cfg, store, kill_grace=1.0)
     run_id = store.enqueue_run("t", "wf", {}, time.time()).run_id
     runner.pump()
     assert runner.join(60)
-    run = store.get_run(run_id)
-    assert run.status == "succeeded", run.error
-    assert (tmp_path / "seen.txt").read_text() == "v" * 90 + "|yes"
+    return store.get_run(run_id)
 
 
 def test_call_result_over_the_cap_fails_the_task(tmp_path, write_yaml):
@@ -107,13 +112,7 @@ def test_call_result_over_the_cap_fails_the_task(tmp_path, write_yaml):
         workflows:
           wf: {tasks: [{call: 'steps:big'}, {run: 'touch reached'}]}
         """))
-    store = SQLiteStore(cfg.state_location())
-    store.sync_triggers(["t"])
-    runner = WorkflowRunner(cfg, store, kill_grace=1.0)
-    run_id = store.enqueue_run("t", "wf", {}, time.time()).run_id
-    runner.pump()
-    assert runner.join(60)
-    run = store.get_run(run_id)
+    run = run_workflow(cfg)
     assert run.status == "failed"
     assert "larger than 1 MiB" in run.tasks[0]["output_tail"]
     assert not (tmp_path / "reached").exists()

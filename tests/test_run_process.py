@@ -40,12 +40,16 @@ def poll():
 """
 
 
-@pytest.fixture
-def project(tmp_path):
+def make_project(tmp_path):
     (tmp_path / "triggers.yaml").write_text(YAML)
     (tmp_path / "jobs.py").write_text(JOBS)
     (tmp_path / "queue").mkdir()
     return tmp_path
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path)
 
 
 def add_job(project, job: str, seconds: float = 0):

@@ -9,17 +9,14 @@ import signal
 
 import pytest
 from conftest import run_trigctl, wait_for
-from test_run_process import JOBS, YAML, add_job, fires, start, stop
+from test_run_process import add_job, fires, make_project, start, stop
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "triggers.yaml").write_text(YAML)
-    (tmp_path / "jobs.py").write_text(JOBS)
-    (tmp_path / "queue").mkdir()
-    return tmp_path
+    return make_project(tmp_path)
 
 
 def _second_run(project, state: str):
