@@ -274,3 +274,19 @@ def test_run_once_still_polls_a_small_inbox_whole(tmp_path):
     assert proc.returncode == 0, proc.stderr
     hist = json.loads(run_trigctl("history", "--json", cwd=tmp_path).stdout)
     assert sum(1 for h in hist if h["kind"] == "fire" and h["status"] == "succeeded") == n
+
+
+def test_command_trigger_output_goes_through_pipes_not_disk(tmp_path):
+    """A `command` trigger's output is read as it comes (first 1 MiB of stdout, tail of stderr):
+    its stdout and stderr are pipes, not spool files, and 100 MB of output still makes a clean poll."""
+    from trigctl.triggers._util import MAX_STDOUT, run_process
+
+    script = ('printf "kinds: %s %s\\n" "$(stat -L -c %F /proc/self/fd/1)" "$(stat -L -c %F /proc/self/fd/2)" >&2; '
+              'head -c 100000000 /dev/zero; yes | head -c 50000000 >&2; echo "the last line" >&2; exit 3')
+    result = run_process(["/bin/sh", "-c", script], cwd=tmp_path, timeout=60)
+    assert result.returncode == 3
+    assert len(result.stdout) == MAX_STDOUT + 1  # capped: enough to tell "too large for a context"
+    assert result.last_stderr_line() == "the last line"
+    kinds = run_process(["/bin/sh", "-c", 'stat -L -c %F /proc/self/fd/1 /proc/self/fd/2 >&2'], cwd=tmp_path,
+                        timeout=60).stderr_tail.split()
+    assert kinds == ["fifo", "fifo"], kinds

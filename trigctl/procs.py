@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -134,3 +135,117 @@ def kill_recorded_group(pid: int | None, pgid: int | None, proc_start: str | Non
         return False
     kill_group(pgid, grace)
     return True
+
+
+# ------------------------------------------------------------------------------ reading output
+
+OUTPUT_TAIL_BYTES = 4096
+_READ_CHUNK = 65536
+
+
+def tail_text(data: bytes, total: int, limit: int) -> str:
+    """The kept bytes of an output as text; when the output was cut, its cut first line is dropped."""
+    text = data.decode("utf-8", errors="replace")
+    if total > limit:
+        cut = text.find("\n")
+        if 0 <= cut < len(text.rstrip("\n")):  # only when a whole line follows the cut one
+            text = text[cut + 1 :]
+    return text
+
+
+class OutputTail:
+    """The last ``limit`` bytes of an output, in memory: the output itself goes through a pipe and
+    is never stored, so a process that prints gigabytes costs no disk and ``limit`` bytes of memory."""
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES):
+        self.limit = limit
+        self.total = 0
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        self._buf += data[-self.limit :]
+        if len(self._buf) > self.limit:
+            del self._buf[: len(self._buf) - self.limit]
+
+    def text(self) -> str:
+        return tail_text(bytes(self._buf), self.total, self.limit)
+
+
+class OutputHead:
+    """The first ``limit`` bytes of an output (and its total size); the rest is read and dropped."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.limit - len(self._buf)
+        if room > 0:
+            self._buf += data[:room]
+
+    def data(self) -> bytes:
+        return bytes(self._buf)
+
+
+def wait_reading(proc: subprocess.Popen, sinks: dict[int, OutputTail | OutputHead], timeout: float | None) -> int:
+    """Wait for ``proc`` to exit (TimeoutExpired after ``timeout``) while reading its output pipes,
+    each into its sink. Woken by the exit itself (a pidfd) and by output; the end of the output is
+    not waited for: a child the process left in the background may hold a pipe open for ever."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already reaped
+        pidfd = None
+    poller = select.poll()
+    for fd in sinks:
+        poller.register(fd, select.POLLIN)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            if pidfd is None and proc.poll() is not None:
+                break
+            wait_ms: float | None = None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+                wait_ms = left * 1000
+            if pidfd is None:  # no exit notification: look every 50 ms
+                wait_ms = 50 if wait_ms is None else min(wait_ms, 50)
+            exited = False
+            for fd, _ in poller.poll(wait_ms):
+                if fd in sinks:
+                    data = os.read(fd, _READ_CHUNK)
+                    if data:
+                        sinks[fd].feed(data)
+                    else:  # every writer closed it: only the exit is left to wait for
+                        poller.unregister(fd)
+                else:
+                    exited = True
+            if exited:
+                break
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return proc.wait()
+
+
+def drain(sinks: dict[int, OutputTail | OutputHead], limit: int = 16 * _READ_CHUNK) -> None:
+    """Read what is in the pipes now, without waiting for writers (at most ``limit`` bytes each: a
+    writer that keeps writing must not keep trigctl reading)."""
+    for fd, sink in sinks.items():
+        os.set_blocking(fd, False)
+        read = 0
+        while read < limit:
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except OSError:  # BlockingIOError: nothing more now
+                break
+            if not data:
+                break
+            sink.feed(data)
+            read += len(data)

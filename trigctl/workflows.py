@@ -8,7 +8,6 @@ import logging
 import os
 import queue
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -23,12 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.config import Config, TaskConfig, WorkflowConfig
-from trigctl.procs import kill_group, proc_start_time, terminate_group
+from trigctl.procs import (
+    OUTPUT_TAIL_BYTES,
+    OutputTail,
+    drain,
+    kill_group,
+    proc_start_time,
+    tail_text,
+    terminate_group,
+    wait_reading,
+)
 from trigctl.store.base import RunRow, StateError, Store
 
 log = logging.getLogger("trigctl.workflows")
 
-OUTPUT_TAIL_BYTES = 4096
 # What trigctl reads back from a task: TRIGCTL_OUTPUT and a call's result. Past this the task fails
 # (truncating would silently drop key=value lines that later tasks rely on). The same order as a
 # context's limit (MAX_CONTEXT_BYTES), which is what these grow.
@@ -170,33 +177,7 @@ def tail(path: str, limit: int = OUTPUT_TAIL_BYTES) -> str:
             data = f.read(limit)
     except OSError:
         return ""
-    return _tail_text(data, size, limit)
-
-
-def _tail_text(data: bytes, total: int, limit: int) -> str:
-    text = data.decode("utf-8", errors="replace")
-    if total > limit and "\n" in text:
-        text = text[text.index("\n") + 1 :]  # a cut first line is dropped
-    return text
-
-
-class OutputTail:
-    """The last ``limit`` bytes of a task's output, in memory: the output itself goes through a
-    pipe and is never stored, so a task that prints gigabytes costs no disk and 4 KiB of memory."""
-
-    def __init__(self, limit: int = OUTPUT_TAIL_BYTES):
-        self.limit = limit
-        self.total = 0
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        self._buf += data[-self.limit :]
-        if len(self._buf) > self.limit:
-            del self._buf[: len(self._buf) - self.limit]
-
-    def text(self) -> str:
-        return _tail_text(bytes(self._buf), self.total, self.limit)
+    return tail_text(data, size, limit)
 
 
 def _write_file(path: str, text: str) -> None:
@@ -239,67 +220,6 @@ class RunFiles:
                 os.unlink(path)
             except OSError:
                 pass
-
-
-def wait_reading(proc: subprocess.Popen, out_fd: int, sink: OutputTail, timeout: float | None) -> int:
-    """Wait for ``proc`` to exit (TimeoutExpired after ``timeout``) while reading its output pipe
-    into ``sink``. Woken by the exit itself (a pidfd) and by output; the end of the output is not
-    waited for: a child the task left in the background may hold the pipe open for ever."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        pidfd: int | None = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already reaped
-        pidfd = None
-    poller = select.poll()
-    poller.register(out_fd, select.POLLIN)
-    if pidfd is not None:
-        poller.register(pidfd, select.POLLIN)
-    try:
-        while True:
-            if pidfd is None and proc.poll() is not None:
-                break
-            wait_ms: float | None = None
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise subprocess.TimeoutExpired(proc.args, timeout or 0)
-                wait_ms = left * 1000
-            if pidfd is None:  # no exit notification: look every 50 ms
-                wait_ms = 50 if wait_ms is None else min(wait_ms, 50)
-            exited = False
-            for fd, _ in poller.poll(wait_ms):
-                if fd == out_fd:
-                    data = os.read(out_fd, _READ_CHUNK)
-                    if data:
-                        sink.feed(data)
-                    else:  # every writer closed it: only the exit is left to wait for
-                        poller.unregister(out_fd)
-                else:
-                    exited = True
-            if exited:
-                break
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    return proc.wait()
-
-
-def drain(out_fd: int, sink: OutputTail, limit: int = 16 * _READ_CHUNK) -> None:
-    """Read what is in the pipe now, without waiting for writers (at most ``limit`` bytes: a writer
-    that keeps writing must not keep trigctl reading)."""
-    os.set_blocking(out_fd, False)
-    read = 0
-    while read < limit:
-        try:
-            data = os.read(out_fd, _READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            return
-        if not data:
-            return
-        sink.feed(data)
-        read += len(data)
 
 
 # The `call:` child. `-I`: nothing from the task's working directory (which may be an inbox that
@@ -520,19 +440,19 @@ class RunExecution:
             if self.cancel_event.is_set():
                 kill_group(proc.pid, self.runner.kill_grace)
             try:
-                code = wait_reading(proc, out_r, sink, timeout)
+                code = wait_reading(proc, {out_r: sink}, timeout)
             except subprocess.TimeoutExpired:
-                drain(out_r, sink)
+                drain({out_r: sink})
                 terminate_group(proc, self.runner.kill_grace)
-                drain(out_r, sink)
+                drain({out_r: sink})
                 return TaskOutcome("failed", None, timeout_msg, output=sink.text())
             finally:
                 with self._proc_lock:
                     self._pgid = None
-            drain(out_r, sink)
+            drain({out_r: sink})
             # Children left in the group (a backgrounded `sleep &`) must not outlive the task.
             kill_group(proc.pid, 0.5)
-            drain(out_r, sink)
+            drain({out_r: sink})
         finally:
             os.close(out_r)
         output = sink.text()

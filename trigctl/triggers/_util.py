@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from trigctl.net.http import (  # noqa: F401 - re-exported for the trigger types
     new_session,
     safe_url,
 )
-from trigctl.procs import terminate_group
+from trigctl.procs import OutputHead, OutputTail, drain, terminate_group, wait_reading
 from trigctl.triggers.base import PollError
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a poll's command times out
@@ -144,22 +143,31 @@ def run_process(argv: Sequence[str], *, cwd: str | Path, timeout: float, env: Ma
                 running: RunningProcesses | None = None) -> ProcessResult:
     """Run ``argv`` (no shell unless argv says so) in a new session; stdin is /dev/null.
 
-    Output goes to unlinked temporary files, not pipes: a background child that keeps stdout open
-    cannot make the poll hang, and a chatty command cannot fill a pipe and stall. Past ``timeout``
-    the whole process group is killed and PollError("command timed out after Xs") raised. Children
-    left running in the group after the command exits are terminated too: a poll leaves nothing behind.
+    Output goes through pipes that are read while the command runs: the first ``max_stdout`` + 1
+    bytes of stdout and the last STDERR_TAIL bytes of stderr are kept, the rest is read and
+    dropped, so a command printing gigabytes costs neither memory nor disk. The exit is waited
+    for, not the end of output: a background child that keeps a pipe open cannot make the poll
+    hang. Past ``timeout`` the whole process group is killed and PollError("command timed out after
+    Xs") raised. Children left running in the group after the command exits are terminated too: a
+    poll leaves nothing behind.
     """
     argv = [str(a) for a in argv]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    sinks: dict[int, OutputTail | OutputHead] = {out_r: OutputHead(max_stdout + 1), err_r: OutputTail(STDERR_TAIL)}
+    try:
         try:
             proc = subprocess.Popen(argv, cwd=str(cwd), env=dict(env) if env is not None else None,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        except OSError as e:
-            raise PollError(f"cannot start {argv[0]!r}: {e.strerror or e}") from None
+                                    stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, start_new_session=True)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
+            raise PollError(f"cannot start {argv[0]!r}: {getattr(e, 'strerror', None) or e}") from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
         if running is not None:
             running.add(proc)
         try:
-            code = proc.wait(timeout=max(timeout, 0.001))
+            code = wait_reading(proc, sinks, max(timeout, 0.001))
         except subprocess.TimeoutExpired:
             terminate_group(proc, grace)
             raise PollError(f"command timed out after {timeout:g}s") from None
@@ -169,13 +177,16 @@ def run_process(argv: Sequence[str], *, cwd: str | Path, timeout: float, env: Ma
         finally:
             if running is not None:
                 running.discard(proc)
+        drain(sinks)
         terminate_group(proc, LEFTOVER_GRACE)
-        out.seek(0)
-        stdout = out.read(max_stdout + 1)
-        size = err.seek(0, os.SEEK_END)
-        err.seek(max(0, size - STDERR_TAIL))
-        stderr_tail = err.read().decode("utf-8", errors="replace")
-    return ProcessResult(code, stdout, stderr_tail)
+        drain(sinks)
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+    head = sinks[out_r]
+    tail = sinks[err_r]
+    assert isinstance(head, OutputHead) and isinstance(tail, OutputTail)
+    return ProcessResult(code, head.data(), tail.text())
 
 
 # ----------------------------------------------------------------------------------------- JSON
