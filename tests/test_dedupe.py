@@ -64,7 +64,7 @@ def test_repeated_duplicates_count_on_one_row(sched, clock):
     for _ in range(5):
         drive(s, clock.advance(1))
     dups = store.history("t", 50, ["duplicate"], None)
-    assert len(dups) == 1 and dups[0]["count"] == 5
+    assert len(dups) == 1 and dups[0].count == 5
 
 
 def test_none_starts_a_run_for_every_identical_context(sched, clock):

@@ -22,7 +22,7 @@ def _write(path, text, mtime):
 
 
 def _fires(store: SQLiteStore, name: str):
-    return [r for r in store.history(name, 1000, None, None) if r["kind"] == "fire"][::-1]
+    return [r for r in store.history(name, 1000, None, None) if r.kind == "fire"][::-1]
 
 
 FILE_YAML = """
@@ -46,9 +46,9 @@ def test_a_file_rewritten_while_its_run_is_active_runs_again_after_it(tmp_path, 
     assert [r.result for r in drive(sched, t + 1)] == ["duplicate"]
     assert store.load_kv("inbox")[str(f)] == [2, t - 100]  # still the content that was fired
     assert [r.result for r in drive(sched, t + 2)] == ["duplicate"]  # offered again, still held
-    store.finish_run(first["run_id"], "succeeded", t + 2.5)
+    store.finish_run(first.run_id, "succeeded", t + 2.5)
     assert [r.result for r in drive(sched, t + 3)] == ["fired"]
-    runs = [store.get_run(r["run_id"]) for r in _fires(store, "inbox")]
+    runs = [store.get_run(r.run_id) for r in _fires(store, "inbox")]
     assert [r.context["size"] for r in runs] == [2, 9]
     assert store.load_kv("inbox")[str(f)] == [9, t - 50]
     store.finish_run(runs[1].id, "succeeded", t + 3.5)
@@ -65,9 +65,9 @@ def test_with_batch_the_deferred_batch_is_offered_again(tmp_path, write_yaml):
     assert [r.result for r in drive(sched, t)] == ["fired"]
     _write(inbox / "b.csv", "22", t - 90)
     assert [r.result for r in drive(sched, t + 1)] == ["duplicate"]  # one fixed key: held by run 1
-    store.finish_run(_fires(store, "inbox")[0]["run_id"], "succeeded", t + 1.5)
+    store.finish_run(_fires(store, "inbox")[0].run_id, "succeeded", t + 1.5)
     assert [r.result for r in drive(sched, t + 2)] == ["fired"]
-    second = store.get_run(_fires(store, "inbox")[1]["run_id"])
+    second = store.get_run(_fires(store, "inbox")[1].run_id)
     assert [x["name"] for x in second.context["files"]] == ["b.csv"]
 
 
@@ -117,11 +117,11 @@ triggers:
     mod.REV[0] = 2
     assert [r.result for r in drive(sched, t + 1)] == ["duplicate"]  # rev 2 deferred
     assert store.trigger_rows()["c"].cursor == "after-rev-1"
-    store.finish_run(_fires(store, "c")[0]["run_id"], "succeeded", t + 1.5)
+    store.finish_run(_fires(store, "c")[0].run_id, "succeeded", t + 1.5)
     assert [r.result for r in drive(sched, t + 2)] == ["fired"]
     assert mod.SEEN == [None, "after-rev-1", "after-rev-1"]
     assert store.trigger_rows()["c"].cursor == "after-rev-2"
-    assert [store.get_run(r["run_id"]).context["rev"] for r in _fires(store, "c")] == [1, 2]
+    assert [store.get_run(r.run_id).context["rev"] for r in _fires(store, "c")] == [1, 2]
 
 
 def test_http_fire_on_change_fires_a_deferred_change_after_the_run(tmp_path, write_yaml):
@@ -141,9 +141,9 @@ triggers:
         assert [r.result for r in drive(sched, t + 1)] == ["fired"]
         server.respond(json_body={"version": 3})
         assert [r.result for r in drive(sched, t + 2)] == ["duplicate"]  # v3 deferred: run of v2 active
-        store.finish_run(_fires(store, "h")[0]["run_id"], "succeeded", t + 2.5)
+        store.finish_run(_fires(store, "h")[0].run_id, "succeeded", t + 2.5)
         assert [r.result for r in drive(sched, t + 3)] == ["fired"]
-        assert [store.get_run(r["run_id"]).context["version"] for r in _fires(store, "h")] == [2, 3]
+        assert [store.get_run(r.run_id).context["version"] for r in _fires(store, "h")] == [2, 3]
     finally:
         server.close()
 
@@ -181,7 +181,7 @@ def test_whatever_the_interleaving_the_last_content_of_every_file_runs(tmp_path_
             store.finish_run(run.id, "succeeded", t)
         drive(sched, t)
     done = {(r.context["path"], r.context["size"], r.context["mtime"])
-            for r in (store.get_run(e["run_id"]) for e in _fires(store, "inbox"))}
+            for r in (store.get_run(e.run_id) for e in _fires(store, "inbox"))}
     for path, (size, mtime) in latest.items():
         assert (path, size, mtime) in done, (path, size, mtime, sorted(done))
     store.close()

@@ -180,9 +180,9 @@ def test_on_error_runs_the_alert_workflow_once_per_streak(write_yaml, callables,
     assert len(sched.alerts) == 1
     run = store.get_run(sched.alerts[0])
     assert run.workflow == "alert" and run.context["error"] == "RuntimeError: db down"
-    kinds = [h["kind"] for h in store.history("t", 50, None, None)]
+    kinds = [h.kind for h in store.history("t", 50, None, None)]
     assert kinds.count("error") == 1  # the same error, repeated, counts on one row
-    assert store.history("t", 50, ["error"], None)[0]["count"] == 5
+    assert store.history("t", 50, ["error"], None)[0].count == 5
 
 
 def test_a_hung_callable_never_delays_the_others(write_yaml, callables):

@@ -628,20 +628,18 @@ def history(name, config_path, state, as_json, limit, status, since) -> None:
         render.history_table(out)
 
 
-def history_doc(r: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    is_fire = r["kind"] == "fire"
-    started = (r["run_started"] if is_fire else None) or r["created_at"]
-    completed = r["run_completed"] if is_fire else None
+def history_doc(r: Any) -> dict[str, Any]:
+    """A store.base.HistoryEntry as SPEC's `history --json` item (plus `_when` for the table)."""
+    is_fire = r.kind == "fire"
+    started = (r.run_started_at if is_fire else None) or r.created_at
+    completed = r.run_completed_at if is_fire else None
     return {
-        "id": r["id"], "trigger_name": r["trigger_name"], "kind": r["kind"],
-        "context": json.loads(r["context"]) if r["context"] else None, "context_hash": r["context_hash"],
-        "run_id": r["run_id"], "status": r["run_status"] if is_fire else None,
+        "id": r.id, "trigger_name": r.trigger_name, "kind": r.kind, "context": r.context,
+        "context_hash": r.context_hash, "run_id": r.run_id, "status": r.run_status if is_fire else None,
         "started_at": render.iso(started), "completed_at": render.iso(completed),
         "duration": round(completed - started, 6) if completed and started else None,
-        "error": r["run_error"] if is_fire else r["error"], "count": r["count"],
-        "_when": r["updated_at"] if r["kind"] != "fire" else r["created_at"],
+        "error": r.error, "count": r.count,
+        "_when": r.updated_at if not is_fire else r.created_at,
     }
 
 
@@ -700,13 +698,13 @@ def cancel(run_id, config_path, state) -> None:
                 raise Fatal(f"run {run_id} already ended ({run.status if run else 'gone'}); nothing to cancel", EXIT_FAILED)
         store.request_cancel(run_id, time.time())
         try:
-            store.lock_for_run()  # no `trigctl run` alive: this process ends the run itself
+            store.start_process()  # no `trigctl run` alive: this process ends the run itself
         except StateLocked:
             click.echo(f"run {run_id}: cancel requested; the running trigctl stops it within a second")
             return
         for t in run.tasks:
             kill_recorded_group(t.get("pid"), t.get("pgid"), t.get("proc_start"))
-        store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`")
+        store.finish_run(run_id, "cancelled", time.time(), "cancelled by `trigctl cancel`", take_over=True)
         click.echo(f"run {run_id} cancelled")
     finally:
         store.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 from trigctl.config import Config, ConfigError, load_config
 from trigctl.dispatch import Dispatcher
-from trigctl.procs import kill_recorded_group, process_alive
+from trigctl.procs import kill_recorded_group
 from trigctl.scheduler import Poll, PollReport, Scheduler
 from trigctl.store.base import StateError, StateLocked, Store
 from trigctl.triggers.base import PollOutcome
@@ -92,7 +92,6 @@ class Runner:
         self._finished_runs: deque = deque()
         self._signals = 0
         self._reload_requested = False
-        self._token: int | None = None
         self._last_watch = 0.0
         # for --once
         self.poll_errors = 0
@@ -142,22 +141,20 @@ class Runner:
     def recover(self) -> None:
         """Runs that were running when a previous process died: kill leftovers, mark, maybe rerun."""
         now = self.clock()
-        active = self.store.active_runs()
-        for run in active:
+        for run in self.store.active_runs():
             # The state lock makes this one process per state; this is the second line of defence:
             # a run whose owner is alive (not this process, same start time) is never interrupted.
-            if (run.status == "running" and run.owner_pid and run.owner_pid != os.getpid()
-                    and process_alive(run.owner_pid, run.owner_start)):
+            if run.status == "running" and self.store.owner_alive(run) and run.owner_pid != os.getpid():
                 raise StateLocked(f"run {run.id} is still being run by pid {run.owner_pid}, which is alive; "
                                   "another `trigctl run` is using this state (stop it first)")
-        for run in active:
-            if run.status != "running":
-                continue  # queued runs stay queued: the queue survives restarts
+        # Queued runs stay queued (the queue survives restarts); only dead owners' runs are taken over.
+        for run in self.store.orphaned_runs():
             for task in run.tasks:
                 if task.get("pgid"):
                     if kill_recorded_group(task.get("pid"), task["pgid"], task.get("proc_start")):
                         log.warning("run %d: terminated task %s left over from the previous process", run.id, task["name"])
-            self.store.finish_run(run.id, "interrupted", now, "interrupted: trigctl stopped while the run was active")
+            self.store.finish_run(run.id, "interrupted", now, "interrupted: trigctl stopped while the run was active",
+                                  take_over=True)
             tc = self.config.trigger(run.trigger_name)
             chain = self._chain_length(run.id)
             if tc is None or tc.on_interrupt != "rerun" or run.workflow != tc.workflow:
@@ -186,7 +183,7 @@ class Runner:
     # --------------------------------------------------------------------------------------- loop
 
     def run(self) -> int:
-        self.store.lock_for_run()
+        self.store.start_process()
         previous = {}
         if self.install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -198,12 +195,15 @@ class Runner:
                 signal.signal(sig, handler)
 
     def _run(self) -> int:
+        # One process per SQLite state: it holds every trigger of its file (also with --trigger:
+        # recovery and alerts write for triggers it does not poll).
+        self.store.acquire_triggers((t.name for t in self.config.triggers), self.clock())
         self.recover()
         now = self.clock()
         self.scheduler.load(now)
         self._save_snapshot(self.config)
         self.scheduler.start_triggers(self._wake_trigger)
-        self._token = self.store.change_token()
+        self.store.changes()  # what is there now is loaded: from here on, only changes
         enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
         self.emit("start", triggers=len(self.scheduler.slots), enabled=enabled, state=getattr(self.store, "path", ""),
                   pid=os.getpid())
@@ -372,20 +372,18 @@ class Runner:
         sched.alerts.clear()
 
     def _watch_state(self, now: float) -> None:
-        token = self.store.change_token()
-        if token == self._token:
+        changes = self.store.changes()
+        if changes is None:
             return
-        self._token = token
-        rows = self.store.trigger_rows()
         for name, slot in self.scheduler.slots.items():
-            row = rows.get(name)
-            if row is None:
+            if name not in changes.enabled:
                 continue
-            want = slot.config.enabled if row.enabled is None else row.enabled
+            stored = changes.enabled[name]
+            want = slot.config.enabled if stored is None else stored
             if want != slot.enabled:
                 self.scheduler.set_enabled(name, want, now)
                 self.emit("enabled" if want else "disabled", trigger=name)
-        for run_id in self.store.cancel_requested():
+        for run_id in changes.cancel_requested:
             if self.workflows.cancel(run_id):
                 self.emit("cancelling", run_id=run_id)
 

@@ -93,6 +93,7 @@ class Scheduler:
 
     def load(self, now: float) -> None:
         self.store.sync_triggers(t.name for t in self.config.triggers)
+        self.store.acquire_triggers((t.name for t in self.config.triggers), now)
         rows = self.store.trigger_rows()
         kv = self.store.load_all_kv()
         for tc in self.config.triggers:
@@ -140,6 +141,7 @@ class Scheduler:
         old = self.slots
         self.config = config
         self.store.sync_triggers(t.name for t in config.triggers)
+        self.store.acquire_triggers((t.name for t in config.triggers), now)
         rows = self.store.trigger_rows()
         changes = []
         new_slots: dict[str, Slot] = {}
@@ -166,6 +168,7 @@ class Scheduler:
                 changes.append(f"added {tc.name}")
             new_slots[tc.name] = slot
             self._push(slot)
+        self.store.release_triggers(name for name in old if name not in new_slots)
         for name, slot in old.items():
             if name not in new_slots:
                 slot.generation += 1

@@ -18,7 +18,12 @@ class StateError(Exception):
 
 
 class StateLocked(StateError):
-    pass
+    """Another live process runs this state's loop (SQLite: one process per state)."""
+
+
+class LeaseLost(StateError):
+    """A write about a trigger this process no longer holds (its lease expired or moved): nothing
+    was written. The loop stops polling that trigger."""
 
 
 def canonical_json(value: Any) -> str:
@@ -137,24 +142,126 @@ class RunRow:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     owner_pid: int | None = None  # the process that started it (None while queued)
     owner_start: str | None = None  # that process's kernel start time (PID-reuse guard)
+    owner_process: str | None = None  # the ProcessInfo.id of that process
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One start of a loop process: a fresh id each time (never the host name or the PID alone)."""
+
+    id: str
+    pid: int
+    host: str
+    started_at: float
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A trigger held by a process. ``token`` grows each time the trigger changes hands (a fencing
+    token: a write carrying an older token is refused); ``expires_at`` is on the store's clock
+    (None: held as long as the process holds the state, as with SQLite's file lock)."""
+
+    trigger: str
+    token: int
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What other processes changed since the last look (``Store.changes``)."""
+
+    enabled: dict[str, bool | None]  # trigger -> its stored override (None: the YAML's value)
+    cancel_requested: frozenset[int]  # active runs whose cancel was requested
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One history row: a fire (with its run's status and times), a duplicate streak or an error streak."""
+
+    id: int
+    trigger_name: str
+    kind: str  # fire | duplicate | error
+    context: dict[str, Any] | None
+    context_hash: str | None
+    run_id: int | None
+    run_status: str | None  # fires only
+    run_started_at: float | None
+    run_completed_at: float | None
+    error: str | None  # the run's error for a fire; the reason or error otherwise
+    count: int
+    created_at: float
+    updated_at: float
 
 
 class Store(ABC):
-    """One owner of the state. All methods are thread-safe within a process."""
+    """The state contract every backend implements (SQLite today; PostgreSQL with leases next).
+
+    All methods are thread-safe within a process. Times are seconds since the epoch. The loop never
+    knows which backend it talks to; the invariants below are what it relies on.
+
+    **Processes.** A `trigctl run` calls :meth:`start_process` once; from then on this store object
+    *is* that process: it holds triggers (:meth:`acquire_triggers`) and runs (claimed by
+    :meth:`claim_queued`). Commands that only read or flip flags (`list`, `enable`...) never start a
+    process.
+
+    **Fencing.** In a started process, every write about a trigger (:meth:`record_fires`,
+    :meth:`record_error`, :meth:`flush_stats`, :meth:`update_kv`, :meth:`set_error_alerted`,
+    :meth:`enqueue_run`) is conditional on holding that trigger's lease, checked inside the write's
+    own transaction; a write for a trigger not held raises :class:`LeaseLost` and writes nothing.
+    Every write about a run of this process (:meth:`task_started`, :meth:`task_finished`,
+    :meth:`finish_run`) is conditional on this process owning the run: a run that another process
+    owns is left alone (``finish_run`` returns False).
+
+    **Dedupe** is enforced by a constraint inside the write that records a fire, never by a read
+    before it: two processes firing one key at once start one run.
+
+    **Recovery** applies to dead owners only: :meth:`orphaned_runs` lists the running runs whose
+    owner process is not alive; a live owner's runs are never touched.
+    """
+
+    process: ProcessInfo | None = None
 
     # -- lifecycle
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what this process holds (its leases, its process record) and close."""
+
+    @abstractmethod
+    def start_process(self, labels: Iterable[str] = ()) -> ProcessInfo:
+        """Become a loop process: record a fresh :class:`ProcessInfo`. SQLite allows one per state
+        and raises :class:`StateLocked` while another live process has it."""
+
+    # -- leases
+    @abstractmethod
+    def acquire_triggers(self, names: Iterable[str], now: float) -> dict[str, Lease]:
+        """Take the leases of those of ``names`` that no live process holds; return those held now.
+        SQLite: all of them, with a constant token, as long as the process holds the state."""
+
+    @abstractmethod
+    def renew_leases(self, now: float) -> dict[str, Lease]:
+        """Extend every lease this process holds; return those still held (a lost one is gone)."""
+
+    @abstractmethod
+    def release_triggers(self, names: Iterable[str]) -> None:
+        """Give leases up (a trigger removed by a reload, a shutdown)."""
+
+    def holds(self, trigger: str) -> bool:
+        """Whether this process holds the trigger's lease (always, outside a started process)."""
+        return True
 
     # -- triggers
     @abstractmethod
-    def sync_triggers(self, names: Iterable[str]) -> None: ...
+    def sync_triggers(self, names: Iterable[str]) -> None:
+        """Make sure every named trigger has a state row (existing rows are kept)."""
     @abstractmethod
     def trigger_rows(self) -> dict[str, TriggerRow]: ...
     @abstractmethod
-    def set_enabled(self, names: Iterable[str], enabled: bool) -> None: ...
+    def set_enabled(self, names: Iterable[str], enabled: bool) -> None:
+        """Store the enable/disable override (seen by the loop through :meth:`changes`)."""
     @abstractmethod
-    def flush_stats(self, stats: Iterable[PollStats]) -> None: ...
+    def flush_stats(self, stats: Iterable[PollStats]) -> None:
+        """Write skipped polls' counters in one transaction (fenced per trigger)."""
     @abstractmethod
     def load_kv(self, trigger: str) -> dict[str, Any]: ...
     @abstractmethod
@@ -168,23 +275,29 @@ class Store(ABC):
 
     def config_snapshot(self, config_path: str, fingerprint: str) -> list[dict[str, Any]] | None:
         return None
+
     @abstractmethod
-    def lock_for_run(self) -> None:
-        """Make this process the one that runs this state's loop, or raise StateLocked."""
-    @abstractmethod
-    def change_token(self) -> int:
-        """A number that changes when another process commits (enable/disable/cancel)."""
+    def changes(self) -> Changes | None:
+        """What other processes changed since the previous call (None: nothing). The first call
+        returns the current overrides and cancel requests."""
 
     # -- polls
     @abstractmethod
     def record_fires(
         self, trigger: str, workflow: str, fires: list[FireRequest], stats: PollStats, now: float,
         cursor: str | None, state_updates: dict[str, Any],
-    ) -> list[FireResult]: ...
+    ) -> list[FireResult]:
+        """One poll's fires, its counters, its cursor and its state, in one transaction.
+
+        Each fire is deduplicated by a constraint inside its insert (one result per request, in
+        order); a fire suppressed by an active run of another context is ``deferred``: its
+        ``state`` is not applied and the cursor is not stored."""
     @abstractmethod
-    def record_error(self, trigger: str, message: str, stats: PollStats, now: float) -> int: ...
+    def record_error(self, trigger: str, message: str, stats: PollStats, now: float) -> int:
+        """An error of a poll: a new history row, or the streak's row counted up. Returns the streak."""
     @abstractmethod
-    def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]: ...
+    def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]:
+        """Would a fire with this key be suppressed now, and why (read-only, for `trigctl poll`)."""
     @abstractmethod
     def enqueue_run(self, trigger: str, workflow: str, context: dict[str, Any], now: float, *, rerun_of: int | None = None,
                     dedupe: str = "none", context_hash: str | None = None, max_attempts: int = 3) -> FireResult:
@@ -196,7 +309,7 @@ class Store(ABC):
     @abstractmethod
     def claim_next_queued(self, now: float) -> RunRow | None: ...
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
-        """Up to ``limit`` queued runs, oldest first, marked running (a backend may do it in one go)."""
+        """Up to ``limit`` queued runs, oldest first, marked running and owned by this process."""
         runs: list[RunRow] = []
         while len(runs) < limit:
             run = self.claim_next_queued(now)
@@ -212,17 +325,25 @@ class Store(ABC):
                       output_tail: str, attempts: int) -> None: ...
     @abstractmethod
     def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
-                   only_if: str | None = None) -> bool: ...
+                   only_if: str | None = None, take_over: bool = False) -> bool:
+        """End an active run, releasing its key in the same statement. With ``only_if``, only from
+        that status. A run another process owns is ended only with ``take_over`` (its owner is
+        dead: recovery, or `cancel` with no live owner). True if this call ended it."""
     @abstractmethod
     def request_cancel(self, run_id: int, now: float) -> str | None: ...
     @abstractmethod
-    def cancel_requested(self) -> set[int]: ...
-    @abstractmethod
     def active_runs(self) -> list[RunRow]: ...
+    @abstractmethod
+    def orphaned_runs(self) -> list[RunRow]:
+        """Running runs whose owner process is dead (with their tasks): what recovery takes over."""
+    @abstractmethod
+    def owner_alive(self, run: RunRow) -> bool:
+        """Whether the process that owns ``run`` is alive (this process included)."""
 
     # -- reading
     @abstractmethod
-    def history(self, trigger: str | None, limit: int, statuses: list[str] | None, since: float | None) -> list[dict]: ...
+    def history(self, trigger: str | None, limit: int, statuses: list[str] | None,
+                since: float | None) -> list[HistoryEntry]: ...
     @abstractmethod
     def get_run(self, run_id: int) -> RunRow | None: ...
     @abstractmethod

@@ -21,9 +21,14 @@ from typing import Any
 
 from trigctl.procs import proc_start_time, process_alive
 from trigctl.store.base import (
+    Changes,
     FireRequest,
     FireResult,
+    HistoryEntry,
+    Lease,
+    LeaseLost,
     PollStats,
+    ProcessInfo,
     RunRow,
     StateError,
     StateLocked,
@@ -144,9 +149,13 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pid INTEGER NOT NULL,
         proc_start TEXT,
-        since REAL NOT NULL
+        since REAL NOT NULL,
+        process_id TEXT,
+        host TEXT,
+        labels TEXT
     );
     ALTER TABLE runs ADD COLUMN owner_start TEXT;
+    ALTER TABLE runs ADD COLUMN owner_process TEXT;
     """,
 ]
 
@@ -188,6 +197,9 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._lockfile: int | None = None
         self._start: str | None = None
+        self.process: ProcessInfo | None = None
+        self._held: set[str] = set()  # the triggers this process holds (all it acquired: one process per state)
+        self._data_version: int | None = None
         self.readonly = readonly
         try:
             if readonly and (path == ":memory:" or not Path(path).exists()):
@@ -385,6 +397,44 @@ class SQLiteStore(Store):
         os.write(fd, str(os.getpid()).encode())
         self._lockfile = fd
 
+    def start_process(self, labels: Iterable[str] = ()) -> ProcessInfo:
+        import socket
+        import uuid
+
+        self.lock_for_run()
+        info = ProcessInfo(id=uuid.uuid4().hex, pid=os.getpid(), host=socket.gethostname(), started_at=time.time(),
+                           labels=tuple(labels))
+        with self._tx() as c:
+            c.execute("UPDATE run_holder SET process_id = ?, host = ?, labels = ? WHERE id = 1",
+                      (info.id, info.host, json.dumps(list(info.labels))))
+        self.process = info
+        return info
+
+    def acquire_triggers(self, names: Iterable[str], now: float) -> dict[str, Lease]:
+        # The file lock and the holder row make this the only process: every trigger is ours, with
+        # one constant token (nobody else can ever have held it since).
+        self._held.update(names)
+        return {n: Lease(n, 1, None) for n in self._held}
+
+    def renew_leases(self, now: float) -> dict[str, Lease]:
+        return {n: Lease(n, 1, None) for n in self._held}
+
+    def release_triggers(self, names: Iterable[str]) -> None:
+        self._held.difference_update(names)
+
+    def holds(self, trigger: str) -> bool:
+        return self.process is None or trigger in self._held
+
+    def _fence(self, trigger: str) -> None:
+        if self.process is not None and trigger not in self._held:
+            raise LeaseLost(f"trigger {trigger}: this process does not hold its lease; nothing recorded")
+
+    def _owner_clause(self, take_over: bool = False) -> tuple[str, tuple]:
+        """SQL (and its parameter) that limits a write to runs this process may change."""
+        if self.process is None or take_over:
+            return "", ()
+        return " AND (owner_process IS NULL OR owner_process = ?)", (self.process.id,)
+
     def _locked(self, other: str) -> StateLocked:
         return StateLocked(
             f"another `trigctl run` (pid {other}) is already using the state {self.path}; "
@@ -400,6 +450,16 @@ class SQLiteStore(Store):
     def change_token(self) -> int:
         with self._lock:
             return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def changes(self) -> Changes | None:
+        # SQLite's data_version moves when another connection commits: only then is anything read.
+        version = self.change_token()
+        if version == self._data_version:
+            return None
+        self._data_version = version
+        enabled = {r["name"]: (None if r["enabled"] is None else bool(r["enabled"]))
+                   for r in self._query("SELECT name, enabled FROM triggers")}
+        return Changes(enabled=enabled, cancel_requested=frozenset(self.cancel_requested()))
 
     # ------------------------------------------------------------------------------------ triggers
 
@@ -440,7 +500,9 @@ class SQLiteStore(Store):
                           (n, int(enabled)))
 
     def flush_stats(self, stats: Iterable[PollStats]) -> None:
-        rows = [(s.last_poll_at, s.last_result, s.next_poll_at, s.polls, s.consecutive_errors, s.name) for s in stats]
+        # Counters of triggers no longer held are dropped: another process owns them now.
+        rows = [(s.last_poll_at, s.last_result, s.next_poll_at, s.polls, s.consecutive_errors, s.name) for s in stats
+                if self.holds(s.name)]
         if not rows:
             return
         with self._tx() as c:
@@ -471,6 +533,7 @@ class SQLiteStore(Store):
         return out
 
     def update_kv(self, trigger: str, updates: dict[str, Any]) -> None:
+        self._fence(trigger)
         with self._tx() as c:
             self._apply_kv(c, trigger, updates)
 
@@ -485,6 +548,7 @@ class SQLiteStore(Store):
     # --------------------------------------------------------------------------------------- polls
 
     def record_fires(self, trigger, workflow, fires, stats, now, cursor, state_updates) -> list[FireResult]:
+        self._fence(trigger)
         results: list[FireResult] = []
         with self._tx() as c:
             updates = dict(state_updates)
@@ -511,30 +575,27 @@ class SQLiteStore(Store):
         return results
 
     def _fire_one(self, c: sqlite3.Connection, trigger: str, workflow: str, f: FireRequest, now: float) -> FireResult:
+        """Record one fire. Dedupe is the insert's own: the partial unique index on active keys
+        refuses a second holder (ON CONFLICT DO NOTHING), and a `once` key that succeeded or was
+        given up is excluded by the insert's WHERE; only when nothing was inserted is the reason
+        looked up, to record the duplicate."""
         ctx_json = json.dumps(f.context, sort_keys=True)
         key = f.context_hash
         attempt = 1
-        if f.dedupe != "none":
-            row = c.execute("SELECT id, context FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key)).fetchone()
-            if row:
-                res = self._duplicate(c, trigger, f, row[0], now, f"run {row[0]} with this key is still active")
-                res.deferred = row[1] != ctx_json
-                return res
-            if f.dedupe == "once":
-                st = c.execute(
-                    "SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = ? AND key = ?", (trigger, key)
-                ).fetchone()
-                if st and st[0] is not None:
-                    return self._duplicate(c, trigger, f, st[0], now, f"already succeeded in run {st[0]} (dedupe: once)")
-                if st and st[2]:
-                    return self._duplicate(c, trigger, f, None, now, f"given up after {st[1]} failed attempts (dedupe: once)")
-                attempt = (st[1] if st else 0) + 1
+        if f.dedupe == "once":
+            st = c.execute("SELECT failures FROM dedupe_once WHERE trigger_name = ? AND key = ?", (trigger, key)).fetchone()
+            attempt = (st[0] if st else 0) + 1
         cur = c.execute(
             "INSERT INTO runs (trigger_name, workflow, status, context, context_hash, dedupe, active_key, attempt, max_attempts, "
-            "rerun_of, triggered_at, queued_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "rerun_of, triggered_at, queued_at) SELECT ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE ? != 'once' OR NOT EXISTS (SELECT 1 FROM dedupe_once WHERE trigger_name = ? AND key = ? "
+            "AND (succeeded_run IS NOT NULL OR given_up)) "
+            "ON CONFLICT (trigger_name, active_key) WHERE active_key IS NOT NULL DO NOTHING",
             (trigger, workflow, ctx_json, key, f.dedupe, key if f.dedupe != "none" else None, attempt, f.max_attempts,
-             f.rerun_of, now, now),
+             f.rerun_of, now, now, f.dedupe, trigger, key),
         )
+        if cur.rowcount == 0:
+            return self._suppressed(c, trigger, f, ctx_json, now)
         run_id = cur.lastrowid
         c.execute(
             "INSERT INTO events (trigger_name, kind, context, context_hash, run_id, created_at, updated_at) "
@@ -542,6 +603,19 @@ class SQLiteStore(Store):
             (trigger, ctx_json, key, run_id, now, now),
         )
         return FireResult(run_id=run_id, suppressed=False)
+
+    def _suppressed(self, c: sqlite3.Connection, trigger: str, f: FireRequest, ctx_json: str, now: float) -> FireResult:
+        key = f.context_hash
+        row = c.execute("SELECT id, context FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key)).fetchone()
+        if row:
+            res = self._duplicate(c, trigger, f, row[0], now, f"run {row[0]} with this key is still active")
+            res.deferred = row[1] != ctx_json
+            return res
+        st = c.execute("SELECT succeeded_run, failures FROM dedupe_once WHERE trigger_name = ? AND key = ?",
+                       (trigger, key)).fetchone()
+        if st and st[0] is not None:
+            return self._duplicate(c, trigger, f, st[0], now, f"already succeeded in run {st[0]} (dedupe: once)")
+        return self._duplicate(c, trigger, f, None, now, f"given up after {st[1] if st else '?'} failed attempts (dedupe: once)")
 
     def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]:
         """Would a fire with this key be suppressed now? (read-only, for `trigctl poll`)"""
@@ -561,6 +635,7 @@ class SQLiteStore(Store):
 
     def enqueue_run(self, trigger: str, workflow: str, context: dict[str, Any], now: float, *, rerun_of: int | None = None,
                     dedupe: str = "none", context_hash: str | None = None, max_attempts: int = 3) -> FireResult:
+        self._fence(trigger)
         request = FireRequest(context, context_hash or dedupe_hash(trigger, context, None), dedupe, max_attempts, rerun_of)
         with self._tx() as c:
             return self._fire_one(c, trigger, workflow, request, now)
@@ -580,6 +655,7 @@ class SQLiteStore(Store):
         return FireResult(run_id=blocking, suppressed=True, reason=reason)
 
     def record_error(self, trigger: str, message: str, stats: PollStats, now: float) -> int:
+        self._fence(trigger)
         message = safe_text(message, MAX_ERROR_CHARS) or ""
         with self._tx() as c:
             row = c.execute("SELECT consecutive_errors, last_error FROM triggers WHERE name = ?", (trigger,)).fetchone()
@@ -606,6 +682,7 @@ class SQLiteStore(Store):
         return streak
 
     def set_error_alerted(self, trigger: str, alerted: bool) -> None:
+        self._fence(trigger)
         with self._tx() as c:
             c.execute("UPDATE triggers SET error_alerted = ? WHERE name = ?", (int(alerted), trigger))
 
@@ -617,6 +694,7 @@ class SQLiteStore(Store):
             context=json.loads(r["context"]), context_hash=r["context_hash"], dedupe=r["dedupe"], attempt=r["attempt"],
             rerun_of=r["rerun_of"], queued_at=r["queued_at"], started_at=r["started_at"], completed_at=r["completed_at"],
             error=r["error"], triggered_at=r["triggered_at"], owner_pid=r.get("owner_pid"), owner_start=r.get("owner_start"),
+            owner_process=r.get("owner_process"),
         )
 
     def claim_next_queued(self, now: float) -> RunRow | None:
@@ -624,7 +702,7 @@ class SQLiteStore(Store):
         return runs[0] if runs else None
 
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
-        """The oldest ``limit`` queued runs, marked running, in one transaction."""
+        """The oldest ``limit`` queued runs, marked running and owned by this process, in one transaction."""
         with self._tx() as c:
             # `status IN (...)` lets SQLite use the partial index on active runs (no table scan)
             cur = c.execute("SELECT * FROM runs WHERE status IN ('queued', 'running') AND status = 'queued' ORDER BY id LIMIT ?", (limit,))
@@ -633,36 +711,41 @@ class SQLiteStore(Store):
             if not rows:
                 return []
             pid, start = os.getpid(), self._my_start
-            c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ?, owner_start = ? WHERE id = ?",
-                          [(now, pid, start, r["id"]) for r in rows])
+            owner = self.process.id if self.process is not None else None
+            c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ?, owner_start = ?, owner_process = ? "
+                          "WHERE id = ?", [(now, pid, start, owner, r["id"]) for r in rows])
         for r in rows:
-            r.update(status="running", started_at=now)
+            r.update(status="running", started_at=now, owner_pid=pid, owner_start=start, owner_process=owner)
         return [self._run(r) for r in rows]
 
     def task_started(self, run_id, idx, name, now, pid, pgid, proc_start) -> None:
+        owned, params = self._owner_clause()
         with self._tx() as c:
             c.execute(
-                "INSERT INTO tasks (run_id, idx, name, status, started_at, pid, pgid, proc_start) VALUES (?, ?, ?, 'running', ?, ?, ?, ?) "
+                "INSERT INTO tasks (run_id, idx, name, status, started_at, pid, pgid, proc_start) "
+                f"SELECT ?, ?, ?, 'running', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?{owned}) "
                 "ON CONFLICT(run_id, idx) DO UPDATE SET status = 'running', pid = excluded.pid, pgid = excluded.pgid, "
                 "proc_start = excluded.proc_start",
-                (run_id, idx, name, now, pid, pgid, proc_start),
+                (run_id, idx, name, now, pid, pgid, proc_start, run_id, *params),
             )
 
     def task_finished(self, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
+        owned, params = self._owner_clause()
         with self._tx() as c:
             c.execute(
                 "UPDATE tasks SET status = ?, exit_code = ?, completed_at = ?, output_tail = ?, attempts = ?, pid = NULL, pgid = NULL "
-                "WHERE run_id = ? AND idx = ?",
-                (status, exit_code, now, safe_text(output_tail), attempts, run_id, idx),
+                f"WHERE run_id = ? AND idx = ? AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
+                (status, exit_code, now, safe_text(output_tail), attempts, run_id, idx, run_id, *params),
             )
 
     def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
-                   only_if: str | None = None) -> bool:
+                   only_if: str | None = None, take_over: bool = False) -> bool:
         """End an active run (releasing its key). With ``only_if``, only from that status (a queued
         run that the loop has just started is not cancelled behind its back). True if it ended it."""
+        owned, params = self._owner_clause(take_over)
         with self._tx() as c:
-            row = c.execute("SELECT trigger_name, context_hash, dedupe, status, max_attempts FROM runs WHERE id = ?",
-                            (run_id,)).fetchone()
+            row = c.execute(f"SELECT trigger_name, context_hash, dedupe, status, max_attempts FROM runs WHERE id = ?{owned}",
+                            (run_id, *params)).fetchone()
             if row is None or row[3] not in ("queued", "running") or (only_if is not None and row[3] != only_if):
                 return False
             trigger, key, dedupe, _, limit = row
@@ -705,6 +788,20 @@ class SQLiteStore(Store):
     def cancel_requested(self) -> set[int]:
         return {r["id"] for r in self._query("SELECT id FROM runs WHERE status IN ('queued', 'running') AND status = 'running' AND cancel_requested = 1")}
 
+    def owner_alive(self, run: RunRow) -> bool:
+        if self.process is not None and run.owner_process == self.process.id:
+            return True
+        if not run.owner_pid:
+            return False
+        if run.owner_pid == os.getpid():
+            # Us, but not this process's loop (a store opened by a test, or a run from a previous
+            # store object in one process): alive only if it is this store's run.
+            return run.owner_process is not None and self.process is not None and run.owner_process == self.process.id
+        return process_alive(run.owner_pid, run.owner_start)
+
+    def orphaned_runs(self) -> list[RunRow]:
+        return [r for r in self.active_runs() if r.status == "running" and not self.owner_alive(r)]
+
     def active_runs(self) -> list[RunRow]:
         runs = [self._run(r) for r in self._query("SELECT * FROM runs WHERE status IN ('queued','running') ORDER BY id")]
         for run in runs:
@@ -713,7 +810,7 @@ class SQLiteStore(Store):
 
     # ------------------------------------------------------------------------------------- reading
 
-    def history(self, trigger, limit, statuses, since) -> list[dict]:
+    def history(self, trigger, limit, statuses, since) -> list[HistoryEntry]:
         where, params = ["1 = 1"], []
         if trigger:
             where.append("e.trigger_name = ?")
@@ -739,7 +836,16 @@ class SQLiteStore(Store):
             f"WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT ?",
             params,
         )
-        return rows
+        return [
+            HistoryEntry(
+                id=r["id"], trigger_name=r["trigger_name"], kind=r["kind"],
+                context=json.loads(r["context"]) if r["context"] else None, context_hash=r["context_hash"],
+                run_id=r["run_id"], run_status=r["run_status"], run_started_at=r["run_started"],
+                run_completed_at=r["run_completed"], error=r["run_error"] if r["kind"] == "fire" else r["error"],
+                count=r["count"], created_at=r["created_at"], updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
 
     def get_run(self, run_id: int) -> RunRow | None:
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))

@@ -1,0 +1,248 @@
+"""The store contract (trigctl/store/base.py), written once and run against every backend through
+the parametrized ``store_factory`` fixture (huey's StorageTests, APScheduler's data-store tests).
+The PostgreSQL store (issue 11) starts from this suite."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from trigctl.store.base import (
+    Changes,
+    FireRequest,
+    HistoryEntry,
+    LeaseLost,
+    PollStats,
+    StateLocked,
+    Store,
+    dedupe_hash,
+)
+
+NOW = 1_800_000_000.0
+
+
+def _sqlite(tmp_path):
+    from trigctl.store.sqlite import SQLiteStore
+
+    path = str(tmp_path / "state.db")
+    return lambda: SQLiteStore(path)
+
+
+BACKENDS = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=[
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.skip(
+        reason="no PostgreSQL store yet (issue 11): this suite is the contract it must pass")),
+])
+def store_factory(request, tmp_path):
+    opened: list[Store] = []
+    make = BACKENDS[request.param](tmp_path)
+
+    def factory() -> Store:
+        s = make()
+        opened.append(s)
+        return s
+
+    yield factory
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(store_factory):
+    s = store_factory()
+    s.sync_triggers(["t", "u"])
+    return s
+
+
+def fire(store: Store, ctx: dict, *, dedupe: str = "running", keys=None, trigger: str = "t", state=None,
+         cursor: str | None = None, now: float = NOW):
+    req = FireRequest(context=ctx, context_hash=dedupe_hash(trigger, ctx, keys), dedupe=dedupe, max_attempts=2,
+                      state=state)
+    return store.record_fires(trigger, "w", [req], PollStats(trigger), now, cursor, {})[0]
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+def test_a_process_gets_a_fresh_identity_each_start(store_factory):
+    a = store_factory()
+    first = a.start_process(["x"])
+    assert a.process == first and first.labels == ("x",) and first.pid > 0 and first.id
+    a.close()
+    b = store_factory()
+    second = b.start_process()
+    assert second.id != first.id
+
+
+def test_one_loop_process_per_sqlite_state(store_factory):
+    a = store_factory()
+    a.start_process()
+    b = store_factory()
+    with pytest.raises(StateLocked):
+        b.start_process()
+
+
+# ------------------------------------------------------------------------------ leases, fencing
+
+
+def test_leases_fence_every_write_about_a_trigger(store):
+    store.start_process()
+    leases = store.acquire_triggers(["t", "u"], NOW)
+    assert set(leases) == {"t", "u"} and all(lease.token >= 1 for lease in leases.values())
+    assert store.renew_leases(NOW + 1).keys() == {"t", "u"}
+    assert fire(store, {"a": 1}).suppressed is False
+    store.release_triggers(["t"])
+    assert not store.holds("t") and store.holds("u")
+    stats = PollStats("t", last_poll_at=NOW, last_result="error", consecutive_errors=1)
+    for write in (lambda: fire(store, {"a": 2}),
+                  lambda: store.record_error("t", "boom", stats, NOW),
+                  lambda: store.update_kv("t", {"k": 1}),
+                  lambda: store.set_error_alerted("t", True),
+                  lambda: store.enqueue_run("t", "w", {}, NOW)):
+        with pytest.raises(LeaseLost):
+            write()
+    store.flush_stats([stats])  # counters of a trigger not held are dropped, not written
+    row = store.trigger_rows()["t"]
+    assert row.last_error is None and row.consecutive_errors == 0 and row.fires == 1
+    assert store.load_kv("t") == {}
+    assert [h.context for h in store.history("t", 10, None, None)] == [{"a": 1}]
+
+
+def test_outside_a_process_writes_are_not_fenced(store):
+    """Commands and tests that open the state without starting a loop process write freely."""
+    assert store.holds("t")
+    assert fire(store, {"a": 1}).suppressed is False
+
+
+# ----------------------------------------------------------------------------------- dedupe
+
+
+def test_running_key_is_held_until_the_run_ends_whatever_the_outcome(store):
+    for status in ("succeeded", "failed", "cancelled", "interrupted"):
+        first = fire(store, {"s": status})
+        dup = fire(store, {"s": status})
+        assert not first.suppressed and dup.suppressed and dup.run_id == first.run_id and not dup.deferred
+        assert first.run_id is not None
+        assert store.finish_run(first.run_id, status, NOW + 1)
+        assert not fire(store, {"s": status}).suppressed
+
+
+def test_a_suppressed_fire_of_another_context_is_deferred(store):
+    first = fire(store, {"path": "a", "size": 1}, keys=("path",), state={"a": [1]})
+    later = fire(store, {"path": "a", "size": 2}, keys=("path",), state={"a": [2]}, cursor="c2")
+    assert later.suppressed and later.deferred and later.run_id == first.run_id
+    assert store.load_kv("t") == {"a": [1]}  # the deferred fire's state is not applied
+    assert store.trigger_rows()["t"].cursor is None  # nor its cursor
+
+
+def test_none_starts_a_run_for_every_fire(store):
+    runs = {fire(store, {"k": 1}, dedupe="none").run_id for _ in range(3)}
+    assert len(runs) == 3
+
+
+def test_once_never_twice_on_success_and_gives_up_after_max_attempts(store):
+    ok = fire(store, {"k": "ok"}, dedupe="once")
+    assert ok.run_id is not None
+    store.finish_run(ok.run_id, "succeeded", NOW)
+    again = fire(store, {"k": "ok"}, dedupe="once")
+    assert again.suppressed and "already succeeded" in again.reason
+    for _ in range(2):  # max_attempts=2
+        bad = fire(store, {"k": "bad"}, dedupe="once")
+        assert not bad.suppressed and bad.run_id is not None
+        store.finish_run(bad.run_id, "failed", NOW)
+    gave_up = fire(store, {"k": "bad"}, dedupe="once")
+    assert gave_up.suppressed and "given up" in gave_up.reason
+
+
+def test_dedupe_holds_between_writers_racing_on_one_key(store_factory):
+    """Two connections fire one key at once, many times: never two active runs of the key."""
+    stores = [store_factory() for _ in range(2)]
+    stores[0].sync_triggers(["t"])
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def writer(s: Store) -> None:
+        for _ in range(100):
+            res = fire(s, {"same": True})
+            if not res.suppressed and res.run_id is not None:
+                with lock:
+                    started.append(res.run_id)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(started) == 1, started
+    assert len([r for r in stores[0].active_runs() if r.trigger_name == "t"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def test_runs_are_claimed_by_their_owner_and_taken_over_only_when_it_is_dead(store_factory):
+    a = store_factory()
+    a.sync_triggers(["t"])
+    a.start_process()
+    a.acquire_triggers(["t"], NOW)
+    run_id = fire(a, {"r": 1}).run_id
+    (claimed,) = a.claim_queued(NOW, 10)
+    assert claimed.id == run_id and claimed.status == "running" and claimed.owner_process == a.process.id
+    assert a.owner_alive(claimed) and a.orphaned_runs() == []
+    a.close()  # the owner is gone (as after a crash, its process record is not alive)
+    b = store_factory()
+    b.start_process()
+    (orphan,) = b.orphaned_runs()
+    assert orphan.id == run_id and not b.owner_alive(orphan)
+    assert not b.finish_run(run_id, "interrupted", NOW)  # not b's run
+    assert b.finish_run(run_id, "interrupted", NOW, take_over=True)
+    assert b.get_run(run_id).status == "interrupted" and b.orphaned_runs() == []
+
+
+def test_a_queued_run_is_cancelled_only_while_queued(store):
+    run_id = fire(store, {"q": 1}).run_id
+    assert store.finish_run(run_id, "cancelled", NOW, only_if="queued")
+    second = fire(store, {"q": 1}).run_id
+    store.claim_queued(NOW, 10)
+    assert not store.finish_run(second, "cancelled", NOW, only_if="queued")
+
+
+# ---------------------------------------------------------------------------------- change feed
+
+
+def test_changes_report_what_other_processes_changed(store_factory):
+    loop = store_factory()
+    loop.sync_triggers(["t", "u"])
+    first = loop.changes()
+    assert isinstance(first, Changes) and first.enabled == {"t": None, "u": None}
+    assert loop.changes() is None  # nothing since
+    other = store_factory()
+    other.set_enabled(["t"], False)
+    seen = loop.changes()
+    assert seen is not None and seen.enabled["t"] is False
+    run_id = fire(loop, {"c": 1}).run_id
+    loop.claim_queued(NOW, 10)
+    loop.changes()
+    other.request_cancel(run_id, NOW)
+    seen = loop.changes()
+    assert seen is not None and run_id in seen.cancel_requested
+
+
+# ------------------------------------------------------------------------------------- history
+
+
+def test_history_is_typed_newest_first(store):
+    run_id = fire(store, {"h": 1}).run_id
+    fire(store, {"h": 1})
+    fire(store, {"h": 1})
+    store.record_error("t", "boom", PollStats("t", consecutive_errors=1), NOW + 5)
+    entries = store.history("t", 10, None, None)
+    assert all(isinstance(e, HistoryEntry) for e in entries)
+    assert [e.kind for e in entries] == ["error", "duplicate", "fire"]
+    assert entries[1].count == 2 and entries[1].run_id == run_id
+    assert entries[2].context == {"h": 1} and entries[2].run_status == "queued"
+    assert [e.kind for e in store.history("t", 10, ["error"], None)] == ["error"]
