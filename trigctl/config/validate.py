@@ -24,18 +24,20 @@ from trigctl.durations import parse_duration
 if TYPE_CHECKING:
     from trigctl.config.yaml_loader import _Doc
 
+#: The keys every trigger type has (the schema's `trigger` properties but name, type, workflow).
+COMMON_KEYS = frozenset({
+    "interval", "enabled", "timeout", "dedupe", "allow_concurrent", "dedupe_key", "jitter", "max_backoff",
+    "on_error", "on_interrupt", "max_attempts", "description",
+})
+
 def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False) -> TriggerConfig | None:
     from trigctl.triggers.base import BUILTIN_TYPES, trigger_class
 
-    common = {
-        "interval", "enabled", "timeout", "dedupe", "allow_concurrent", "dedupe_key", "jitter", "max_backoff",
-        "on_error", "on_interrupt", "max_attempts", "description",
-    }
     path = ("triggers", i)
     ttype = item["type"]
     cls = None if light else trigger_class(ttype)
     type_keys = set(load_schema()["$defs"].get(ttype, {}).get("properties", {}))
-    merged = {k: v for k, v in defaults.items() if k in common or k in type_keys}
+    merged = {k: v for k, v in defaults.items() if k in COMMON_KEYS or k in type_keys}
     merged.update(item)
     options = {k: v for k, v in merged.items() if k in type_keys}
     dedupe = merged.get("dedupe", "running")
