@@ -103,7 +103,9 @@ class TriggerConfig:
     on_interrupt: str = "rerun"
     max_attempts: int = 3
     options: Mapping[str, Any] = field(default_factory=dict)
-    index: int = 0
+    #: The trigger's position in the file. Not compared: a reload keeps a trigger whose settings are
+    #: unchanged (its slot, its instance, its watcher, a command it runs) when others are inserted above.
+    index: int = field(default=0, compare=False)
     description: str | None = None
 
 
