@@ -24,7 +24,7 @@ from realproc import RunProc, query
 
 from trigctl.config import TriggerConfig, load_config
 from trigctl.net import http as nethttp
-from trigctl.net.http import Exchange, RequestAborted, RequestTimeout, http_request, new_session
+from trigctl.net.http import Exchange, HttpError, RequestAborted, RequestTimeout, http_request, new_session
 from trigctl.triggers.base import PollContext, PollError
 
 SLACK = 1.5  # seconds an exchange may end after its timeout (a loaded 2-core machine)
@@ -59,7 +59,7 @@ def timed_request(url: str, timeout: float, session=None, **kw):
     t0 = time.monotonic()
     try:
         return http_request(session, "GET", url, timeout=timeout, **kw), time.monotonic() - t0
-    except PollError as e:
+    except HttpError as e:
         return e, time.monotonic() - t0
 
 
@@ -146,7 +146,7 @@ def test_any_cut_response_ends_at_the_deadline(hostile, cut, tick, timeout, then
 
     server = hostile(behaviour, tick)
     err, took = timed_request(server.url, timeout)
-    assert isinstance(err, PollError), err  # a timeout, or a response the client refused
+    assert isinstance(err, HttpError), err  # a timeout, or a response the client refused
     assert took <= timeout + SLACK, took
     if not isinstance(err, RequestTimeout):
         assert "timed out" not in str(err)
@@ -273,8 +273,18 @@ def test_finished_exchanges_do_not_pile_up_in_the_watchdog(hostile):
 def test_the_body_cap_still_holds_on_an_endless_stream(hostile):
     server = hostile(h.chunked_forever, tick=0.001)
     err, took = timed_request(server.url, 10, max_body=2000)
-    assert isinstance(err, PollError) and "response body larger than 2000 bytes" in str(err)
+    assert isinstance(err, HttpError) and "response body larger than 2000 bytes" in str(err)
     assert took < 10
+
+
+def test_the_http_helpers_have_their_own_error_type():
+    """net.http serves triggers and tasks alike: its errors are not the triggers' PollError, and it
+    imports nothing from the trigger package (the trigger boundary translates)."""
+    import inspect
+
+    assert issubclass(RequestTimeout, HttpError) and issubclass(RequestAborted, HttpError)
+    assert not issubclass(HttpError, PollError)
+    assert "trigctl.triggers" not in inspect.getsource(nethttp)
 
 
 # ------------------------------------------------------------------------- trigger types
@@ -290,9 +300,10 @@ def test_http_trigger_poll_ends_at_its_timeout(hostile, tmp_path):
     server = hostile(h.trickle_headers)
     t = HttpTrigger(TriggerConfig(name="t", type="http", workflow="w", options={"url": server.url}), tmp_path)
     t0 = time.monotonic()
-    with pytest.raises(RequestTimeout, match="timed out after 1s"):
+    with pytest.raises(PollError, match=r"^GET http://\S+: timed out after 1s$") as e:  # HttpError -> PollError
         t.poll(poll_ctx(1.0))
     assert time.monotonic() - t0 <= 1.0 + SLACK
+    assert not isinstance(e.value, HttpError)
 
 
 def test_queue_depth_http_source_ends_at_its_timeout(hostile, tmp_path):
@@ -302,9 +313,10 @@ def test_queue_depth_http_source_ends_at_its_timeout(hostile, tmp_path):
     opts = {"queue": "q", "above": 1, "source": {"http": {"url": server.url, "json": "depth"}}}
     t = QueueDepthTrigger(TriggerConfig(name="t", type="queue_depth", workflow="w", options=opts), tmp_path)
     t0 = time.monotonic()
-    with pytest.raises(RequestTimeout, match="timed out after 1s"):
+    with pytest.raises(PollError, match=r"^GET http://\S+: timed out after 1s$") as e:  # HttpError -> PollError
         t.poll(poll_ctx(1.0))
     assert time.monotonic() - t0 <= 1.0 + SLACK
+    assert not isinstance(e.value, HttpError)
 
 
 # ------------------------------------------------------------------- a real `trigctl run`

@@ -1,6 +1,6 @@
 """A YAML file's fingerprint: lets `list` reuse what `run` saved instead of parsing a big file.
 
-Kept apart from config.py so that checking it imports neither YAML nor the schema tooling."""
+Kept apart from the config loader (trigctl/config/load.py) so that checking it imports neither YAML nor the schema tooling."""
 
 from __future__ import annotations
 

@@ -475,8 +475,14 @@ class RunExecution:
         # The trigger types' request helper: one deadline for the whole exchange, a body cap, and
         # error messages that never quote header values or query strings (requests' own messages do).
         # cancel() aborts the exchange.
-        from trigctl.net.http import Exchange, RequestAborted, RequestTimeout, http_request, new_session
-        from trigctl.triggers.base import PollError
+        from trigctl.net.http import (
+            Exchange,
+            HttpError,
+            RequestAborted,
+            RequestTimeout,
+            http_request,
+            new_session,
+        )
 
         spec = task.http or {}
         method = str(spec.get("method", "POST")).upper()
@@ -494,7 +500,7 @@ class RunExecution:
             return TaskOutcome("cancelled", None, "cancelled")
         except RequestTimeout:
             return TaskOutcome("failed", None, timeout_msg or "timed out")
-        except PollError as e:
+        except HttpError as e:
             if self.cancel_event.is_set():
                 return TaskOutcome("cancelled", None, "cancelled")
             return TaskOutcome("failed", None, self.runner.redact(str(e)))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import math
 import os
 import re
@@ -39,17 +40,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from trigctl.secrets import Redactor
-from trigctl.triggers.base import PollError
 
 MAX_BODY = 10 * 1024 * 1024  # bytes of an HTTP response body
 CHUNK = 65536
+NOT_JSON: Any = object()  # HttpResponse.json() (and parse_json) when the body is not JSON
 
 
-class RequestTimeout(PollError):
+class HttpError(Exception):
+    """No complete response: "METHOD URL: reason", with no header value, URL password or query
+    string in it. Trigger types turn it into a PollError, tasks into a failed task."""
+
+
+class RequestTimeout(HttpError):
     """The request did not complete within its timeout."""
 
 
-class RequestAborted(PollError):
+class RequestAborted(HttpError):
     """The request was aborted (:meth:`Exchange.abort`) before it completed."""
 
 
@@ -390,9 +396,21 @@ class HttpResponse:
 
     def json(self) -> Any:
         """The parsed body, or NOT_JSON."""
-        from trigctl.triggers._util import parse_json
-
         return parse_json(self.body)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """The parsed JSON value, or NOT_JSON for anything else (NaN/Infinity too: no context may hold them)."""
+    if not data.strip():
+        return NOT_JSON
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return NOT_JSON
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def safe_url(url: str) -> str:
@@ -451,7 +469,7 @@ def http_request(session: Any, method: str, url: str, *, timeout: float, headers
                  max_body: int = MAX_BODY, exchange: Exchange | None = None) -> HttpResponse:
     """One request; the whole exchange (connect, send, headers, redirects, body) ends within ``timeout``.
 
-    Any failure to get a complete response raises PollError("METHOD URL: reason") (RequestTimeout
+    Any failure to get a complete response raises HttpError("METHOD URL: reason") (RequestTimeout
     for a timeout, RequestAborted when ``exchange`` was aborted), with the URL as :func:`safe_url`
     shows it and no header value in it. With a session not made by :func:`new_session`, the
     deadline is checked only between reads.
@@ -465,7 +483,7 @@ def http_request(session: Any, method: str, url: str, *, timeout: float, headers
     try:
         resp = _exchange(session, method, url, where, ex, timeout=timeout, headers=headers, verify=verify,
                          data=data, json_body=json_body, max_body=max_body)
-    except PollError:
+    except HttpError:
         if ex.finish():
             raise _ended(ex, where, timeout) from None
         raise
@@ -482,7 +500,7 @@ def http_request(session: Any, method: str, url: str, *, timeout: float, headers
     return resp
 
 
-def _ended(ex: Exchange, where: str, timeout: float) -> PollError:
+def _ended(ex: Exchange, where: str, timeout: float) -> HttpError:
     if ex.ended == "aborted":
         return RequestAborted(f"{where}: cancelled")
     return RequestTimeout(f"{where}: timed out after {timeout:g}s")
@@ -512,19 +530,19 @@ def _exchange(session: Any, method: str, url: str, where: str, ex: Exchange, *, 
             for chunk in resp.iter_content(CHUNK):
                 size += len(chunk)
                 if size > max_body:
-                    raise PollError(f"{where}: response body larger than {max_body} bytes")
+                    raise HttpError(f"{where}: response body larger than {max_body} bytes")
                 if ex.ended or time.monotonic() > ex.deadline:
                     raise _ended(ex, where, timeout)
                 chunks.append(chunk)
             return HttpResponse(resp.status_code, b"".join(chunks), resp.encoding,
                                 resp.headers.get("Content-Type", ""))
-    except PollError:
+    except HttpError:
         raise
     except requests.Timeout:
         raise RequestTimeout(f"{where}: timed out after {timeout:g}s") from None
     except requests.ConnectionError as e:
         if "timed out" in str(e):  # a read timeout while streaming the body arrives as ConnectionError
             raise RequestTimeout(f"{where}: timed out after {timeout:g}s") from None
-        raise PollError(f"{where}: {_reason(e)}") from None
+        raise HttpError(f"{where}: {_reason(e)}") from None
     except (requests.RequestException, ValueError) as e:  # UnicodeError is a ValueError
-        raise PollError(f"{where}: {_reason(e)}") from None
+        raise HttpError(f"{where}: {_reason(e)}") from None

@@ -2,14 +2,14 @@
 
 * :func:`run_process`: a subprocess in its own session, killed as a whole process group (SIGTERM,
   then SIGKILL) when the poll's timeout passes.
-* :func:`http_request` (from :mod:`trigctl.net.http`, re-exported here): one HTTP request with one
-  deadline for the whole exchange and a body size cap, whose error messages never contain header
-  values, URL passwords or query strings.
+* :func:`http_request`: :func:`trigctl.net.http.http_request` (one deadline for the whole
+  exchange, a body size cap, error messages without header values, URL passwords or query
+  strings) at the trigger boundary: its :class:`~trigctl.net.http.HttpError` becomes the
+  PollError a poll raises, with the same message.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trigctl.net.http import (  # noqa: F401 - re-exported for the trigger types and tasks
+from trigctl.net import http as _http
+from trigctl.net.http import (  # noqa: F401 - re-exported for the trigger types
     MAX_BODY,
+    NOT_JSON,
     HttpResponse,
-    RequestAborted,
-    RequestTimeout,
-    http_request,
     new_session,
+    parse_json,
     safe_url,
 )
 from trigctl.procs import OutputHead, OutputTail, drain, terminate_group, wait_reading
@@ -37,7 +37,6 @@ KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a poll's command ti
 LEFTOVER_GRACE = 0.5  # for children a finished command left running in its group
 MAX_STDOUT = 1_048_576  # bytes of stdout kept (a context is limited to 1 MB anyway)
 STDERR_TAIL = 4096
-NOT_JSON: Any = object()  # HttpResponse.json() when the body is not JSON
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
@@ -189,21 +188,19 @@ def run_process(argv: Sequence[str], *, cwd: str | Path, timeout: float, env: Ma
     return ProcessResult(code, head.data(), tail.text())
 
 
-# ----------------------------------------------------------------------------------------- JSON
+# ----------------------------------------------------------------------------------------- HTTP
 
 
-def parse_json(data: bytes | str) -> Any:
-    """The parsed JSON value, or NOT_JSON for anything else (NaN/Infinity too: no context may hold them)."""
-    if not data.strip():
-        return NOT_JSON
+def http_request(session: Any, method: str, url: str, **kwargs: Any) -> HttpResponse:
+    """:func:`trigctl.net.http.http_request` for a poll: an HttpError (a timeout too) becomes a
+    PollError with the same message, which the scheduler records as it reads."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return NOT_JSON
+        return _http.http_request(session, method, url, **kwargs)
+    except _http.HttpError as e:
+        raise PollError(str(e)) from None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+# ----------------------------------------------------------------------------------------- JSON
 
 
 def jmes_search(expr: Any, data: Any, what: str) -> Any:

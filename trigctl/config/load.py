@@ -1,0 +1,107 @@
+"""The pipeline: file -> YAML -> ${ENV} interpolation -> JSON Schema -> semantic checks -> Config.
+
+Every problem becomes a :class:`ConfigIssue` with file, line and column; :class:`ConfigError`
+carries all of a file's problems at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trigctl.config.interpolate import interpolate
+from trigctl.config.model import Config, ConfigError, ConfigIssue
+from trigctl.config.schema import _schema_issues, _type_name
+from trigctl.config.validate import _semantic
+from trigctl.config.yaml_loader import MAX_FILE_BYTES, _Doc, _fast_load, _NeedMarks, load_yaml
+from trigctl.secrets import Redactor
+
+
+def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None, *, light: bool = False) -> Config:
+    """Read, check and build a config; raise ConfigError listing every problem found.
+
+    ``light`` skips the JSON Schema and the imports of callables (for read-only commands that must
+    start fast); a file that does not build that way is checked fully, so errors read the same.
+    """
+    p = Path(path)
+    filename = str(path)
+    env = os.environ if env is None else env
+    try:
+        if p.is_dir():
+            raise ConfigError([ConfigIssue(filename, 1, 1, "", "is a directory, not a YAML file")])
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", "no such file (create one with `trigctl init`)")]) from None
+    except OSError as e:
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", f"cannot read: {e.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", f"file too large ({len(raw)} bytes; limit {MAX_FILE_BYTES})")])
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", "UTF-16 text: save the file as UTF-8")])
+    if b"\x00" in raw:
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", "not a text file (it contains NUL bytes)")])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(filename, line, 1, "", "not UTF-8 text")]) from None
+    if light:
+        try:
+            return parse_config(text, filename, env, light=True)
+        except Exception:
+            pass  # not valid enough to build without the schema: let the full check explain why
+    return parse_config(text, filename, env)
+
+
+
+def parse_config(text: str, filename: str, env: Mapping[str, str] | None = None, *, light: bool = False) -> Config:
+    env = os.environ if env is None else env
+    try:
+        data = _fast_load(text)
+        if not isinstance(data, dict):
+            raise _NeedMarks
+        doc = _Doc(filename)
+        doc.fast = True
+        return _build(data, doc, filename, env, light)
+    except _NeedMarks:
+        pass
+    data, doc = load_yaml(text, filename)
+    return _build(data, doc, filename, env, light)
+
+
+def _build(data: Any, doc: _Doc, filename: str, env: Mapping[str, str], light: bool) -> Config:
+    if doc.issues:
+        raise ConfigError(doc.issues)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", f"expected a mapping with `version: 1` at the top, got {_type_name(data)}")])
+    secrets: set[str] = set()
+    data = interpolate(data, doc, env, secrets)
+    if not light:
+        _schema_issues(data, doc)
+    if doc.issues:
+        raise ConfigError(_redacted(doc.issues, secrets))
+    workflows, triggers = _semantic(data, doc, light)
+    if doc.issues:
+        raise ConfigError(_redacted(doc.issues, secrets))
+    base_dir = Path(filename).resolve().parent
+    return Config(
+        path=Path(filename).resolve(),
+        base_dir=base_dir,
+        state=data.get("state"),
+        max_concurrent_runs=int(data.get("max_concurrent_runs", 8)),
+        workflows=workflows,
+        triggers=tuple(triggers),
+        redactor=Redactor(secrets),
+    )
+
+
+def _redacted(issues: list[ConfigIssue], secrets: set[str]) -> list[ConfigIssue]:
+    """Sorted by position, with secret values masked (an error may quote the value it refuses)."""
+    redactor = Redactor(secrets)
+    return [
+        ConfigIssue(i.file, i.line, i.column, i.path, redactor.text(i.message))
+        for i in sorted(issues, key=lambda i: (i.line, i.column))
+    ]
+

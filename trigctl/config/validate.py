@@ -1,0 +1,157 @@
+"""Semantic checks beyond the schema (references, duplicates, each type's own check) and the
+building of the model from checked data.
+
+The trigger types are imported only here, lazily, where a trigger's type is checked.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trigctl.config.model import (
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_TIMEOUT,
+    TaskConfig,
+    TriggerConfig,
+    WorkflowConfig,
+)
+from trigctl.config.schema import load_schema
+from trigctl.durations import parse_duration
+
+if TYPE_CHECKING:
+    from trigctl.config.yaml_loader import _Doc
+
+#: The keys every trigger type has (the schema's `trigger` properties but name, type, workflow).
+COMMON_KEYS = frozenset({
+    "interval", "enabled", "timeout", "dedupe", "allow_concurrent", "dedupe_key", "jitter", "max_backoff",
+    "on_error", "on_interrupt", "max_attempts", "description",
+})
+
+def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False) -> TriggerConfig | None:
+    from trigctl.triggers.base import BUILTIN_TYPES, trigger_class
+
+    path = ("triggers", i)
+    ttype = item["type"]
+    cls = None if light else trigger_class(ttype)
+    type_keys = set(load_schema()["$defs"].get(ttype, {}).get("properties", {}))
+    merged = {k: v for k, v in defaults.items() if k in COMMON_KEYS or k in type_keys}
+    merged.update(item)
+    options = {k: v for k, v in merged.items() if k in type_keys}
+    dedupe = merged.get("dedupe", "running")
+    if merged.get("allow_concurrent") is True:
+        if "dedupe" in item and item["dedupe"] != "none":
+            doc.issue(path + ("allow_concurrent",), f"allow_concurrent: true contradicts dedupe: {item['dedupe']}", data=data)
+        dedupe = "none"
+    on_error = merged.get("on_error") or {}
+    interval = parse_duration(merged.get("interval", DEFAULT_INTERVAL))
+    if ttype == "schedule" and "interval" in item:
+        doc.issue(path + ("interval",), "a schedule trigger has no interval: use `cron` or `every`", key=True, data=data)
+    if interval <= 0 and ttype != "schedule":
+        doc.issue(path + ("interval",), "interval must be greater than 0", data=data)
+    if parse_duration(merged.get("timeout", DEFAULT_TIMEOUT)) <= 0:
+        doc.issue(path + ("timeout",), "timeout must be greater than 0", data=data)
+    if ttype not in BUILTIN_TYPES or (cls is None and not light):
+        doc.issue(path + ("type",), f"trigger type {ttype!r} is not available", data=data)
+        return None
+    for subpath, message in ([] if cls is None else cls.check(options, doc_base_dir(doc))):
+        doc.issue(path + tuple(subpath), message, data=data)
+    return TriggerConfig(
+        name=item["name"],
+        type=ttype,
+        workflow=item["workflow"],
+        interval=interval,
+        enabled=bool(merged.get("enabled", True)),
+        timeout=parse_duration(merged.get("timeout", DEFAULT_TIMEOUT)),
+        dedupe=dedupe,
+        dedupe_key=tuple(merged["dedupe_key"]) if merged.get("dedupe_key") else None,
+        jitter=parse_duration(merged.get("jitter", 0)),
+        max_backoff=parse_duration(merged.get("max_backoff", DEFAULT_MAX_BACKOFF)),
+        on_error_after=int(on_error.get("after", 3)) if on_error else None,
+        on_error_workflow=on_error.get("workflow"),
+        on_interrupt=merged.get("on_interrupt", "rerun"),
+        max_attempts=int(merged.get("max_attempts", 3)),
+        options=options,
+        description=item.get("description"),
+        index=i,
+    )
+
+
+def doc_base_dir(doc: _Doc) -> Path:
+    return Path(doc.filename).resolve().parent
+
+
+def _env_text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _task_config(j: int, task: dict) -> TaskConfig:
+    kind = next(k for k in ("run", "argv", "http", "call") if k in task)
+    return TaskConfig(
+        name=str(task.get("name") or f"task{j + 1}"),
+        kind=kind,
+        run=task.get("run"),
+        argv=tuple(str(a) for a in task["argv"]) if "argv" in task else None,
+        http=task.get("http"),
+        call=task.get("call"),
+        timeout=parse_duration(task["timeout"]) if "timeout" in task else None,
+        retries=int(task.get("retries", 0)),
+        retry_delay=parse_duration(task.get("retry_delay", 5)),
+        continue_on_error=bool(task.get("continue_on_error", False)),
+        env={str(k): _env_text(v) for k, v in (task.get("env") or {}).items()},
+        cwd=task.get("cwd"),
+    )
+
+
+def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, WorkflowConfig], list[TriggerConfig]]:
+    from trigctl.dotted import ResolveError, resolve
+
+    workflows: dict[str, WorkflowConfig] = {}
+    for wname, wf in (data.get("workflows") or {}).items():
+        tasks = []
+        names: set[str] = set()
+        for j, task in enumerate(wf["tasks"]):
+            tc = _task_config(j, task)
+            if tc.name in names:
+                doc.issue(("workflows", wname, "tasks", j, "name"), f"duplicate task name {tc.name!r}", data=data)
+            names.add(tc.name)
+            if tc.timeout is not None and tc.timeout <= 0:  # it would fail every run at once
+                doc.issue(("workflows", wname, "tasks", j, "timeout"), "timeout must be greater than 0", data=data)
+            if tc.call and not light:
+                try:
+                    resolve(tc.call, doc_base_dir(doc))
+                except ResolveError as e:
+                    doc.issue(("workflows", wname, "tasks", j, "call"), str(e), data=data)
+            tasks.append(tc)
+        timeout = parse_duration(wf["timeout"]) if "timeout" in wf else None
+        if timeout is not None and timeout <= 0:
+            doc.issue(("workflows", wname, "timeout"), "timeout must be greater than 0", data=data)
+        workflows[wname] = WorkflowConfig(name=wname, tasks=tuple(tasks), timeout=timeout)
+
+    defaults = data.get("defaults") or {}
+    triggers: list[TriggerConfig] = []
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(data.get("triggers") or []):
+        path = ("triggers", i)
+        name = item["name"]
+        if name in first_seen:
+            doc.issue(path + ("name",), f"duplicate trigger name {name!r} (first at triggers[{first_seen[name]}])", data=data)
+            continue
+        first_seen[name] = i
+        for key in ("workflow",):
+            if item[key] not in workflows:
+                close = difflib.get_close_matches(item[key], list(workflows), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else (" (no workflows are defined)" if not workflows else "")
+                doc.issue(path + (key,), f"unknown workflow {item[key]!r}{hint}", data=data)
+        on_error = item.get("on_error") or defaults.get("on_error")
+        if on_error and on_error.get("workflow") not in workflows:
+            doc.issue(path + ("on_error", "workflow"), f"unknown workflow {on_error.get('workflow')!r}", data=data)
+        for key in item.get("dedupe_key") or []:
+            if not isinstance(key, str):
+                doc.issue(path + ("dedupe_key",), "dedupe_key entries must be strings", data=data)
+        trigger_cfg = _trigger_config(i, item, defaults, doc, data, light)
+        if trigger_cfg is not None:
+            triggers.append(trigger_cfg)
+    return workflows, triggers

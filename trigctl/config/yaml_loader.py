@@ -1,0 +1,363 @@
+"""YAML text -> plain Python with the line:col of every value, within budgets.
+
+Two paths: a fast, position-free parse for the common valid file, and a bounded, iterative
+composer (:class:`_Composer`) that keeps positions, for files with anchors, with problems, or that
+might exceed the depth and size budgets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import yaml
+
+from trigctl.config.model import ConfigIssue
+
+MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
+MAX_DEPTH = 100
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+
+
+class _Doc:
+    """A YAML document turned into plain Python, with the line:col of every value and key."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.value_marks: dict[tuple, tuple[int, int]] = {}
+        self.key_marks: dict[tuple, tuple[int, int]] = {}
+        self.issues: list[ConfigIssue] = []
+        self.nodes = 0
+        self.unset: set[tuple] = set()  # values that used an unset ${VAR}: already explained
+        self.fast = False
+
+    def mark(self, path: tuple, key: bool = False) -> tuple[int, int]:
+        marks = self.key_marks if key else self.value_marks
+        p = path
+        while p:
+            if p in marks:
+                return marks[p]
+            if not key and p in self.key_marks:
+                return self.key_marks[p]
+            p = p[:-1]
+        return marks.get((), (1, 1))
+
+    def issue(self, path: tuple, message: str, key: bool = False, data: Any = None) -> None:
+        if self.fast:
+            raise _NeedMarks  # the fast parse kept no positions: parse again with them
+        line, col = self.mark(path, key)
+        self.issues.append(ConfigIssue(self.filename, line, col, format_path(path, data), message))
+
+
+def format_path(path: tuple, data: Any = None) -> str:
+    """("triggers", 1, "interval") -> "triggers[1](inbox).interval" (list items named where they can be)."""
+    out = ""
+    node = data
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            item = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
+                out += f"({item['name']})"
+            node = item
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+class _Budget(Exception):
+    pass
+
+
+_NO_KEY = object()  # a mapping waits for a key
+_SKIP = object()  # the value after a duplicate or non-plain key: parsed, then dropped
+_MERGE = object()  # the value after `<<`: mappings merged into this one
+_COLLECTION_TAGS = {
+    "seq": (None, "!", "tag:yaml.org,2002:seq"),
+    "map": (None, "!", "tag:yaml.org,2002:map"),
+}
+
+
+@dataclass
+class _Frame:
+    """A sequence or mapping being built."""
+
+    value: Any  # list | dict
+    path: tuple | None  # None: a non-plain key or a dropped value, built only to be thrown away
+    anchor: str | None
+    first_node: int  # doc.nodes when it started: its size, for aliases, is the difference
+    mark: tuple[int, int]
+    is_key: bool = False
+    key: Any = _NO_KEY
+    key_mark: tuple[int, int] = (1, 1)
+    height: int = 1  # levels below it, for aliases (an alias adds its target's height)
+    merges: list = field(default_factory=list)
+    merge_mark: tuple[int, int] = (1, 1)
+
+
+def _mark(m: Any) -> tuple[int, int]:
+    return (m.line + 1, m.column + 1) if m is not None else (1, 1)
+
+
+class _Composer:
+    """Builds plain Python from parser events, iteratively, with the line:col of every value.
+
+    Events, not yaml's node graph: libyaml's composer recurses (a file nested 100,000 levels deep
+    crashes the interpreter) and its node graph of a 10 MB file takes ~15 s and ~600 MB. Here the
+    depth and size budgets stop the parse as soon as they are exceeded.
+    """
+
+    def __init__(self, doc: _Doc, loader: Any):
+        self.doc = doc
+        self.loader = loader
+        self.anchors: dict[str, tuple[Any, int, int]] = {}  # anchor -> (value, size, height)
+        self.stack: list[_Frame] = []
+        self.result: Any = None
+        self.done = False
+
+    def count(self, n: int, height: int) -> None:
+        self.doc.nodes += n
+        if self.doc.nodes > MAX_NODES:
+            raise _Budget(f"document too large: more than {MAX_NODES} values (alias expansion?)")
+        if len(self.stack) + height > MAX_DEPTH:
+            raise _Budget(f"document nested deeper than {MAX_DEPTH} levels")
+
+    def child_path(self) -> tuple | None:
+        """Where the next value goes; None for a key or a dropped value."""
+        if not self.stack:
+            return ()
+        f = self.stack[-1]
+        if f.path is None:
+            return None
+        if isinstance(f.value, list):
+            return f.path + (len(f.value),)
+        if f.key is _NO_KEY or f.key is _SKIP or f.key is _MERGE:
+            return None
+        return f.path + (f.key if isinstance(f.key, str) else str(f.key),)
+
+    def in_key_position(self) -> bool:
+        return bool(self.stack) and isinstance(self.stack[-1].value, dict) and self.stack[-1].key is _NO_KEY
+
+    def issue(self, mark: tuple[int, int], path: tuple, message: str) -> None:
+        self.doc.issues.append(ConfigIssue(self.doc.filename, mark[0], mark[1], format_path(path), message))
+
+    def compose(self) -> Any:
+        loader = self.loader
+        loader.get_event()  # StreamStart
+        if loader.check_event(yaml.StreamEndEvent):
+            return _NO_KEY  # no document at all
+        start = loader.get_event()  # DocumentStart
+        while not self.done:
+            self.event(loader.get_event())
+        loader.get_event()  # DocumentEnd
+        if not loader.check_event(yaml.StreamEndEvent):
+            raise yaml.composer.ComposerError("expected a single document in the stream", start.start_mark,
+                                              "but found another document", loader.get_event().start_mark)
+        return self.result
+
+    def event(self, event: Any) -> None:
+        if isinstance(event, yaml.ScalarEvent):
+            self.scalar(event)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in self.anchors:
+                raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}", cast(Any, event.start_mark))
+            value, size, height = self.anchors[event.anchor]
+            self.count(size, height)
+            path = self.child_path()
+            if path is not None:
+                self.doc.value_marks.setdefault(path, _mark(event.start_mark))
+            self.attach(value, _mark(event.start_mark), height, plain=not isinstance(value, (list, dict)))
+        elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            kind = "seq" if isinstance(event, yaml.SequenceStartEvent) else "map"
+            if event.tag not in _COLLECTION_TAGS[kind]:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"could not determine a constructor for the tag {event.tag!r}", cast(Any, event.start_mark))
+            self.count(1, 0)
+            mark = _mark(event.start_mark)
+            is_key = self.in_key_position()
+            if is_key:
+                self.issue(mark, self.stack[-1].path or (), "a key must be a plain value")
+            path = self.child_path()
+            if path is not None:
+                self.doc.value_marks.setdefault(path, mark)
+            self.stack.append(_Frame([] if kind == "seq" else {}, path, event.anchor, self.doc.nodes, mark, is_key))
+            if len(self.stack) > MAX_DEPTH:
+                raise _Budget(f"document nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            f = self.stack.pop()
+            value = self.merged(f) if f.merges else f.value
+            if f.anchor is not None:
+                self.anchors[f.anchor] = (value, self.doc.nodes - f.first_node + 1, f.height)
+            if f.is_key:
+                self.stack[-1].key = _SKIP
+            else:
+                self.attach(value, f.mark, f.height, plain=False)
+        else:
+            raise yaml.composer.ComposerError(None, None, f"unexpected {type(event).__name__}", event.start_mark)
+
+    def scalar(self, event: Any) -> None:
+        if not self.in_key_position():  # the budget counts values, as aliases expand them
+            self.count(1, 0)
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        mark = _mark(event.start_mark)
+        if tag == "tag:yaml.org,2002:merge" and self.in_key_position():
+            f = self.stack[-1]
+            f.key, f.merge_mark = _MERGE, mark
+            return
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+        try:
+            value = event.value if tag == "tag:yaml.org,2002:str" else self.loader.construct_object(node, deep=True)
+        except (ValueError, TypeError, OverflowError) as e:  # 2024-13-45, !!int abc
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {event.value!r} as {tag.rsplit(':', 1)[-1]}: {e}", event.start_mark) from None
+        finally:
+            self.loader.constructed_objects.pop(node, None)
+        path = self.child_path()
+        if path is not None:
+            self.doc.value_marks.setdefault(path, mark)
+        if event.anchor is not None:
+            self.anchors[event.anchor] = (value, 1, 0)
+        self.attach(value, mark, 0, plain=True)
+
+    def attach(self, value: Any, mark: tuple[int, int], height: int, plain: bool) -> None:
+        if not self.stack:
+            self.result, self.done = value, True
+            return
+        f = self.stack[-1]
+        f.height = max(f.height, height + 1)
+        if isinstance(f.value, list):
+            f.value.append(value)
+            return
+        if f.key is _NO_KEY:  # this value is a key
+            if not plain:
+                self.issue(mark, f.path or (), "a key must be a plain value")
+                f.key = _SKIP
+                return
+            kpath = (f.path or ()) + (value if isinstance(value, str) else str(value),)
+            if value in f.value:
+                self.issue(mark, kpath, f"duplicate key {value!r}")
+                f.key = _SKIP
+                return
+            if f.path is not None:
+                self.doc.key_marks[kpath] = mark
+            f.key = value
+            return
+        key, f.key = f.key, _NO_KEY
+        if key is _SKIP:
+            return
+        if key is _MERGE:
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(m, dict) for m in items):
+                self.issue(f.merge_mark, f.path or (), "`<<` (a merge key) needs a mapping or a list of mappings")
+                return
+            f.merges.extend(items)
+            return
+        f.value[key] = value
+
+    def merged(self, f: _Frame) -> dict:
+        """`<<: *base` keys first (of several merged mappings, the first wins), then the mapping's own."""
+        out: dict[Any, Any] = {}
+        for m in f.merges:
+            for k, v in m.items():
+                if k not in out:
+                    out[k] = v
+                    if f.path is not None:
+                        kpath = f.path + (k if isinstance(k, str) else str(k),)
+                        self.doc.key_marks.setdefault(kpath, f.merge_mark)
+                        self.doc.value_marks.setdefault(kpath, f.merge_mark)
+        for k, v in f.value.items():
+            out.pop(k, None)
+            out[k] = v
+        return out
+
+
+def _yaml_hint(problem: str, text_line: str) -> str:
+    if "\t" in text_line and ("tab" in problem or "cannot start any token" in problem):
+        return " (tabs are not allowed in YAML indentation: use spaces)"
+    if ("alias" in problem or "anchor" in problem or "alphabetic or numeric" in problem) and "*" in text_line:
+        return ' (an unquoted * starts a YAML alias: quote the value, e.g. cron: "*/5 * * * *")'
+    if "another document" in problem:
+        return " (a triggers file holds one YAML document: remove this `---`)"
+    return ""
+
+
+def load_yaml(text: str, filename: str) -> tuple[Any, _Doc]:
+    doc = _Doc(filename)
+    # libyaml's parser when present (10x faster on big files); its events carry the same marks.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        data = _Composer(doc, loader).compose()
+        if data is _NO_KEY:
+            doc.issues.append(ConfigIssue(filename, 1, 1, "", "the file is empty (expected a mapping starting with version: 1)"))
+            return None, doc
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        if e.context_mark is not None and "end of stream" in str(e.problem):
+            mark = e.context_mark  # an unclosed quote or bracket: where it was opened
+        line, col = _mark(mark)
+        lines = text.splitlines()
+        src = lines[line - 1] if 0 < line <= len(lines) else ""
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        if "maximum nesting depth" in problem:  # PyYAML >= 6.0.4's own guard, met before ours
+            doc.issues.append(ConfigIssue(filename, line, col, "", f"document nested deeper than {MAX_DEPTH} levels"))
+            return None, doc
+        if e.context and e.problem:
+            problem = f"{e.context.strip()}{', ' if problem.startswith('but ') else ': '}{problem}"
+        doc.issues.append(ConfigIssue(filename, line, col, "", f"invalid YAML: {problem}{_yaml_hint(problem, src)}"))
+        return None, doc
+    except yaml.YAMLError as e:
+        doc.issues.append(ConfigIssue(filename, 1, 1, "", f"invalid YAML: {e}"))
+        return None, doc
+    except (_Budget, RecursionError) as e:
+        doc.issues.append(ConfigIssue(filename, 1, 1, "", str(e) if isinstance(e, _Budget) else "document nested too deeply"))
+        return None, doc
+    finally:
+        loader.dispose()
+    return data, doc
+
+
+
+class _NeedMarks(Exception):
+    pass
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    def construct_mapping(self, node, deep=False):
+        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+        if len(keys) != len(set(keys)) or len(keys) != len(node.value):
+            raise _NeedMarks
+        return super().construct_mapping(node, deep)
+
+
+def _may_exceed_budgets(text: str) -> bool:
+    """Cheap upper bounds of a file's nesting depth and number of values (quotes only inflate them):
+    flow brackets, plus two levels per column of block indentation; one value per line, comma,
+    bracket or `- `."""
+    flow = text.count("[") + text.count("{")
+    if flow + 2 > MAX_DEPTH or text.count("\n") + text.count(",") + flow + text.count("- ") + 1 > MAX_NODES:
+        return True
+    indent = (MAX_DEPTH - flow - 2) // 2 + 1  # an indentation this deep could nest too deep
+    return re.search(rf"^[ ?:-]{{{indent}}}", text, re.M) is not None
+
+
+def _fast_load(text: str) -> Any:
+    """Plain, position-free parsing for the common case: a valid file without anchors or aliases.
+
+    Keeping a line:col for every value costs memory (~100 MB at 20,000 triggers); positions are
+    only needed to report problems, so a file with any problem is parsed again, slowly, with them.
+    """
+    if "&" in text or "*" in text or "<<" in text:
+        raise _NeedMarks  # aliases need the guarded, budgeted loader
+    if _may_exceed_budgets(text):
+        raise _NeedMarks  # libyaml's composer recurses (100,000 levels crash it) and has no size budget
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+    except Exception:  # any trouble at all: the careful loader explains it
+        raise _NeedMarks from None
+
