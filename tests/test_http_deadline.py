@@ -18,7 +18,7 @@ from pathlib import Path
 import hostile_http as h
 import pytest
 from conftest import run_trigctl, wait_for
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from realproc import RunProc, query
 
@@ -121,6 +121,7 @@ def test_a_redirect_to_another_slow_server_ends_at_the_deadline(hostile):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(cut=180, tick=0.02, timeout=0.5, then="chunks", chunked=False)
 @given(cut=st.integers(0, 200), tick=st.sampled_from([0.02, 0.1, 0.3]), timeout=st.sampled_from([0.3, 0.5]),
        then=st.sampled_from(["stall", "trickle", "chunks"]), chunked=st.booleans())
 def test_any_cut_response_ends_at_the_deadline(hostile, cut, tick, timeout, then, chunked):
@@ -146,8 +147,13 @@ def test_any_cut_response_ends_at_the_deadline(hostile, cut, tick, timeout, then
 
     server = hostile(behaviour, tick)
     err, took = timed_request(server.url, timeout)
-    assert isinstance(err, HttpError), err  # a timeout, or a response the client refused
     assert took <= timeout + SLACK, took
+    if not chunked and then == "chunks" and cut >= full.index(b"\r\n\r\n") + 4 and not isinstance(err, HttpError):
+        # The trickled bytes fill the declared Content-Length in time: a complete response, rightly
+        # accepted (found by hypothesis: cut=180, tick=0.02, timeout=0.5).
+        assert err.status == 200 and len(err.body) == 200
+        return
+    assert isinstance(err, HttpError), err  # a timeout, or a response the client refused
     if not isinstance(err, RequestTimeout):
         assert "timed out" not in str(err)
 
