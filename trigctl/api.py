@@ -5,8 +5,9 @@ renders the result (:mod:`trigctl.render`). Errors are :class:`UsageError` (a ba
 path), :class:`NotFound` (no such trigger or run), :class:`Conflict` (the run already ended),
 ``ConfigError`` (the YAML) and ``StateError`` (the state file).
 
-Every command imports this module, `trigctl --help` included: heavy modules (the config loader,
-the store, the scheduler, the triggers) are imported inside the functions that use them.
+`trigctl list` and `history` must start fast: heavy modules (the config loader, the store, the
+scheduler, the triggers) are imported inside the functions that use them. The result records are
+plain dataclasses: a frozen one costs twice as much to define, at every start.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def init(path: str) -> Path:
 # --------------------------------------------------------------------------------------- validate
 
 
-@dataclass(frozen=True)
+@dataclass
 class Validated:
     config_path: str
     triggers: int
@@ -191,7 +192,7 @@ def validate(file: str | None = None, *, config_path: str | None = None, state: 
 # -------------------------------------------------------------------------------------------- run
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunPlan:
     """What `run` will run: the loaded config, the state location, the triggers to run (None: all)."""
 
@@ -225,7 +226,7 @@ def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0) -> int:
 # ------------------------------------------------------------------------------------------- poll
 
 
-@dataclass(frozen=True)
+@dataclass
 class FirePreview:
     """A context the poll returned, and what the state would make of it now."""
 
@@ -238,7 +239,7 @@ class FirePreview:
         return {"context": self.context, "dedupe_key": self.dedupe_key, "suppressed": self.suppressed, "reason": self.reason}
 
 
-@dataclass(frozen=True)
+@dataclass
 class PollPreview:
     trigger_name: str
     result: str  # fired | duplicate | skipped | error
@@ -330,7 +331,7 @@ def _call_with_timeout(sched, poll) -> Any:
 # ------------------------------------------------------------------------------------------- list
 
 
-@dataclass(frozen=True)
+@dataclass
 class TriggerStatus:
     """One trigger as `list` shows it: its configuration and its state."""
 
@@ -429,7 +430,7 @@ def set_enabled(names: list[str], enabled: bool, *, config_path: str | None = No
 # ---------------------------------------------------------------------------------------- history
 
 
-@dataclass(frozen=True)
+@dataclass
 class HistoryEntry:
     """One line of history: a fire (with its run's status), a suppressed duplicate or an error."""
 
@@ -522,7 +523,7 @@ def show_run(run_id: int, *, config_path: str | None = None, state: str | None =
     return run
 
 
-@dataclass(frozen=True)
+@dataclass
 class CancelResult:
     run_id: int
     # "queued": it had not started, it is cancelled; "requested": the running `trigctl run` stops

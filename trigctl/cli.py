@@ -10,7 +10,7 @@ import time
 
 import click
 
-from trigctl import api, render
+from trigctl import render
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -100,17 +100,19 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        # ConfigError and StateError are looked up only when something failed: importing
-        # trigctl.config (YAML, schema helpers) costs ~40 ms that `history` and `show` do not need.
+        # The error classes are looked up only when something failed: importing trigctl.config
+        # (YAML, schema helpers) costs ~40 ms that `history` and `show` do not need, and
+        # trigctl.api (its records) a few ms that `--help` does not.
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
-        except api.Error as e:
-            raise Fatal(str(e), EXIT_FAILED if isinstance(e, api.Conflict) else EXIT_USAGE) from None
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
         except Exception as e:
+            api_mod = sys.modules.get("trigctl.api")
+            if api_mod is not None and isinstance(e, api_mod.Error):
+                raise Fatal(str(e), EXIT_FAILED if isinstance(e, api_mod.Conflict) else EXIT_USAGE) from None
             config_mod = sys.modules.get("trigctl.config")
             if config_mod is not None and isinstance(e, config_mod.ConfigError):
                 raise Issues(e.issues) from None
@@ -159,6 +161,8 @@ def main(debug: bool) -> None:
 @_guard
 def init(path: str) -> None:
     """Write a commented starter triggers.yaml (refuses to overwrite)."""
+    from trigctl import api
+
     api.init(path)
     path = render.visible(path)
     click.echo(f"wrote {path} (and inbox/): edit it, then `trigctl validate {path}` and `trigctl run {path}`")
@@ -174,6 +178,7 @@ def init(path: str) -> None:
 @_guard
 def validate(file: str | None, config_path: str | None, state: str | None, as_json: bool) -> None:
     """Check FILE (schema, workflows, names, crons, callables, env vars); exit 0 or 2."""
+    from trigctl import api
     from trigctl.config import ConfigError
 
     try:
@@ -202,6 +207,7 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @_guard
 def run(file, config_path, state, once, only, grace, log_format) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
+    from trigctl import api
     from trigctl.durations import DurationError, parse_duration
     from trigctl.runner import BatchingHandler, EventFormatter
 
@@ -260,6 +266,8 @@ def _leaked_threads() -> bool:
 @_guard
 def poll(name, config_path, state, as_json) -> None:
     """Evaluate one trigger now and show what it would fire. Starts nothing, records nothing."""
+    from trigctl import api
+
     preview = api.poll_once(name, config_path=config_path, state=state)
     doc = preview.as_dict()
     if as_json:
@@ -279,6 +287,8 @@ def poll(name, config_path, state, as_json) -> None:
 @_guard
 def list_(config_path, state, as_json) -> None:
     """Each trigger: type, workflow, interval, enabled, last poll and result, next poll, runs, errors."""
+    from trigctl import api
+
     triggers = api.list_triggers(config_path=config_path, state=state)
     if as_json:
         render.print_json([t.as_dict() for t in triggers])
@@ -295,6 +305,8 @@ def list_(config_path, state, as_json) -> None:
 @_guard
 def enable(names, config_path, state) -> None:
     """Enable triggers (persisted; a running `trigctl run` honours it within a second)."""
+    from trigctl import api
+
     done = api.set_enabled(list(names), True, config_path=config_path, state=state)
     click.echo(f"enabled: {render.visible(', '.join(done))}")
 
@@ -305,6 +317,8 @@ def enable(names, config_path, state) -> None:
 @_guard
 def disable(names, config_path, state) -> None:
     """Disable triggers (persisted; survives restarts and YAML edits until `enable`)."""
+    from trigctl import api
+
     done = api.set_enabled(list(names), False, config_path=config_path, state=state)
     click.echo(f"disabled: {render.visible(', '.join(done))}")
 
@@ -348,6 +362,8 @@ def _since(value: str | None) -> float | None:
 @_guard
 def history(name, config_path, state, as_json, limit, status, since) -> None:
     """Newest first: fires with their runs' status and duration, suppressed duplicates, errors."""
+    from trigctl import api
+
     statuses = [s.strip() for s in status.split(",")] if status else None
     known_statuses = api.history_statuses()
     for s in statuses or []:
@@ -370,6 +386,8 @@ def history(name, config_path, state, as_json, limit, status, since) -> None:
 @_guard
 def show(run_id, config_path, state, as_json) -> None:
     """One run: context, each task's status, exit code, duration and last lines of output."""
+    from trigctl import api
+
     run = api.show_run(run_id, config_path=config_path, state=state)
     if as_json:
         render.print_json(render.run_doc(run))
@@ -390,6 +408,8 @@ _CANCELLED = {
 @_guard
 def cancel(run_id, config_path, state) -> None:
     """Terminate a queued or running run (its whole process group); it ends `cancelled`."""
+    from trigctl import api
+
     result = api.cancel_run(run_id, config_path=config_path, state=state)
     click.echo(_CANCELLED[result.how].format(result.run_id))
 
@@ -403,6 +423,7 @@ def cancel(run_id, config_path, state) -> None:
 @_guard
 def prune(older_than, config_path, state) -> None:
     """Delete history older than that; active runs and dedupe state are kept."""
+    from trigctl import api
     from trigctl.durations import DurationError, parse_duration
 
     try:
