@@ -47,7 +47,8 @@ class DaemonPool:
         self._abandoned = abandoned
         self._name = name
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # workers waiting for a call
+        self._starting = 0  # workers started, not yet waiting: each will take a call too
         self._pending = 0  # submitted, not yet taken by a worker
         self._running: dict[int, tuple] = {}  # worker thread id -> the args of the call it runs
         self._started = 0
@@ -62,17 +63,26 @@ class DaemonPool:
         return self._threads - min(stuck, self._max_abandoned)
 
     def _to_spawn(self) -> int:  # with the lock held
-        wanted = self._pending - self._idle
+        # One worker per queued call: a call is never left to wait for a busy worker (a slow poll)
+        # while the pool has room. Idle workers and workers still starting each take one.
+        wanted = self._pending - self._idle - self._starting
         if wanted <= 0 or self._closed:
             return 0
-        n = min(wanted, self._max - self._live())
-        self._threads += max(n, 0)
-        return max(n, 0)
+        n = max(min(wanted, self._max - self._live()), 0)
+        self._threads += n
+        self._starting += n
+        return n
 
     def _spawn(self, n: int) -> None:
-        for _ in range(n):
+        for i in range(n):
             self._started += 1
-            threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
+            try:
+                threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
+            except BaseException:
+                with self._lock:  # not started (no threads left): they must not count as workers
+                    self._threads -= n - i
+                    self._starting -= n - i
+                raise
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         with self._lock:
@@ -95,9 +105,10 @@ class DaemonPool:
 
     def _work(self) -> None:
         me = threading.get_ident()
+        with self._lock:
+            self._starting -= 1
+            self._idle += 1
         while True:
-            with self._lock:
-                self._idle += 1
             item = self._queue.get()
             with self._lock:
                 self._idle -= 1
@@ -116,6 +127,8 @@ class DaemonPool:
                     leave = self._threads > self._max and self._live() > self._max
                     if leave:
                         self._threads -= 1
+                    else:
+                        self._idle += 1
             if leave:
                 return
 

@@ -13,9 +13,13 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trigctl.durations import format_duration
+
+if TYPE_CHECKING:
+    from trigctl.api import HistoryEntry, TriggerStatus
+    from trigctl.store.base import RunRow
 
 # What must not reach a terminal raw: C0 controls and DEL (ESC starts CSI/OSC sequences, CR and BS
 # overwrite what was shown), C1 controls (U+009B is a CSI of its own), lone surrogates (a file name
@@ -132,16 +136,16 @@ def _row(table, *cells: object) -> None:
     table.add_row(*(Text(visible(c)) for c in cells))
 
 
-def trigger_table(rows: list[dict[str, Any]]) -> None:
+def trigger_table(rows: list[TriggerStatus]) -> None:
     now = time.time()
     table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"],
                    fold=("NAME", "TYPE", "WORKFLOW", "INTERVAL", "RESULT"))
     for r in rows:
         _row(
-            table, r["name"], r["type"], r["workflow"], duration(r["interval"]) if r["interval"] is not None else (r.get("_schedule") or "-"),
-            "yes" if r["enabled"] else "no", relative(r["_last_poll_at"], now), r["last_result"] or "-",
-            relative(r["_next_poll_at"], now) if r["enabled"] else "-", str(r["active_runs"]), str(r["fires"]),
-            str(r["consecutive_errors"]) if r["consecutive_errors"] else "-",
+            table, r.name, r.type, r.workflow, duration(r.interval) if r.interval is not None else (r.schedule or "-"),
+            "yes" if r.enabled else "no", relative(r.last_poll_at, now), r.last_result or "-",
+            relative(r.next_poll_at, now) if r.enabled else "-", str(r.active_runs), str(r.fires),
+            str(r.consecutive_errors) if r.consecutive_errors else "-",
         )
     _console().print(table)
 
@@ -153,28 +157,42 @@ def _short_context(ctx: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def history_table(rows: list[dict[str, Any]]) -> None:
+def history_table(rows: list[HistoryEntry]) -> None:
     if not rows:
         sys.stdout.write("no history yet\n")
         return
     now = time.time()
     table = _table(["ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR"], fold=("TRIGGER",))
     for r in rows:
-        detail = r["error"] if r["kind"] == "error" else _short_context(r["context"])
+        detail = r.error if r.kind == "error" else _short_context(r.context)
         _row(
-            table, str(r["id"]), f"{local(r['_when'])} ({relative(r['_when'], now)})", r["trigger_name"], r["kind"],
-            str(r["run_id"]) if r["run_id"] is not None else "-", r["status"] or "-",
-            duration(r["duration"]),
-            str(r["count"]) if r["count"] > 1 else "", detail or "",
+            table, str(r.id), f"{local(r.when)} ({relative(r.when, now)})", r.trigger_name, r.kind,
+            str(r.run_id) if r.run_id is not None else "-", r.status or "-",
+            duration(r.duration),
+            str(r.count) if r.count > 1 else "", detail or "",
         )
     _console().print(table)
 
 
-def run_view(doc: dict[str, Any], error: str | None) -> None:
+def run_doc(run: RunRow) -> dict[str, Any]:
+    """A run and its tasks as `show --json` prints it."""
+    tasks = [
+        {"name": t["name"], "status": t["status"], "exit_code": t["exit_code"], "started_at": iso(t["started_at"]),
+         "completed_at": iso(t["completed_at"]),
+         "duration": round(t["completed_at"] - t["started_at"], 6) if t["completed_at"] and t["started_at"] else None,
+         "output_tail": t["output_tail"] or ""}
+        for t in run.tasks
+    ]
+    return {"id": run.id, "trigger_name": run.trigger_name, "workflow": run.workflow, "status": run.status,
+            "context": run.context, "started_at": iso(run.started_at), "completed_at": iso(run.completed_at),
+            "tasks": tasks}
+
+
+def run_view(run: RunRow) -> None:
     out = sys.stdout
     v = visible
-    started = doc["_started_at"]
-    completed = doc["_completed_at"]
+    doc = run_doc(run)
+    started, completed, error = run.started_at, run.completed_at, run.error
     out.write(f"run {doc['id']}  trigger {v(doc['trigger_name'])}  workflow {v(doc['workflow'])}  status {v(doc['status'])}\n")
     out.write(f"started   {local(started)} ({relative(started)})\n")
     out.write(f"completed {local(completed)}" + (f"  duration {duration(completed - started)}" if completed and started else "") + "\n")

@@ -136,6 +136,16 @@ class Scheduler:
         self._push(slot)
         return slot
 
+    def one_off_poll(self, name: str, now: float) -> Poll:
+        """A poll of trigger ``name`` due and started at ``now``, for a caller that runs it once
+        and records nothing (`trigctl poll`): its slot is set up from the stored row as at start.
+        The caller runs it (:meth:`execute`) and closes ``poll.slot.impl``."""
+        tc = self.config.trigger(name)
+        if tc is None:
+            raise KeyError(name)
+        slot = self._add(tc, self.store.trigger_rows().get(name), now)
+        return Poll(slot, now, now, now + tc.timeout)
+
     def reload(self, config: Config, now: float) -> list[str]:
         """Apply a new config without touching active runs. State follows trigger names."""
         old = self.slots
@@ -524,6 +534,11 @@ def execute_poll(poll: Poll) -> Any:
 
 def _result_only(stats: PollStats) -> PollStats:
     return PollStats(stats.name, stats.last_poll_at, stats.last_result, stats.next_poll_at, 0, stats.consecutive_errors)
+
+
+def describe_error(error: BaseException) -> str:
+    """A poll's error as it is recorded and shown: "TypeError: ...", a PollError's message alone."""
+    return _describe(error)
 
 
 def _describe(error: BaseException) -> str:
