@@ -449,6 +449,8 @@ def _poll_with_timeout(sched, poll_, timeout: float):
     import inspect
     import threading
 
+    from trigctl.scheduler import Awaited
+
     box: dict[str, Any] = {}
 
     def target():
@@ -457,8 +459,7 @@ def _poll_with_timeout(sched, poll_, timeout: float):
             if inspect.isawaitable(value):
                 async def wrap():
                     return await value
-                value = asyncio.run(wrap())
-                value = ("awaited", value)
+                value = Awaited(asyncio.run(wrap()))
             box["value"] = value
         except BaseException as e:  # noqa: BLE001
             box["error"] = e
@@ -471,8 +472,8 @@ def _poll_with_timeout(sched, poll_, timeout: float):
     if "error" in box:
         raise box["error"]
     value = box["value"]
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "awaited":
-        return poll_.slot.impl.finish(value[1])
+    if type(value) is Awaited:
+        return poll_.slot.impl.finish(value.value)
     return value
 
 

@@ -60,6 +60,14 @@ class Poll:
     timed_out: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Awaited:
+    """What an awaitable returned by a trigger's poll() resolved to, on the asyncio thread: the
+    trigger's ``finish()`` turns it into the poll's outcome (on the loop, in :meth:`Scheduler.complete`)."""
+
+    value: Any
+
+
 @dataclass
 class PollReport:
     """What one completed poll did, for logs and `run --once`."""
@@ -352,8 +360,8 @@ class Scheduler:
         message = ""
         if error is None:
             try:
-                if isinstance(result, tuple) and len(result) == 2 and result[0] == "awaited":
-                    result = slot.impl.finish(result[1]) if slot.impl else result[1]
+                if type(result) is Awaited:
+                    result = slot.impl.finish(result.value) if slot.impl else result.value
                 if not isinstance(result, PollOutcome):
                     raise TypeError(f"trigger returned {type(result).__name__}, not a poll outcome")
                 outcome = result
