@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trigctl.config import Config, TriggerConfig
+from trigctl.events import (
+    DuplicateSuppressed,
+    ErrorStreakEnded,
+    ErrorStreakStarted,
+    EventBus,
+    FireRecorded,
+    PollCompleted,
+    PollFailed,
+    RunQueued,
+)
 from trigctl.store.base import FireRequest, FireResult, PollStats, StateError, Store, dedupe_hash, safe_text
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
 
@@ -82,9 +92,10 @@ class PollReport:
 
 class Scheduler:
     def __init__(self, config: Config, store: Store, *, rng: random.Random | None = None,
-                 only: set[str] | None = None):
+                 only: set[str] | None = None, bus: EventBus | None = None):
         self.config = config
         self.store = store
+        self.bus = bus if bus is not None else EventBus()
         self.rng = rng or random.Random()
         self.only = only
         self.slots: dict[str, Slot] = {}
@@ -327,7 +338,10 @@ class Scheduler:
                 slot = poll.slot
                 if slot.in_flight is poll and not poll.timed_out and self.slots.get(slot.name) is slot:
                     poll.timed_out = True
-                    reports.append(self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now))
+                    report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
+                    reports.append(report)
+                    if self.bus.wants(PollCompleted):
+                        self._completed(poll, report, now)
         return reports
 
     def next_deadline(self) -> float | None:
@@ -381,7 +395,13 @@ class Scheduler:
         if error is not None:
             report = self._error(slot, poll, message, now)
         self._after_inflight(slot, now)
+        if self.bus.wants(PollCompleted):  # one per poll: built only for a listener
+            self._completed(poll, report, now)
         return report
+
+    def _completed(self, poll: Poll, report: PollReport, now: float) -> None:
+        self.bus.publish(PollCompleted(report.trigger, poll.due_at, poll.started_at, now - poll.started_at,
+                                       report.result, report.reason, report.error))
 
     def _after_inflight(self, slot: Slot, now: float) -> None:
         if slot.waiting:
@@ -405,6 +425,7 @@ class Scheduler:
     def _success(self, slot: Slot, poll: Poll, outcome: PollOutcome, now: float) -> PollReport:
         tc = slot.config
         stats = slot.stats
+        errors_before = stats.consecutive_errors
         stats.polls += 1
         stats.last_poll_at = now
         stats.consecutive_errors = 0
@@ -416,10 +437,14 @@ class Scheduler:
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
-            return PollReport(tc.name, "skipped", reason=outcome.skip_reason)
-        results = self._record(slot, outcome.fires, outcome, now)
-        fired = any(not r.suppressed for r in results)
-        return PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
+            report = PollReport(tc.name, "skipped", reason=outcome.skip_reason)
+        else:
+            results = self._record(slot, outcome.fires, outcome, now)
+            fired = any(not r.suppressed for r in results)
+            report = PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
+        if errors_before and self.bus.wants(ErrorStreakEnded):
+            self.bus.publish(ErrorStreakEnded(tc.name, errors_before))
+        return report
 
     def fire_requests(self, slot: Slot, contexts: list[dict[str, Any]]) -> list[FireRequest]:
         tc = slot.config
@@ -466,7 +491,25 @@ class Scheduler:
             else:
                 slot.kv[k] = v
         self._dirty.pop(slot.name, None)
+        if contexts:
+            self._publish_fires(slot, requests, results)
         return results
+
+    def _publish_fires(self, slot: Slot, requests: list[FireRequest], results: list[FireResult]) -> None:
+        bus = self.bus
+        fired, duplicate, queued = bus.wants(FireRecorded), bus.wants(DuplicateSuppressed), bus.wants(RunQueued)
+        if not (fired or duplicate or queued):
+            return
+        name, workflow = slot.name, slot.config.workflow
+        for req, res in zip(requests, results):
+            if res.suppressed:
+                if duplicate:
+                    bus.publish(DuplicateSuppressed(name, res.run_id, res.reason))
+                continue
+            if fired:
+                bus.publish(FireRecorded(name, res.run_id, req.context))  # redacted, as recorded
+            if queued and res.run_id is not None:
+                bus.publish(RunQueued(res.run_id, name, workflow, "fire"))
 
     def _error(self, slot: Slot, poll: Poll, message: str, now: float) -> PollReport:
         tc = slot.config
@@ -492,7 +535,14 @@ class Scheduler:
             run_id = self.store.enqueue_run(tc.name, tc.on_error_workflow, ctx, now).run_id
             if run_id is not None:
                 self.alerts.append(run_id)
+                if self.bus.wants(RunQueued):
+                    self.bus.publish(RunQueued(run_id, tc.name, tc.on_error_workflow, "alert"))
             log.warning("trigger %s: %d errors in a row; started %s (run %d)", tc.name, n, tc.on_error_workflow, run_id)
+        bus = self.bus
+        if n == 1 and bus.wants(ErrorStreakStarted):
+            bus.publish(ErrorStreakStarted(tc.name, message))
+        if bus.wants(PollFailed):
+            bus.publish(PollFailed(tc.name, message, n))
         return PollReport(tc.name, "error", error=message)
 
     def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> None:
