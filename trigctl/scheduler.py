@@ -138,9 +138,16 @@ class Scheduler:
             # sooner than the stored slot wins.
             own = impl.next_due(None, now)
             due = own if stored_due is None else min(stored_due, own)
+        elif stored_due is None:
+            due = now + self._jitter(tc)
         else:
-            # After downtime the stored due time is in the past: poll once now, not a burst.
-            due = stored_due if stored_due is not None else now + self._jitter(tc)
+            # After downtime the stored due time is in the past: poll once now, not a burst. An
+            # interval shortened while stopped applies at start as on SIGHUP: the earlier of the
+            # stored due time and now + the new interval (+ its jitter: a spread is kept), or, in an
+            # error streak, now + the streak's backoff under the new settings (a backoff survives).
+            errors = row.consecutive_errors if row else 0
+            bound = self._backoff(tc, impl, errors) if errors else tc.interval + tc.jitter
+            due = min(stored_due, now + bound)
         slot = Slot(
             config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
             cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name) if kv is None else kv,
@@ -180,9 +187,11 @@ class Scheduler:
                 # The next poll is the earlier of the stored one and now + the new interval.
                 if slot.impl is None or not slot.impl.has_own_schedule:
                     slot.due_at = slot.grid_at = min(prev.due_at, now + tc.interval)
+                slot.stats.next_poll_at = slot.due_at
                 changes.append(f"changed {tc.name}")
             else:
                 changes.append(f"added {tc.name}")
+            self._dirty[tc.name] = slot.stats  # `list` shows the new next poll before that poll
             new_slots[tc.name] = slot
             self._push(slot)
         for name, slot in old.items():
@@ -521,9 +530,7 @@ class Scheduler:
         stats.last_result = "error"
         stats.consecutive_errors += 1
         n = stats.consecutive_errors
-        cap = max(tc.max_backoff, tc.interval)
-        base = tc.interval if not (slot.impl and slot.impl.has_own_schedule) else max(tc.interval, 1.0)
-        backoff = min(base * (2 ** min(n, 40)), cap)
+        backoff = self._backoff(tc, slot.impl, n)
         slot.due_at = slot.grid_at = max(poll.due_at + backoff, now)
         stats.next_poll_at = slot.due_at
         self.store.record_error(tc.name, message, stats, now)
@@ -544,6 +551,14 @@ class Scheduler:
         if bus.wants(PollFailed):
             bus.publish(PollFailed(tc.name, message, n))
         return PollReport(tc.name, "error", error=message)
+
+    @staticmethod
+    def _backoff(tc: TriggerConfig, impl: TriggerType | None, errors: int) -> float:
+        """The wait after ``errors`` consecutive errors: interval x 2^n, capped at max_backoff (never
+        below the interval)."""
+        cap = max(tc.max_backoff, tc.interval)
+        base = tc.interval if not (impl and impl.has_own_schedule) else max(tc.interval, 1.0)
+        return min(base * (2 ** min(errors, 40)), cap)
 
     def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> None:
         """Write the skipped polls' counters, at most every STATS_FLUSH_EVERY seconds, in batches of
