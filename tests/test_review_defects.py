@@ -4,9 +4,16 @@ was not made, and a second signal whose handler only sets a flag."""
 
 from __future__ import annotations
 
+import time
+
 from helpers import drive, make_scheduler
 
+from trigctl import events as ev
 from trigctl.config import load_config
+from trigctl.events import EventBus
+from trigctl.runner import Runner
+from trigctl.scheduler import Scheduler
+from trigctl.store.sqlite import SQLiteStore
 
 BASE = """
 version: 1
@@ -80,3 +87,25 @@ def test_a_restart_keeps_an_error_backoff_and_a_past_due_time(write_yaml, callab
     store.close()
     sched3, _ = make_scheduler(path, start + 3600)
     assert sched3.slots["late"].due_at <= start + 3600
+
+
+def test_a_rerun_not_made_because_a_once_key_was_given_up_says_so(write_yaml, callables):
+    callables("def skip():\n    return None\n")
+    path = write_yaml(BASE + trig("o", "mytriggers:skip", interval="1h", dedupe="once", max_attempts=1))
+    cfg = load_config(path)
+    store = SQLiteStore(cfg.state_location())
+    sched = Scheduler(cfg, store)
+    sched.load(time.time())
+    tc = cfg.trigger("o")
+    req = sched.fire_requests(sched.slots["o"], [{"job": 1}])[0]
+    run_id = store.enqueue_run("o", "wf", req.context, time.time(), dedupe="once", context_hash=req.context_hash,
+                               max_attempts=tc.max_attempts).run_id
+    assert [r.id for r in store.claim_queued(time.time(), 1)] == [run_id]  # running: the process "dies" now
+    bus = EventBus()
+    seen: list[ev.RunInterrupted] = []
+    bus.subscribe(seen.append, [ev.RunInterrupted])
+    Runner(cfg, store, install_signals=False, bus=bus).recover()
+    # The interruption was the key's one allowed failure: the rerun is suppressed as given up.
+    assert [(e.run_id, e.action) for e in seen] == [
+        (run_id, "not rerun: given up after 1 failed attempts (dedupe: once)")]
+    assert [r.id for r in store.active_runs()] == []

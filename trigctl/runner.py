@@ -191,8 +191,8 @@ class Runner:
                 continue
             res = self.store.enqueue_run(run.trigger_name, run.workflow, run.context, now, rerun_of=run.id,
                                          dedupe=run.dedupe, context_hash=run.context_hash, max_attempts=tc.max_attempts)
-            if res.suppressed:
-                self.bus.publish(RunInterrupted(run.trigger_name, run.id, "key already active"))
+            if res.suppressed:  # the key is active again, or (dedupe: once) succeeded or given up
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: {res.reason}"))
             else:
                 self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"rerun as run {res.run_id}", res.run_id))
                 if res.run_id is not None and self.bus.wants(RunQueued):
