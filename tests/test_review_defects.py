@@ -4,8 +4,11 @@ was not made, and a second signal whose handler only sets a flag."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
+from conftest import wait_for
 from helpers import drive, make_scheduler
 
 from trigctl import events as ev
@@ -109,3 +112,36 @@ def test_a_rerun_not_made_because_a_once_key_was_given_up_says_so(write_yaml, ca
     assert [(e.run_id, e.action) for e in seen] == [
         (run_id, "not rerun: given up after 1 failed attempts (dedupe: once)")]
     assert [r.id for r in store.active_runs()] == []
+
+
+def test_the_second_signal_handler_only_sets_a_flag_and_the_loop_cancels(write_yaml, callables, monkeypatch):
+    callables("from trigctl import Fire\ndef once():\n    return Fire({'k': 1})\n")
+    path = write_yaml(BASE + trig("s", "mytriggers:once", interval="1h").replace("workflow: wf", "workflow: slow"))
+    cfg = load_config(path)
+    store = SQLiteStore(cfg.state_location())
+    runner = Runner(cfg, store, install_signals=False, grace=600)
+    calls: list[str] = []
+    real_cancel_all = runner.workflows.cancel_all
+
+    def cancel_all(status="cancelled"):
+        calls.append(threading.current_thread().name)
+        real_cancel_all(status)
+
+    monkeypatch.setattr(runner.workflows, "cancel_all", cancel_all)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: runner.workflows.count() == 1, message="run started")
+        run_id = runner.workflows.active_runs()[0].id
+        runner._on_signal(signal.SIGTERM, None)  # as the handler is called, on this thread
+        runner._on_signal(signal.SIGTERM, None)
+        assert calls == []  # the handler did no work
+        t0 = time.monotonic()
+        thread.join(20)
+        assert time.monotonic() - t0 < 10  # not the 600 s grace: the second signal ended it at once
+    finally:
+        runner.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert calls and all(name != threading.current_thread().name for name in calls)
+    assert store.get_run(run_id).status == "cancelled"

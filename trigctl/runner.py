@@ -152,12 +152,14 @@ class Runner:
         self._event.set()
 
     def _on_signal(self, signum, frame) -> None:
+        # Flags only: the handler runs on the main thread between any two bytecodes, possibly while
+        # that thread holds a lock that real work (starting a kill thread, logging) would take.
+        # The owner thread acts: it stops polling at the first signal; at the second its shutdown
+        # stops waiting for runs and cancels them (see _shutdown).
         if signum == signal.SIGHUP:
             self._reload_requested = True
         else:
             self._signals += 1
-            if self._signals >= 2:
-                self.workflows.cancel_all("cancelled")
         self._event.set()
 
     # ------------------------------------------------------------------------------------ recover
@@ -494,7 +496,7 @@ class Runner:
         (their work was done: a fire not recorded would be offered again at the next start)."""
         deadline = time.monotonic() + budget
         try:
-            while self._results and time.monotonic() < deadline:
+            while self._results and time.monotonic() < deadline and self._signals < 2:
                 poll, result, error = self._results.popleft()
                 report = self.scheduler.complete(poll, result, error, self.clock())
                 if report:
