@@ -6,7 +6,7 @@ import asyncio
 import inspect
 
 from trigctl.config import load_config
-from trigctl.scheduler import Scheduler
+from trigctl.scheduler import Awaited, Scheduler
 from trigctl.store.sqlite import SQLiteStore
 
 
@@ -29,7 +29,7 @@ def drive(sched: Scheduler, now: float):
         try:
             result, error = sched.execute(poll), None
             if inspect.isawaitable(result):
-                result = ("awaited", asyncio.run(_await(result)))
+                result = Awaited(asyncio.run(_await(result)))
         except Exception as e:  # noqa: BLE001
             result, error = None, e
         report = sched.complete(poll, result, error, now)

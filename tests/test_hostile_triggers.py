@@ -22,7 +22,7 @@ from realproc import RunProc, integrity, query
 
 from trigctl import Fire, Skip
 from trigctl.procs import group_running
-from trigctl.scheduler import Scheduler
+from trigctl.scheduler import Awaited, Scheduler
 from trigctl.triggers.base import MAX_CONTEXT_BYTES, PollOutcome, normalize_result
 
 # --------------------------------------------------------------------------------- junk values
@@ -200,7 +200,7 @@ def _drive(sched, now):
                 async def wait(aw=result):
                     return await aw
                 try:
-                    result = ("awaited", asyncio.run(wait()))
+                    result = Awaited(asyncio.run(wait()))
                 except BaseException as e:  # noqa: BLE001 - as the runner's event-loop callback does
                     result, error = None, e
         except BaseException as e:  # noqa: BLE001

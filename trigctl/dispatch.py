@@ -178,6 +178,8 @@ class Dispatcher:
 
     def run_awaitable(self, poll: Any, awaitable: Any) -> None:
         """Await what an async callable returned, on the event-loop thread."""
+        from trigctl.scheduler import Awaited
+
         loop = self._ensure_loop()
 
         async def wrap():
@@ -192,7 +194,7 @@ class Dispatcher:
 
         def done(f):
             try:
-                self._post(poll, ("awaited", f.result()), None)
+                self._post(poll, Awaited(f.result()), None)
             except _Escaped as e:
                 self._post(poll, None, e.error)
             except BaseException as e:  # noqa: BLE001

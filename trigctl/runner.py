@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import inspect
-import json
 import logging
 import os
 import signal
@@ -13,11 +12,27 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from trigctl.config import Config, ConfigError, load_config
 from trigctl.dispatch import Dispatcher
+from trigctl.events import (
+    ClockStepped,
+    ConfigReloaded,
+    EventBus,
+    LoopStarted,
+    LoopStopped,
+    LoopStopping,
+    ReloadRefused,
+    RunCancelling,
+    RunFinished,
+    RunInterrupted,
+    RunQueued,
+    TriggerDisabled,
+    TriggerEnabled,
+)
+from trigctl.observe.logs import BatchingHandler, EventFormatter, LogSubscriber
+from trigctl.observe.logs import flush_logs as _flush_logs
 from trigctl.procs import kill_recorded_group
 from trigctl.scheduler import Poll, PollReport, Scheduler
 from trigctl.store.base import StateError, StateLocked, Store
@@ -25,6 +40,8 @@ from trigctl.triggers.base import PollOutcome
 from trigctl.workflows import WorkflowRunner
 
 log = logging.getLogger("trigctl")
+
+__all__ = ["BatchingHandler", "EventFormatter", "Runner"]  # the log classes' old home, for callers
 
 DB_WATCH_EVERY = 0.25  # seconds: how often `enable`/`disable`/`cancel` from other shells are looked for
 MAX_RERUN_CHAIN = 3
@@ -55,8 +72,14 @@ class Runner:
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  only: set[str] | None = None, once: bool = False, grace: float = 30.0,
                  install_signals: bool = True, kill_grace: float = 5.0,
-                 monotonic: Callable[[], float] | None = None):
+                 monotonic: Callable[[], float] | None = None, bus: EventBus | None = None):
         self.config = config
+        # What happens is published on the bus; without one given, a bus whose one subscriber
+        # writes today's log lines.
+        if bus is None:
+            bus = EventBus()
+            LogSubscriber().attach(bus)
+        self.bus = bus
         self.store = store
         self.clock = clock
         # Wall-clock steps are told apart from the passing of time by a monotonic clock. An
@@ -68,12 +91,12 @@ class Runner:
         self.once = once
         self.grace = grace
         self.install_signals = install_signals
-        self.scheduler = Scheduler(config, store, only=only)
+        self.scheduler = Scheduler(config, store, only=only, bus=bus)
         # Runs record through the same store (one connection, one lock). A second connection was
         # tried: writes from two connections of one process can stall each other for the busy
         # timeout (seen as a closed-loop benchmark stopping), so it waits for a writer thread.
         self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished,
-                                        kill_grace=kill_grace)
+                                        kill_grace=kill_grace, bus=bus)
         self._event = threading.Event()
         self.dispatcher = Dispatcher(self._post)
         # The loop runs on an "owner" thread and calls Python triggers inline (~1 µs a dispatch).
@@ -89,7 +112,7 @@ class Runner:
         self.handoffs = 0
         self._results: deque = deque()
         self._wakes: deque = deque()
-        self._finished_runs: deque = deque()
+        self._finished_runs: deque[RunFinished] = deque()
         self._signals = 0
         self._reload_requested = False
         self._last_watch = 0.0
@@ -97,7 +120,6 @@ class Runner:
         self.poll_errors = 0
         self.failed_runs = 0
         self._my_runs: set[int] = set()
-        self._logged_duplicates: set[tuple] = set()  # (trigger, blocking run, reason) already logged
         self._pump_needed = True  # queued runs from before a restart start at once
         self._wake_at = 0.0  # monotonic time the loop will wake by itself; 0 while it is awake
 
@@ -115,8 +137,9 @@ class Runner:
         self._wakes.append(name)
         self._event.set()
 
-    def _run_finished(self, run_id: int, status: str, error: str | None) -> None:
-        self._finished_runs.append((run_id, status, error))
+    def _run_finished(self, event: RunFinished) -> None:
+        """On the run's worker thread: the loop publishes it (after the run's RunStarted)."""
+        self._finished_runs.append(event)
         self._event.set()
 
     def _stopping(self) -> bool:
@@ -128,12 +151,14 @@ class Runner:
         self._event.set()
 
     def _on_signal(self, signum, frame) -> None:
+        # Flags only: the handler runs on the main thread between any two bytecodes, possibly while
+        # that thread holds a lock that real work (starting a kill thread, logging) would take.
+        # The owner thread acts: it stops polling at the first signal; at the second its shutdown
+        # stops waiting for runs and cancels them (see _shutdown).
         if signum == signal.SIGHUP:
             self._reload_requested = True
         else:
             self._signals += 1
-            if self._signals >= 2:
-                self.workflows.cancel_all("cancelled")
         self._event.set()
 
     # ------------------------------------------------------------------------------------ recover
@@ -158,16 +183,19 @@ class Runner:
             tc = self.config.trigger(run.trigger_name)
             chain = self._chain_length(run.id)
             if tc is None or tc.on_interrupt != "rerun" or run.workflow != tc.workflow:
-                self.emit("interrupted", trigger=run.trigger_name, run_id=run.id, action="marked")
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, "marked"))
                 continue
             if chain >= MAX_RERUN_CHAIN:
-                self.emit("interrupted", trigger=run.trigger_name, run_id=run.id,
-                          action=f"not rerun: interrupted {chain} times in a row")
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: interrupted {chain} times in a row"))
                 continue
             res = self.store.enqueue_run(run.trigger_name, run.workflow, run.context, now, rerun_of=run.id,
                                          dedupe=run.dedupe, context_hash=run.context_hash, max_attempts=tc.max_attempts)
-            self.emit("interrupted", trigger=run.trigger_name, run_id=run.id,
-                      action=f"rerun as run {res.run_id}" if not res.suppressed else "key already active")
+            if res.suppressed:  # the key is active again, or (dedupe: once) succeeded or given up
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: {res.reason}"))
+            else:
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"rerun as run {res.run_id}", res.run_id))
+                if res.run_id is not None and self.bus.wants(RunQueued):
+                    self.bus.publish(RunQueued(res.run_id, run.trigger_name, run.workflow, "rerun"))
 
     def _chain_length(self, run_id: int) -> int:
         n, current = 0, self.store.get_run(run_id)
@@ -205,8 +233,7 @@ class Runner:
         self.scheduler.start_triggers(self._wake_trigger)
         self.store.changes()  # what is there now is loaded: from here on, only changes
         enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
-        self.emit("start", triggers=len(self.scheduler.slots), enabled=enabled, state=getattr(self.store, "path", ""),
-                  pid=os.getpid())
+        self.bus.publish(LoopStarted(len(self.scheduler.slots), enabled, getattr(self.store, "path", ""), os.getpid()))
         # Everything loaded so far (config, slots, modules) lives as long as the loop: keep it out of
         # the cyclic collector's full scans, which at 20,000 triggers stall the loop for 100+ ms.
         # Per-poll objects are freed by reference counting; cycles among them are rare.
@@ -319,7 +346,7 @@ class Runner:
         if abs(delta) >= CLOCK_STEP:
             self.scheduler.clock_stepped(delta, now)
             self._last_watch += delta
-            self.emit("clock_stepped", seconds=round(delta, 3))
+            self.bus.publish(ClockStepped(delta))
 
     def _step(self, now: float, force: bool = False) -> None:
         sched = self.scheduler
@@ -352,11 +379,8 @@ class Runner:
         if expired:
             self.dispatcher.rebalance()
         while self._finished_runs:
-            run_id, status, error = self._finished_runs.popleft()
             self._pump_needed = True
-            self.emit("run_finished", run_id=run_id, status=status, error=error)
-            if run_id in self._my_runs and status != "succeeded":
-                self.failed_runs += 1
+            self._publish_finished(self._finished_runs.popleft())
         if now - self._last_watch >= DB_WATCH_EVERY:
             self._last_watch = now
             self._watch_state(now)
@@ -364,8 +388,7 @@ class Runner:
             self._pump_needed = True
         if self._pump_needed:
             self._pump_needed = False
-            for run in self.workflows.pump(stop=self._stopping):
-                self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
+            self.workflows.pump(stop=self._stopping)  # publishes RunStarted
         sched.flush(now, stop=self._stopping)
         if self.once:  # only --once's exit code needs them; a long run must not keep every id
             self._my_runs.update(sched.alerts)
@@ -382,10 +405,10 @@ class Runner:
             want = slot.config.enabled if stored is None else stored
             if want != slot.enabled:
                 self.scheduler.set_enabled(name, want, now)
-                self.emit("enabled" if want else "disabled", trigger=name)
+                self.bus.publish(TriggerEnabled(name) if want else TriggerDisabled(name))
         for run_id in changes.cancel_requested:
             if self.workflows.cancel(run_id):
-                self.emit("cancelling", run_id=run_id)
+                self.bus.publish(RunCancelling(run_id))
 
     def _wait_for(self, now: float) -> float:
         candidates = [DB_WATCH_EVERY]
@@ -401,40 +424,29 @@ class Runner:
             return False
         if self.workflows.count():
             return False
-        started = self.workflows.pump()
-        for run in started:
-            self.emit("run_started", run_id=run.id, trigger=run.trigger_name, workflow=run.workflow)
-        return not started
+        return not self.workflows.pump()
 
     def _report(self, report: PollReport) -> None:
+        """The loop's own bookkeeping of a completed poll (the scheduler published its events)."""
         if report.result == "error":
             self.poll_errors += 1
-            self.emit("error", trigger=report.trigger, error=report.error)
             return
-        for context, res in report.fires:
+        for _context, res in report.fires:
             if not res.suppressed:
                 self._pump_needed = True
-            if res.suppressed:
-                # One line per blocking run, not one per poll: history counts the repeats.
-                # (Per blocking run, not per trigger: a poll that returns many pending keys would
-                # otherwise log every one of them on every poll.)
-                seen = (report.trigger, res.run_id, res.reason)
-                if seen not in self._logged_duplicates:
-                    if len(self._logged_duplicates) >= 100_000:
-                        self._logged_duplicates.clear()
-                    self._logged_duplicates.add(seen)
-                    self.emit("duplicate", trigger=report.trigger, blocked_by=res.run_id, reason=res.reason)
-            else:
                 if self.once and res.run_id is not None:
                     self._my_runs.add(res.run_id)
-                self.emit("fired", trigger=report.trigger, run_id=res.run_id,
-                          context=self.config.redactor.scrub(context))
+
+    def _publish_finished(self, event: RunFinished) -> None:
+        self.bus.publish(event)
+        if event.run_id in self._my_runs and event.status != "succeeded":
+            self.failed_runs += 1
 
     def reload(self, now: float) -> None:
         try:
             new = load_config(self.config.path)
         except ConfigError as e:
-            self.emit("reload_refused", error=str(e.issues[0]) + (f" (+{len(e.issues) - 1} more)" if len(e.issues) > 1 else ""))
+            self.bus.publish(ReloadRefused(str(e.issues[0]) + (f" (+{len(e.issues) - 1} more)" if len(e.issues) > 1 else "")))
             return
         self._pump_needed = True
         changes = self.scheduler.reload(new, now)
@@ -442,10 +454,10 @@ class Runner:
         self.scheduler.start_triggers(self._wake_trigger)
         self.config = new
         self.workflows.config = new
-        self.emit("reloaded", changes=", ".join(changes) or "no changes")
+        self.bus.publish(ConfigReloaded(tuple(changes)))
 
     def _shutdown(self) -> None:
-        self.emit("stopping", active_runs=self.workflows.count(), grace=self.grace)
+        self.bus.publish(LoopStopping(self.workflows.count(), self.grace))
         self.dispatcher.close()
         if self._exit_code == 0:  # not after a state error: those writes would fail again
             self._record_returned_polls(SHUTDOWN_DRAIN)
@@ -458,14 +470,12 @@ class Runner:
             if not self.workflows.join(self.workflows.kill_grace + 5):
                 # A task that cannot be interrupted (an http: call waiting for its timeout): the run
                 # is recorded cancelled now, as promised, rather than left `running` for a rerun.
-                for run_id in self.workflows.active_ids():
-                    if self.store.finish_run(run_id, "cancelled", self.clock(), "cancelled at shutdown"):
-                        self._finished_runs.append((run_id, "cancelled", "cancelled at shutdown"))
+                for run in self.workflows.active_runs():
+                    if self.store.finish_run(run.id, "cancelled", self.clock(), "cancelled at shutdown"):
+                        self._finished_runs.append(RunFinished(run.id, run.trigger_name, run.workflow, "cancelled",
+                                                               None, "cancelled at shutdown"))
         while self._finished_runs:
-            run_id, status, error = self._finished_runs.popleft()
-            self.emit("run_finished", run_id=run_id, status=status, error=error)
-            if run_id in self._my_runs and status != "succeeded":
-                self.failed_runs += 1
+            self._publish_finished(self._finished_runs.popleft())
         try:
             self.scheduler.flush(self.clock(), force=True)
         except StateError as e:
@@ -477,14 +487,14 @@ class Runner:
             util = sys.modules.get("trigctl.triggers._util")
             if util is not None:  # commands that ignore SIGTERM are SIGKILLed before we exit, not orphaned
                 util.wait_for_stops()
-            self.emit("stopped")
+            self.bus.publish(LoopStopped())
 
     def _record_returned_polls(self, budget: float) -> None:
         """At shutdown, record the polls that have already returned, for at most ``budget`` seconds
         (their work was done: a fire not recorded would be offered again at the next start)."""
         deadline = time.monotonic() + budget
         try:
-            while self._results and time.monotonic() < deadline:
+            while self._results and time.monotonic() < deadline and self._signals < 2:
                 poll, result, error = self._results.popleft()
                 report = self.scheduler.complete(poll, result, error, self.clock())
                 if report:
@@ -492,117 +502,3 @@ class Runner:
         except StateError as e:
             log.error("%s; the last polls' results are not saved", e)
         self._results.clear()
-
-    # ---------------------------------------------------------------------------------------- log
-
-    def emit(self, event: str, **fields: Any) -> None:
-        log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
-        if event not in _BATCHED_EVENTS:
-            _flush_logs()  # rare events (start, stopping, reload...) are written at once
-
-
-class BatchingHandler(logging.StreamHandler):
-    """Collects log lines and writes them in one go when the loop flushes (once per loop step,
-    and at exit): a line per event, but not a write() system call per line."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._pending: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._pending.append(self.format(record) + self.terminator)
-        except Exception:  # noqa: BLE001 - logging must never take the loop down
-            self.handleError(record)
-        if len(self._pending) >= 1000:
-            self.flush()
-
-    def flush(self) -> None:
-        self.acquire()
-        try:
-            if self._pending:
-                text, self._pending = "".join(self._pending), []
-                try:
-                    self.stream.write(text)
-                except (OSError, ValueError):  # a closed or broken stderr must not stop the loop
-                    pass
-            if self.stream and hasattr(self.stream, "flush"):
-                try:
-                    self.stream.flush()
-                except (OSError, ValueError):
-                    pass
-        finally:
-            self.release()
-
-
-_BATCHED_EVENTS = frozenset({"fired", "duplicate", "error", "run_started", "run_finished"})
-
-
-def _flush_logs() -> None:
-    for handler in log.handlers:
-        handler.flush()
-
-
-class EventFormatter(logging.Formatter):
-    """One line per event on stderr: text for people, JSON for machines."""
-
-    def __init__(self, fmt: str = "text", debug: bool = False):
-        super().__init__()
-        self.json = fmt == "json"
-        self.debug = debug
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
-        event = getattr(record, "trigctl_event", None)
-        fields = getattr(record, "trigctl_fields", {}) if event else {}
-        message = "" if event else _message(record, self.debug)
-        if self.json:
-            doc = {"ts": ts.isoformat().replace("+00:00", "Z"), "level": record.levelname.lower(),
-                   "event": event or "log", **fields}
-            if not event:
-                doc["message"] = message
-                if record.exc_info and self.debug:
-                    doc["traceback"] = self.formatException(record.exc_info)
-            return json.dumps(doc, default=str)
-        stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
-        if not event:
-            line = _visible(f"{stamp} {record.levelname.lower()} {message}")
-            if record.exc_info and self.debug:
-                line += "\n" + self.formatException(record.exc_info)
-            return line
-        parts = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None and v != "")
-        return f"{stamp} {event} {parts}".rstrip()
-
-
-def _message(record: logging.LogRecord, debug: bool) -> str:
-    """The record's message, with the exception it carries (type and text) on the same line."""
-    try:
-        text = record.getMessage()
-    except Exception:  # noqa: BLE001 - a log call with bad arguments must not stop the loop
-        text = str(record.msg)
-    exc = record.exc_info[1] if record.exc_info else None
-    if exc is not None:
-        try:
-            detail = str(exc)
-        except Exception:  # noqa: BLE001
-            detail = "(its message could not be read)"
-        text += f": {type(exc).__name__}" + (f": {detail}" if detail else "")
-        if not debug:
-            text += " (run with --debug for the traceback)"
-    return text
-
-
-def _visible(text: str) -> str:
-    """A log line as text: control characters, lone surrogates and other unprintables from data
-    (an error message, a file name) are shown as escapes, never sent to the terminal raw."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, default=str)
-    s = str(v)
-    # JSON-quoted (so escaped) when it has a space, nothing, or anything not printable.
-    return json.dumps(s) if (" " in s or not s or '"' in s or not s.isprintable()) else s

@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trigctl.config import Config, TriggerConfig
+from trigctl.events import (
+    DuplicateSuppressed,
+    ErrorStreakEnded,
+    ErrorStreakStarted,
+    EventBus,
+    FireRecorded,
+    PollCompleted,
+    PollFailed,
+    RunQueued,
+)
 from trigctl.store.base import FireRequest, FireResult, PollStats, StateError, Store, dedupe_hash, safe_text
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
 
@@ -60,6 +70,14 @@ class Poll:
     timed_out: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Awaited:
+    """What an awaitable returned by a trigger's poll() resolved to, on the asyncio thread: the
+    trigger's ``finish()`` turns it into the poll's outcome (on the loop, in :meth:`Scheduler.complete`)."""
+
+    value: Any
+
+
 @dataclass
 class PollReport:
     """What one completed poll did, for logs and `run --once`."""
@@ -74,9 +92,10 @@ class PollReport:
 
 class Scheduler:
     def __init__(self, config: Config, store: Store, *, rng: random.Random | None = None,
-                 only: set[str] | None = None):
+                 only: set[str] | None = None, bus: EventBus | None = None):
         self.config = config
         self.store = store
+        self.bus = bus if bus is not None else EventBus()
         self.rng = rng or random.Random()
         self.only = only
         self.slots: dict[str, Slot] = {}
@@ -120,9 +139,16 @@ class Scheduler:
             # sooner than the stored slot wins.
             own = impl.next_due(None, now)
             due = own if stored_due is None else min(stored_due, own)
+        elif stored_due is None:
+            due = now + self._jitter(tc)
         else:
-            # After downtime the stored due time is in the past: poll once now, not a burst.
-            due = stored_due if stored_due is not None else now + self._jitter(tc)
+            # After downtime the stored due time is in the past: poll once now, not a burst. An
+            # interval shortened while stopped applies at start as on SIGHUP: the earlier of the
+            # stored due time and now + the new interval (+ its jitter: a spread is kept), or, in an
+            # error streak, now + the streak's backoff under the new settings (a backoff survives).
+            errors = row.consecutive_errors if row else 0
+            bound = self._backoff(tc, impl, errors) if errors else tc.interval + tc.jitter
+            due = min(stored_due, now + bound)
         slot = Slot(
             config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
             cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name) if kv is None else kv,
@@ -173,9 +199,11 @@ class Scheduler:
                 # The next poll is the earlier of the stored one and now + the new interval.
                 if slot.impl is None or not slot.impl.has_own_schedule:
                     slot.due_at = slot.grid_at = min(prev.due_at, now + tc.interval)
+                slot.stats.next_poll_at = slot.due_at
                 changes.append(f"changed {tc.name}")
             else:
                 changes.append(f"added {tc.name}")
+            self._dirty[tc.name] = slot.stats  # `list` shows the new next poll before that poll
             new_slots[tc.name] = slot
             self._push(slot)
         self.store.release_triggers(name for name in old if name not in new_slots)
@@ -332,7 +360,10 @@ class Scheduler:
                 slot = poll.slot
                 if slot.in_flight is poll and not poll.timed_out and self.slots.get(slot.name) is slot:
                     poll.timed_out = True
-                    reports.append(self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now))
+                    report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
+                    reports.append(report)
+                    if self.bus.wants(PollCompleted):
+                        self._completed(poll, report, now)
         return reports
 
     def next_deadline(self) -> float | None:
@@ -365,8 +396,8 @@ class Scheduler:
         message = ""
         if error is None:
             try:
-                if isinstance(result, tuple) and len(result) == 2 and result[0] == "awaited":
-                    result = slot.impl.finish(result[1]) if slot.impl else result[1]
+                if type(result) is Awaited:
+                    result = slot.impl.finish(result.value) if slot.impl else result.value
                 if not isinstance(result, PollOutcome):
                     raise TypeError(f"trigger returned {type(result).__name__}, not a poll outcome")
                 outcome = result
@@ -386,7 +417,13 @@ class Scheduler:
         if error is not None:
             report = self._error(slot, poll, message, now)
         self._after_inflight(slot, now)
+        if self.bus.wants(PollCompleted):  # one per poll: built only for a listener
+            self._completed(poll, report, now)
         return report
+
+    def _completed(self, poll: Poll, report: PollReport, now: float) -> None:
+        self.bus.publish(PollCompleted(report.trigger, poll.due_at, poll.started_at, now - poll.started_at,
+                                       report.result, report.reason, report.error))
 
     def _after_inflight(self, slot: Slot, now: float) -> None:
         if slot.waiting:
@@ -410,6 +447,7 @@ class Scheduler:
     def _success(self, slot: Slot, poll: Poll, outcome: PollOutcome, now: float) -> PollReport:
         tc = slot.config
         stats = slot.stats
+        errors_before = stats.consecutive_errors
         stats.polls += 1
         stats.last_poll_at = now
         stats.consecutive_errors = 0
@@ -421,10 +459,14 @@ class Scheduler:
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
-            return PollReport(tc.name, "skipped", reason=outcome.skip_reason)
-        results = self._record(slot, outcome.fires, outcome, now)
-        fired = any(not r.suppressed for r in results)
-        return PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
+            report = PollReport(tc.name, "skipped", reason=outcome.skip_reason)
+        else:
+            results = self._record(slot, outcome.fires, outcome, now)
+            fired = any(not r.suppressed for r in results)
+            report = PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
+        if errors_before and self.bus.wants(ErrorStreakEnded):
+            self.bus.publish(ErrorStreakEnded(tc.name, errors_before))
+        return report
 
     def fire_requests(self, slot: Slot, contexts: list[dict[str, Any]]) -> list[FireRequest]:
         tc = slot.config
@@ -471,7 +513,25 @@ class Scheduler:
             else:
                 slot.kv[k] = v
         self._dirty.pop(slot.name, None)
+        if contexts:
+            self._publish_fires(slot, requests, results)
         return results
+
+    def _publish_fires(self, slot: Slot, requests: list[FireRequest], results: list[FireResult]) -> None:
+        bus = self.bus
+        fired, duplicate, queued = bus.wants(FireRecorded), bus.wants(DuplicateSuppressed), bus.wants(RunQueued)
+        if not (fired or duplicate or queued):
+            return
+        name, workflow = slot.name, slot.config.workflow
+        for req, res in zip(requests, results):
+            if res.suppressed:
+                if duplicate:
+                    bus.publish(DuplicateSuppressed(name, res.run_id, res.reason))
+                continue
+            if fired:
+                bus.publish(FireRecorded(name, res.run_id, req.context))  # redacted, as recorded
+            if queued and res.run_id is not None:
+                bus.publish(RunQueued(res.run_id, name, workflow, "fire"))
 
     def _error(self, slot: Slot, poll: Poll, message: str, now: float) -> PollReport:
         tc = slot.config
@@ -483,9 +543,7 @@ class Scheduler:
         stats.last_result = "error"
         stats.consecutive_errors += 1
         n = stats.consecutive_errors
-        cap = max(tc.max_backoff, tc.interval)
-        base = tc.interval if not (slot.impl and slot.impl.has_own_schedule) else max(tc.interval, 1.0)
-        backoff = min(base * (2 ** min(n, 40)), cap)
+        backoff = self._backoff(tc, slot.impl, n)
         slot.due_at = slot.grid_at = max(poll.due_at + backoff, now)
         stats.next_poll_at = slot.due_at
         self.store.record_error(tc.name, message, stats, now)
@@ -497,8 +555,23 @@ class Scheduler:
             run_id = self.store.enqueue_run(tc.name, tc.on_error_workflow, ctx, now).run_id
             if run_id is not None:
                 self.alerts.append(run_id)
+                if self.bus.wants(RunQueued):
+                    self.bus.publish(RunQueued(run_id, tc.name, tc.on_error_workflow, "alert"))
             log.warning("trigger %s: %d errors in a row; started %s (run %d)", tc.name, n, tc.on_error_workflow, run_id)
+        bus = self.bus
+        if n == 1 and bus.wants(ErrorStreakStarted):
+            bus.publish(ErrorStreakStarted(tc.name, message))
+        if bus.wants(PollFailed):
+            bus.publish(PollFailed(tc.name, message, n))
         return PollReport(tc.name, "error", error=message)
+
+    @staticmethod
+    def _backoff(tc: TriggerConfig, impl: TriggerType | None, errors: int) -> float:
+        """The wait after ``errors`` consecutive errors: interval x 2^n, capped at max_backoff (never
+        below the interval)."""
+        cap = max(tc.max_backoff, tc.interval)
+        base = tc.interval if not (impl and impl.has_own_schedule) else max(tc.interval, 1.0)
+        return min(base * (2 ** min(errors, 40)), cap)
 
     def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> None:
         """Write the skipped polls' counters, at most every STATS_FLUSH_EVERY seconds, in batches of

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.config import Config, TaskConfig, WorkflowConfig
+from trigctl.events import EventBus, RunFinished, RunStarted, TaskFinished
 from trigctl.procs import (
     OUTPUT_TAIL_BYTES,
     OutputTail,
@@ -293,6 +294,7 @@ class RunExecution:
         self._proc_lock = threading.Lock()
         self._pgid: int | None = None
         self._recorded = False  # the current task's row is written
+        self.started = time.monotonic()
 
     # -- control, from other threads
     def cancel(self, status: str = "cancelled") -> None:
@@ -365,7 +367,14 @@ class RunExecution:
             output = self.runner.redact(outcome.output if outcome.output is not None else tail(out_path)) or ""
             if outcome.status == "failed" and outcome.error and not output:
                 output = outcome.error
-            store.task_finished(self.run.id, idx, outcome.status, outcome.exit_code, clock(), output, attempts)
+            finished_at = clock()
+            store.task_finished(self.run.id, idx, outcome.status, outcome.exit_code, finished_at, output, attempts)
+            bus = self.runner.bus
+            if bus.wants(TaskFinished):
+                run = self.run
+                bus.publish(TaskFinished(run.id, run.trigger_name, run.workflow, task.name, outcome.status,
+                                         outcome.exit_code, attempts, finished_at - started_at,
+                                         self.runner.redact(outcome.error)))
             if outcome.status != "failed" or attempts > task.retries:
                 return outcome, attempts
             if deadline is not None and time.monotonic() + delay >= deadline:
@@ -522,11 +531,15 @@ class WorkflowRunner:
     """Starts queued runs up to ``max_concurrent_runs``; the queue itself lives in the store (FIFO)."""
 
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
-                 on_finished: Callable[[int, str, str | None], None] | None = None, kill_grace: float = 5.0):
+                 on_finished: Callable[[RunFinished], None] | None = None, kill_grace: float = 5.0,
+                 bus: EventBus | None = None):
         self.config = config
         self.store = store
         self.clock = clock
+        # Called on the run's worker thread when a run ends; without it, RunFinished is published
+        # there. (The loop passes one: it publishes RunFinished on its own thread, after RunStarted.)
         self.on_finished = on_finished
+        self.bus = bus if bus is not None else EventBus()
         self.kill_grace = kill_grace
         self.active: dict[int, RunExecution] = {}
         self._lock = threading.Lock()
@@ -592,6 +605,8 @@ class WorkflowRunner:
                 if spawn:
                     threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
                 started.append(run)
+                if self.bus.wants(RunStarted):
+                    self.bus.publish(RunStarted(run.id, run.trigger_name, run.workflow))
             if len(runs) < room:
                 break
         return started
@@ -615,8 +630,12 @@ class WorkflowRunner:
             self.active.pop(ex.run.id, None)
             self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
             self._idle_cond.notify_all()
+        run = ex.run
+        event = RunFinished(run.id, run.trigger_name, run.workflow, status, time.monotonic() - ex.started, error)
         if self.on_finished:
-            self.on_finished(ex.run.id, status, error)
+            self.on_finished(event)
+        elif self.bus.wants(RunFinished):
+            self.bus.publish(event)
 
     def cancel(self, run_id: int, status: str = "cancelled") -> bool:
         with self._lock:
@@ -636,9 +655,9 @@ class WorkflowRunner:
         with self._lock:
             return len(self.active)
 
-    def active_ids(self) -> list[int]:
+    def active_runs(self) -> list[RunRow]:
         with self._lock:
-            return list(self.active)
+            return [ex.run for ex in self.active.values()]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no run is active; False if ``timeout`` passed first."""

@@ -1,0 +1,184 @@
+"""The log output of `trigctl run`: one line per event on stderr, as text or JSON.
+
+:class:`LogSubscriber` turns the typed events of :mod:`trigctl.events` into records of the
+``trigctl`` logger (one per event, the event's name and fields in ``extra``); :class:`EventFormatter`
+writes them as lines and :class:`BatchingHandler` writes the lines of one loop step in one go.
+The lines are the documented log format (docs/cli.md, `trigctl run`): names and field order are
+part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from trigctl import events as ev
+
+log = logging.getLogger("trigctl")
+
+# Frequent events: written when the loop flushes (once per step). The others at once.
+BATCHED_EVENTS = frozenset({"fired", "duplicate", "error", "run_started", "run_finished"})
+MAX_LOGGED_DUPLICATES = 100_000  # (trigger, blocking run, reason) remembered, then forgotten at once
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Log one event line (the form every event line takes)."""
+    log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
+    if event not in BATCHED_EVENTS:
+        flush_logs()  # rare events (start, stopping, reload...) are written at once
+
+
+def flush_logs() -> None:
+    for handler in log.handlers:
+        handler.flush()
+
+
+_Fields = Callable[[Any], "dict[str, Any]"]
+
+# Each logged event type: its fields, in the order the line shows them.
+_FIELDS: dict[type, _Fields] = {
+    ev.LoopStarted: lambda e: {"triggers": e.triggers, "enabled": e.enabled, "state": e.state, "pid": e.pid},
+    ev.FireRecorded: lambda e: {"trigger": e.trigger, "run_id": e.run_id, "context": e.context},
+    ev.DuplicateSuppressed: lambda e: {"trigger": e.trigger, "blocked_by": e.blocked_by, "reason": e.reason},
+    ev.PollFailed: lambda e: {"trigger": e.trigger, "error": e.error},
+    ev.RunStarted: lambda e: {"run_id": e.run_id, "trigger": e.trigger, "workflow": e.workflow},
+    ev.RunFinished: lambda e: {"run_id": e.run_id, "status": e.status, "error": e.error},
+    ev.RunInterrupted: lambda e: {"trigger": e.trigger, "run_id": e.run_id, "action": e.action},
+    ev.TriggerEnabled: lambda e: {"trigger": e.trigger},
+    ev.TriggerDisabled: lambda e: {"trigger": e.trigger},
+    ev.RunCancelling: lambda e: {"run_id": e.run_id},
+    ev.ConfigReloaded: lambda e: {"changes": ", ".join(e.changes) or "no changes"},
+    ev.ReloadRefused: lambda e: {"error": e.error},
+    ev.LoopStopping: lambda e: {"active_runs": e.active_runs, "grace": e.grace},
+    ev.LoopStopped: lambda e: {},
+    ev.ClockStepped: lambda e: {"seconds": round(e.seconds, 3)},
+}
+LOGGED_EVENTS: tuple[type[ev.Event], ...] = tuple(_FIELDS)
+
+
+class LogSubscriber:
+    """Writes the events that have a log line (LOGGED_EVENTS) to the ``trigctl`` logger.
+
+    A suppressed duplicate is logged once per blocking run, not on every poll that offers it
+    again (history counts the repeats). Per blocking run, not per trigger: a poll that returns
+    many pending keys would otherwise log every one of them on every poll."""
+
+    def __init__(self) -> None:
+        self._logged_duplicates: set[tuple[str, int | None, str]] = set()
+
+    def attach(self, bus: ev.EventBus) -> Callable[[], None]:
+        return bus.subscribe(self, LOGGED_EVENTS)
+
+    def __call__(self, event: ev.Event) -> None:
+        if type(event) is ev.DuplicateSuppressed:
+            seen = (event.trigger, event.blocked_by, event.reason)
+            if seen in self._logged_duplicates:
+                return
+            if len(self._logged_duplicates) >= MAX_LOGGED_DUPLICATES:
+                self._logged_duplicates.clear()
+            self._logged_duplicates.add(seen)
+        fields = _FIELDS.get(type(event))
+        if fields is not None:
+            emit(event.name, **fields(event))
+
+
+class BatchingHandler(logging.StreamHandler):
+    """Collects log lines and writes them in one go when the loop flushes (once per loop step,
+    and at exit): a line per event, but not a write() system call per line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+        except Exception:  # noqa: BLE001 - logging must never take the loop down
+            self.handleError(record)
+        if len(self._pending) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._pending:
+                text, self._pending = "".join(self._pending), []
+                try:
+                    self.stream.write(text)
+                except (OSError, ValueError):  # a closed or broken stderr must not stop the loop
+                    pass
+            if self.stream and hasattr(self.stream, "flush"):
+                try:
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass
+        finally:
+            self.release()
+
+
+class EventFormatter(logging.Formatter):
+    """One line per event on stderr: text for people, JSON for machines."""
+
+    def __init__(self, fmt: str = "text", debug: bool = False):
+        super().__init__()
+        self.json = fmt == "json"
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        event = getattr(record, "trigctl_event", None)
+        fields = getattr(record, "trigctl_fields", {}) if event else {}
+        message = "" if event else _message(record, self.debug)
+        if self.json:
+            doc = {"ts": ts.isoformat().replace("+00:00", "Z"), "level": record.levelname.lower(),
+                   "event": event or "log", **fields}
+            if not event:
+                doc["message"] = message
+                if record.exc_info and self.debug:
+                    doc["traceback"] = self.formatException(record.exc_info)
+            return json.dumps(doc, default=str)
+        stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+        if not event:
+            line = _visible(f"{stamp} {record.levelname.lower()} {message}")
+            if record.exc_info and self.debug:
+                line += "\n" + self.formatException(record.exc_info)
+            return line
+        parts = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None and v != "")
+        return f"{stamp} {event} {parts}".rstrip()
+
+
+def _message(record: logging.LogRecord, debug: bool) -> str:
+    """The record's message, with the exception it carries (type and text) on the same line."""
+    try:
+        text = record.getMessage()
+    except Exception:  # noqa: BLE001 - a log call with bad arguments must not stop the loop
+        text = str(record.msg)
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None:
+        try:
+            detail = str(exc)
+        except Exception:  # noqa: BLE001
+            detail = "(its message could not be read)"
+        text += f": {type(exc).__name__}" + (f": {detail}" if detail else "")
+        if not debug:
+            text += " (run with --debug for the traceback)"
+    return text
+
+
+def _visible(text: str) -> str:
+    """A log line as text: control characters, lone surrogates and other unprintables from data
+    (an error message, a file name) are shown as escapes, never sent to the terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    s = str(v)
+    # JSON-quoted (so escaped) when it has a space, nothing, or anything not printable.
+    return json.dumps(s) if (" " in s or not s or '"' in s or not s.isprintable()) else s
