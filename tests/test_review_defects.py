@@ -145,3 +145,24 @@ def test_the_second_signal_handler_only_sets_a_flag_and_the_loop_cancels(write_y
     assert not thread.is_alive()
     assert calls and all(name != threading.current_thread().name for name in calls)
     assert store.get_run(run_id).status == "cancelled"
+
+
+def test_enable_writes_the_next_poll_time_that_list_shows(write_yaml, callables, clock):
+    """Enabling a trigger whose due time passed while it was disabled: the state holds the new next
+    poll time after the next flush (not the stale one until its first poll)."""
+    from helpers import drive, make_scheduler
+
+    callables("def skip():\n    return None\n", "enablemod")
+    cfg = write_yaml("""
+version: 1
+workflows: {wf: {tasks: [{run: "true"}]}}
+triggers:
+  - {name: t, type: python, callable: "enablemod:skip", workflow: wf, interval: 10s}
+""")
+    sched, store = make_scheduler(cfg, clock.now)
+    drive(sched, clock.now)
+    sched.set_enabled("t", False, clock.now)
+    clock.advance(100)
+    sched.set_enabled("t", True, clock.now)
+    sched.flush(clock.now, force=True)
+    assert store.trigger_rows()["t"].next_poll_at == sched.slots["t"].due_at <= clock.now + 10

@@ -272,6 +272,8 @@ class Scheduler:
         if enabled:
             if not (slot.impl and slot.impl.has_own_schedule):
                 slot.due_at = slot.grid_at = min(max(slot.due_at, now), now + slot.config.interval)
+            slot.stats.next_poll_at = slot.due_at
+            self._dirty[name] = slot.stats  # `list` shows the new next poll at the next flush, not after a poll
             self._push(slot)
 
     def clock_stepped(self, delta: float, now: float) -> None:
