@@ -1,0 +1,210 @@
+"""Regressions found by the independent review of issue 8 (hostile input, hostile peers).
+
+Each test drives a real `trigctl run` process, as an operator would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TRIGCTL = [sys.executable, "-m", "trigctl"]
+
+
+def _write(project: Path, yaml_text: str, module: str = "", beat: bool = False) -> Path:
+    """Write t.yaml (and evil.py); with ``beat``, a 200 ms heartbeat trigger beside the others."""
+    (project / "t.yaml").write_text(textwrap.dedent(yaml_text) + (BEAT if beat else ""))
+    if module or beat:
+        (project / "evil.py").write_text(textwrap.dedent(module) + (BEAT_FN if beat else ""))
+    return project / "t.yaml"
+
+
+def _run(project: Path, *args: str, seconds: float) -> tuple[int | None, str, float]:
+    """`trigctl run ARGS` for ``seconds``, then SIGTERM; (exit code, stderr, seconds to exit after SIGTERM)."""
+    proc = subprocess.Popen([*TRIGCTL, "run", *args], cwd=project, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    try:
+        proc.wait(seconds)
+        exited_early = True
+    except subprocess.TimeoutExpired:
+        exited_early = False
+    t0 = time.monotonic()
+    if not exited_early:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err, time.monotonic() - t0
+
+
+BEAT = """\
+  - {name: beat, type: python, callable: "evil:beat", interval: 200ms, workflow: w, dedupe: none}
+"""
+BEAT_FN = """
+import itertools
+_n = itertools.count()
+def beat():
+    return {"n": next(_n)}
+"""
+
+
+def _beats(err: str) -> list[float]:
+    import datetime
+
+    out = []
+    for line in err.splitlines():
+        if "fired trigger=beat" in line:
+            out.append(datetime.datetime.strptime(line[:24], "%Y-%m-%d %H:%M:%S%z").timestamp())
+    return out
+
+
+def test_async_callable_returning_a_generator_that_raises_systemexit_does_not_stop_the_loop(tmp_path):
+    """The value an async callable returns is normalised by finish() on the loop thread, where only
+    Exception is caught: a generator raising SystemExit (or KeyboardInterrupt) ends `run`."""
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: ax, type: python, callable: "evil:async_exit", interval: 1s, workflow: w}
+        """, """
+        def _gen():
+            yield {"a": 1}
+            raise SystemExit(3)
+        async def async_exit():
+            return _gen()
+        """, beat=True)
+    code, err, _ = _run(tmp_path, "t.yaml", seconds=4)
+    assert "the polling loop failed" not in err, err
+    assert code == 0, err
+    assert "error trigger=ax" in err, err
+    assert len(_beats(err)) >= 10, err
+
+
+def test_async_callable_returning_a_slow_generator_does_not_freeze_other_triggers(tmp_path):
+    """A generator returned by an async callable is consumed on the loop thread: one whose items take
+    seconds freezes every trigger (and SIGTERM) for that long."""
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: slow, type: python, callable: "evil:async_slow", interval: 1s, timeout: 1s, workflow: w}
+        """, """
+        import time
+        def _gen():
+            time.sleep(4)
+            yield {"b": 1}
+        async def async_slow():
+            return _gen()
+        """, beat=True)
+    code, err, stop_s = _run(tmp_path, "t.yaml", seconds=9)
+    beats = _beats(err)
+    assert len(beats) >= 20, f"{len(beats)} beat fires in 9 s at 200 ms\n{err}"
+    assert max(b - a for a, b in zip(beats, beats[1:])) < 2.5, err
+    assert stop_s < 3, f"SIGTERM took {stop_s:.1f}s"
+
+
+@pytest.mark.parametrize("exc", ["SystemExit(5)", "KeyboardInterrupt()", "GeneratorExit()"])
+def test_a_class_constructor_raising_a_base_exception_is_that_triggers_error(tmp_path, exc):
+    """docs/yaml-reference.md: 'If the constructor raises, every poll of that trigger is an error
+    (cannot set up trigger: ...)'. _make_impl catches only Exception: SystemExit ends `run` silently
+    with its code, GeneratorExit/KeyboardInterrupt with a traceback."""
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: bad, type: python, callable: "evil:Bad", interval: 1s, workflow: w}
+        """, f"""
+        class Bad:
+            def __init__(self):
+                raise {exc}
+            def poll(self):
+                return None
+        """, beat=True)
+    code, err, _ = _run(tmp_path, "t.yaml", seconds=3)
+    assert "Traceback" not in err, err
+    assert code == 0, err
+    assert "cannot set up trigger" in err, err
+    assert len(_beats(err)) >= 5, err
+
+
+def test_close_raising_systemexit_on_reload_does_not_stop_the_loop(tmp_path):
+    """A reload that removes a class trigger calls its close(); _close catches only Exception."""
+    cfg = _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: closer, type: python, callable: "evil:Closer", interval: 1s, workflow: w}
+        """, """
+        class Closer:
+            def poll(self):
+                return None
+            def close(self):
+                raise SystemExit(7)
+        """, beat=True)
+    proc = subprocess.Popen([*TRIGCTL, "run", "t.yaml"], cwd=tmp_path, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(2)
+        cfg.write_text("\n".join(ln for ln in cfg.read_text().splitlines() if "closer" not in ln) + "\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        alive = proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)
+    assert alive and "the polling loop failed" not in err, err
+
+
+def test_a_hard_link_to_the_state_in_another_directory_is_refused(tmp_path):
+    """The state lock is `realpath(state) + '.lock'` plus a holder row in the database. A hard link
+    to state.db alone, in another directory, has its own lock file and its own (empty) -wal/-shm,
+    so the holder row written into the first process's WAL is not seen: a second `run` starts on
+    the same database file, fires the same work again, and the two processes' WALs overwrite each
+    other's pages in one file."""
+    proj = tmp_path / "p"
+    other = tmp_path / "elsewhere"
+    proj.mkdir()
+    other.mkdir()
+    _write(proj, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'sleep 20'}]}}
+        triggers:
+          - {name: a, type: command, run: 'echo {}', interval: 1h, workflow: w}
+        """)
+    first = subprocess.Popen([*TRIGCTL, "run", "t.yaml"], cwd=proj, stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True)
+    second = None
+    try:
+        state = proj / ".trigctl" / "state.db"
+        deadline = time.monotonic() + 15
+        while not (state.exists() and state.with_name("state.db-wal").exists()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        os.link(state, other / "hard.db")
+        second = subprocess.Popen([*TRIGCTL, "run", "t.yaml", "--state", str(other / "hard.db")], cwd=proj,
+                                  stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        try:
+            code = second.wait(8)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 2, "a second `trigctl run` through a hard link started"
+        assert "another `trigctl run`" in second.stderr.read()
+    finally:
+        for p in (second, first):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(40)
+                except subprocess.TimeoutExpired:
+                    p.kill()
