@@ -208,3 +208,27 @@ def test_a_hard_link_to_the_state_in_another_directory_is_refused(tmp_path):
                     p.wait(40)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom", "sparse"])
+def test_validate_of_an_endless_or_huge_file_is_refused_in_bounded_memory(tmp_path, source):
+    """load_config reads the whole file (`p.read_bytes()`) before checking MAX_FILE_BYTES: `validate
+    /dev/urandom` grew past 4 GB RSS in 20 s; under a 1 GiB address-space limit it ends with
+    `internal error: MemoryError`. docs/guarantees.md: files over 10 MB are refused before they
+    are built, in bounded time and memory."""
+    import resource
+
+    if source == "sparse":
+        path = tmp_path / "big.yaml"
+        with open(path, "wb") as f:
+            f.truncate(3 << 30)  # 3 GiB of holes: costs no disk
+        source = str(path)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run([*TRIGCTL, "validate", source], capture_output=True, text=True, timeout=60,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "too large" in proc.stderr, proc.stderr
