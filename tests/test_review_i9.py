@@ -232,3 +232,43 @@ def test_validate_of_an_endless_or_huge_file_is_refused_in_bounded_memory(tmp_pa
     assert proc.returncode == 2, proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "too large" in proc.stderr, proc.stderr
+
+
+def test_an_async_skip_whose_reason_cannot_be_read_does_not_stop_the_loop(tmp_path):
+    """Same root cause as above: Skip(reason=obj) from an async callable, whose str() raises
+    SystemExit, is turned into text on the loop thread."""
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: x, type: python, callable: "evil:aevil_reason", interval: 1s, workflow: w}
+        """, """
+        import trigctl
+        class EvilStr:
+            def __str__(self):
+                raise SystemExit(11)
+        async def aevil_reason():
+            return trigctl.Skip(reason=EvilStr())
+        """, beat=True)
+    code, err, _ = _run(tmp_path, "t.yaml", seconds=4)
+    assert "the polling loop failed" not in err and code == 0, err
+    assert len(_beats(err)) >= 10, err
+
+
+def test_a_huge_exception_message_does_not_hold_up_other_triggers(tmp_path):
+    """A 50 MB exception message is turned into text and masked on the loop thread before it is cut
+    to 4,000 characters: the 200 ms heartbeat beside it stalls ~2 s at each error."""
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: x, type: python, callable: "evil:huge", interval: 1s, max_backoff: 1s, workflow: w}
+        """, """
+        def huge():
+            raise RuntimeError("x" * 50_000_000)
+        """, beat=True)
+    code, err, _ = _run(tmp_path, "t.yaml", seconds=7)
+    beats = _beats(err)
+    assert "error trigger=x" in err, err
+    # timestamps have whole seconds: a 200 ms cadence never leaves a 2 s hole
+    assert beats and max(b - a for a, b in zip(beats, beats[1:])) < 2, beats
