@@ -272,3 +272,36 @@ def test_a_huge_exception_message_does_not_hold_up_other_triggers(tmp_path):
     assert "error trigger=x" in err, err
     # timestamps have whole seconds: a 200 ms cadence never leaves a 2 s hole
     assert beats and max(b - a for a, b in zip(beats, beats[1:])) < 2, beats
+
+
+def test_json_logs_stay_json_when_a_recursive_watch_overflows(tmp_path):
+    """A recursive `file` trigger over ~10,000 directories: each scan opens every directory, whose
+    IN_OPEN/IN_CLOSE_NOWRITE events overflow the inotify queue (16384 events by default), and
+    watchdog's own logger then prints `Inotify queue overflowed; reconciling recursive watches below
+    b'/...'` as plain text, without trigctl's format: `--log-format json` output is no longer one
+    JSON object per line."""
+    import json
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for d in range(10000):
+        sub = inbox / f"d{d}"
+        sub.mkdir()
+        if d % 10 == 0:
+            (sub / "f.txt").write_text("x")
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: f, type: file, path: inbox, recursive: true, pattern: "**/*.txt", settle: 0s, interval: 1s,
+             workflow: w}
+        """)
+    code, err, _ = _run(tmp_path, "t.yaml", "--log-format", "json", seconds=12)
+    bad = []
+    for line in err.splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            bad.append(line)
+    assert not bad, bad[:3]
+    assert code == 0
