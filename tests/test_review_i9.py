@@ -305,3 +305,25 @@ def test_json_logs_stay_json_when_a_recursive_watch_overflows(tmp_path):
             bad.append(line)
     assert not bad, bad[:3]
     assert code == 0
+
+
+def test_a_long_run_of_letters_in_a_context_does_not_freeze_the_loop(tmp_path):
+    """secrets._URL_PASSWORD (`[a-zA-Z][a-zA-Z0-9+.-]*://...`) is applied to every string of every
+    context (Redactor.scrub) and error, on the loop thread. On a string of letters without `://` it
+    backtracks quadratically: 40,000 letters take 3 s, 100,000 more than 40 s, and a peer can send
+    900,000 (under the 1 MB context limit). A command trigger (or an HTTP body) printing one such
+    value freezes every trigger; the 200 ms heartbeat here fired once in 40 s."""
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: big, type: command, interval: 1h, workflow: w,
+             run: 'printf "{\\"a\\": \\""; head -c 100000 /dev/zero | tr "\\0" a; printf "\\"}"'}
+          - {name: hb, type: command, run: 'echo "{\\"t\\": \\"$(date +%s%N)\\"}"', interval: 200ms,
+             workflow: w, dedupe: none}
+        """)
+    code, err, stop_s = _run(tmp_path, "t.yaml", seconds=8)
+    hb = [ln for ln in err.splitlines() if "fired trigger=hb" in ln]
+    assert "fired trigger=big" in err, err[-2000:]
+    assert len(hb) >= 20, f"{len(hb)} heartbeat fires in 8 s at 200 ms"
+    assert stop_s < 3, f"SIGTERM took {stop_s:.1f}s"
