@@ -327,3 +327,34 @@ def test_a_long_run_of_letters_in_a_context_does_not_freeze_the_loop(tmp_path):
     assert "fired trigger=big" in err, err[-2000:]
     assert len(hb) >= 20, f"{len(hb)} heartbeat fires in 8 s at 200 ms"
     assert stop_s < 3, f"SIGTERM took {stop_s:.1f}s"
+
+
+@pytest.mark.parametrize("body", [
+    "raise SystemExit(11)",
+    "raise KeyboardInterrupt()",
+    "raise GeneratorExit()",
+    "return trigctl.Skip(reason=EvilStr())",
+])
+@pytest.mark.parametrize("kind", ["def", "async def", "class"])
+def test_poll_of_a_trigger_raising_a_base_exception_says_so_in_one_line(tmp_path, body, kind):
+    """`trigctl poll NAME` ends silently with the trigger's SystemExit code (11, 5, ...), or prints a
+    GeneratorExit/KeyboardInterrupt traceback, instead of reporting the poll's error."""
+    if kind == "class":
+        src = f"class X:\n    def __init__(self):\n        pass\n    def poll(self):\n        {body}\n"
+    else:
+        src = f"{kind} x():\n    {body}\n"
+    (tmp_path / "evil.py").write_text(
+        "import trigctl\nclass EvilStr:\n    def __str__(self):\n        raise SystemExit(11)\n" + src)
+    callable_ = "evil:X" if kind == "class" else "evil:x"
+    _write(tmp_path, f"""
+        version: 1
+        workflows: {{w: {{tasks: [{{run: 'true'}}]}}}}
+        triggers:
+          - {{name: x, type: python, callable: "{callable_}", workflow: w}}
+        """)
+    proc = subprocess.run([*TRIGCTL, "poll", "-c", "t.yaml", "x"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out
+    assert proc.returncode in (1, 2), (proc.returncode, out)
+    assert out.strip() and len(out.strip().splitlines()) <= 2, out
