@@ -358,3 +358,20 @@ def test_poll_of_a_trigger_raising_a_base_exception_says_so_in_one_line(tmp_path
     assert "Traceback" not in out, out
     assert proc.returncode in (1, 2), (proc.returncode, out)
     assert out.strip() and len(out.strip().splitlines()) <= 2, out
+
+
+@pytest.mark.parametrize("exc", ["KeyboardInterrupt()", "GeneratorExit()"])
+@pytest.mark.parametrize("command", [["validate", "t.yaml"], ["run", "--once", "t.yaml"]])
+def test_a_module_raising_a_base_exception_at_import_is_a_validation_error(tmp_path, exc, command):
+    """`raise SystemExit(4)` at import is reported (`the module called sys.exit(4)`), but
+    KeyboardInterrupt ends validate silently with 130 and GeneratorExit prints a 60-line traceback."""
+    (tmp_path / "m.py").write_text(f"raise {exc}\n")
+    _write(tmp_path, """
+        version: 1
+        workflows: {w: {tasks: [{run: 'true'}]}}
+        triggers:
+          - {name: x, type: python, callable: "m:f", workflow: w}
+        """)
+    proc = subprocess.run([*TRIGCTL, *command], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and 'cannot import "m:f"' in proc.stderr, proc.stderr
