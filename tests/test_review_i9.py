@@ -375,3 +375,64 @@ def test_a_module_raising_a_base_exception_at_import_is_a_validation_error(tmp_p
     proc = subprocess.run([*TRIGCTL, *command], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr and 'cannot import "m:f"' in proc.stderr, proc.stderr
+
+
+def test_secret_headers_are_not_sent_to_another_host_on_a_redirect(tmp_path):
+    """requests drops only `Authorization` when a redirect leaves the host: every other header of
+    `headers:` (X-Api-Key, a `${VAR}` secret by definition) follows a polled server's (or an open
+    redirect's) `302 Location: http://elsewhere/`, handing the secret to a third party."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[dict] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{other.server_port}/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+    class Record(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+    first = HTTPServer(("127.0.0.1", 0), Redirect)
+    other = HTTPServer(("127.0.0.2", 0), Record)
+    for srv in (first, other):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        _write(tmp_path, f"""
+            version: 1
+            workflows:
+              w: {{tasks: [{{http: {{url: "http://127.0.0.1:{first.server_port}/task",
+                                   headers: {{X-Api-Key: "${{SVC_API_KEY}}"}}}}}}]}}
+            triggers:
+              - name: x
+                type: http
+                url: "http://127.0.0.1:{first.server_port}/trig"
+                headers: {{X-Api-Key: "${{SVC_API_KEY}}"}}
+                workflow: w
+            """)
+        proc = subprocess.run([*TRIGCTL, "run", "--once", "t.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "SVC_API_KEY": "s3cret-api-key-value"})
+    finally:
+        first.shutdown()
+        other.shutdown()
+    leaked = [h for h in seen if "s3cret-api-key-value" in repr(h)]
+    assert not leaked, f"{len(leaked)} requests to another host carried the secret header; {proc.stderr}"
