@@ -141,10 +141,11 @@ class DaemonPool:
 
 
 class _Escaped(Exception):
-    """A SystemExit or KeyboardInterrupt raised by an async callable, carried as a plain exception."""
+    """What an async callable (or reading its result) raised, SystemExit and KeyboardInterrupt too,
+    carried out of the event loop as a plain exception (its message is not read here: it may raise)."""
 
     def __init__(self, error: BaseException):
-        super().__init__(str(error))
+        super().__init__(type(error).__name__)
         self.error = error
 
 
@@ -177,24 +178,28 @@ class Dispatcher:
         self._post(poll, result, error)
 
     def run_awaitable(self, poll: Any, awaitable: Any) -> None:
-        """Await what an async callable returned, on the event-loop thread."""
-        from trigctl.scheduler import Awaited
-
+        """Await what an async callable returned, and turn it into a poll outcome, on the event-loop
+        thread: what it resolved to (a generator that sleeps or raises SystemExit, a Skip whose
+        reason cannot be read) is never walked on the polling loop's thread."""
         loop = self._ensure_loop()
+        impl = poll.slot.impl
 
         async def wrap():
             try:
-                return await awaitable
-            except (KeyboardInterrupt, SystemExit) as e:
-                # asyncio re-raises these out of run_forever, which would end the event loop for
-                # every async trigger: carried out as this poll's error instead.
+                value = await awaitable
+                return impl.finish(value) if impl is not None else value
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                # asyncio re-raises SystemExit/KeyboardInterrupt out of run_forever, which would end
+                # the event loop for every async trigger: carried out as this poll's error instead.
                 raise _Escaped(e) from None
 
         fut = asyncio.run_coroutine_threadsafe(wrap(), loop)
 
         def done(f):
             try:
-                self._post(poll, Awaited(f.result()), None)
+                self._post(poll, f.result(), None)
             except _Escaped as e:
                 self._post(poll, None, e.error)
             except BaseException as e:  # noqa: BLE001

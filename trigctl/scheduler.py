@@ -33,6 +33,7 @@ from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger
 
 log = logging.getLogger("trigctl.scheduler")
 
+MAX_MESSAGE = 20_000  # characters of an error message kept before masking (4,000 are stored)
 FLUSH_BATCH = 2000  # counters per transaction: under load, a signal is looked at between batches
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
 
@@ -127,8 +128,8 @@ class Scheduler:
             return None, f"trigger type {tc.type!r} is not available"
         try:
             return cls(tc, self.config.base_dir), None
-        except Exception as e:  # the user's class constructor may raise anything
-            return None, f"cannot set up trigger: {type(e).__name__}: {e}"
+        except BaseException as e:  # noqa: BLE001 - the user's class constructor may raise anything, SystemExit too
+            return None, f"cannot set up trigger: {_describe(e)}"
 
     def _add(self, tc: TriggerConfig, row, now: float, kv: dict[str, Any] | None = None) -> Slot:
         impl, err = self._make_impl(tc)
@@ -403,7 +404,7 @@ class Scheduler:
                 if not isinstance(result, PollOutcome):
                     raise TypeError(f"trigger returned {type(result).__name__}, not a poll outcome")
                 outcome = result
-            except Exception as e:
+            except BaseException as e:  # noqa: BLE001 - a user's value may raise anything when read
                 error = e
         if error is None and outcome is not None:
             try:
@@ -620,8 +621,12 @@ def _describe(error: BaseException) -> str:
     name = type(error).__name__
     try:
         text = str(error)
+        if not isinstance(text, str):
+            raise TypeError("__str__ returned a non-string")
     except BaseException as e:  # noqa: BLE001 - a user exception whose __str__ raises must not stop the loop
         text = f"(its message could not be read: {type(e).__name__})"
+    if len(text) > MAX_MESSAGE:  # a megabyte message is cut before anything walks it (masking, storing)
+        text = text[:MAX_MESSAGE] + "..."
     if name in ("PollError",):
         return text
     return f"{name}: {text}" if text else name
@@ -630,5 +635,5 @@ def _describe(error: BaseException) -> str:
 def _close(impl: TriggerType) -> None:
     try:
         impl.close()
-    except Exception as e:
-        log.warning("trigger %s: close() raised %s: %s", impl.config.name, type(e).__name__, e)
+    except BaseException as e:  # noqa: BLE001 - a user's close() may raise SystemExit too: it is only logged
+        log.warning("trigger %s: close() raised %s", impl.config.name, _describe(e))

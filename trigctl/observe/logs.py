@@ -41,7 +41,7 @@ _Fields = Callable[[Any], "dict[str, Any]"]
 # Each logged event type: its fields, in the order the line shows them.
 _FIELDS: dict[type, _Fields] = {
     ev.LoopStarted: lambda e: {"triggers": e.triggers, "enabled": e.enabled, "state": e.state, "pid": e.pid},
-    ev.FireRecorded: lambda e: {"trigger": e.trigger, "run_id": e.run_id, "context": e.context},
+    ev.FireRecorded: lambda e: {"trigger": e.trigger, "run_id": e.run_id, "context": _shown_context(e.context)},
     ev.DuplicateSuppressed: lambda e: {"trigger": e.trigger, "blocked_by": e.blocked_by, "reason": e.reason},
     ev.PollFailed: lambda e: {"trigger": e.trigger, "error": e.error},
     ev.RunStarted: lambda e: {"run_id": e.run_id, "trigger": e.trigger, "workflow": e.workflow},
@@ -174,6 +174,19 @@ def _visible(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+MAX_LOGGED_CONTEXT = 2000  # characters of a context's JSON in a log line (the whole context: `show`)
+
+
+def _shown_context(context: Any) -> Any:
+    """The context as a log line carries it: whole when small; else its JSON cut to
+    MAX_LOGGED_CONTEXT characters, as a string ending in "...(N characters)". A peer's megabyte
+    context must not make every fire line a megabyte (nor fill a slow reader's pipe)."""
+    text = json.dumps(context, default=str)
+    if len(text) <= MAX_LOGGED_CONTEXT:
+        return context
+    return text[:MAX_LOGGED_CONTEXT] + f"...({len(text)} characters)"
 
 
 def _text(v: Any) -> str:

@@ -42,7 +42,7 @@ def dedupe_hash(trigger_name: str, context: dict[str, Any], keys: tuple[str, ...
 
 
 def safe_text(value: str | None, limit: int | None = None) -> str | None:
-    """Text that any UTF-8 sink accepts: lone surrogates become visible ``\\udcff`` escapes.
+    """Text that any UTF-8 sink accepts: lone surrogates and NULs become visible escapes (``\\udcff``).
 
     For free text that is only read by people (errors, reasons, output tails), optionally cut to
     ``limit`` characters."""
@@ -50,12 +50,14 @@ def safe_text(value: str | None, limit: int | None = None) -> str | None:
         return None
     if not isinstance(value, str):
         value = str(value)
+    if limit is not None and len(value) > limit:  # cut first: a 50 MB message costs no more than a short one
+        value = value[: limit - 3] + "..."
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         value = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if limit is not None and len(value) > limit:
-        value = value[: limit - 3] + "..."
+    if "\x00" in value:  # no environment variable or argument can carry a NUL (an alert's $TRIGCTL_ERROR)
+        value = value.replace("\x00", "\\x00")
     return value
 
 

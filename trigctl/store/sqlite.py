@@ -378,6 +378,18 @@ class SQLiteStore(Store):
             os.close(fd)
             raise StateError(f"state lock {lock_path} is not a regular file; remove it")
         try:
+            links = os.stat(self.path).st_nlink
+        except OSError:
+            links = 1
+        if links > 1:
+            # Another name for the same file (a hard link elsewhere) has its own lock file and its
+            # own -wal: a second `run` through it would neither see this lock nor this WAL.
+            os.close(fd)
+            raise StateLocked(
+                f"the state {self.path} has {links} hard links: another `trigctl run` could use it through "
+                "another name unseen, and SQLite cannot share a database through hard links; remove the other links"
+            )
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(fd, 32).decode(errors="replace").strip() or "?"
