@@ -209,7 +209,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
     from trigctl import api
     from trigctl.durations import DurationError, parse_duration
-    from trigctl.runner import BatchingHandler, EventFormatter
+    from trigctl.observe.logs import BatchingHandler, EventFormatter, foreign_logs
 
     try:
         grace_s = parse_duration(grace)
@@ -224,8 +224,9 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     root.setLevel(logging.INFO)
     root.propagate = False
     try:
-        code = api.run(plan, once=once, grace=grace_s)
-        hard_exit = _leaked_threads()
+        with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
+            code = api.run(plan, once=once, grace=grace_s)
+            hard_exit = _leaked_threads()
     finally:
         handler.flush()
         root.handlers[:], root.level, root.propagate = saved

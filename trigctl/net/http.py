@@ -20,6 +20,9 @@ until the system resolver gives up (/etc/resolv.conf ``timeout`` x ``attempts``)
 connection attempt that hung. Not bounded: SOCKS proxies, which use urllib3's own connection
 classes and get only the per-read timeout; a session not made by :func:`new_session`.
 
+Redirects: the headers a request is given (a config's ``headers:``) are dropped when a redirect
+changes scheme, host or port, not only ``Authorization`` as requests does (:func:`_session_class`).
+
 ``requests`` and ``urllib3`` are imported lazily, so ``trigctl --help`` does not pay for them.
 """
 
@@ -363,13 +366,57 @@ def _adapter_class() -> Any:
     return _ADAPTER
 
 
-def new_session() -> Any:
-    """A requests Session whose requests :func:`http_request` can bound and abort."""
+_SESSION: Any = None
+
+
+def _session_class() -> Any:
+    """A requests Session that keeps the caller's headers on its own origin.
+
+    requests drops only ``Authorization`` when a redirect leaves the host. Every header passed to
+    :meth:`request` (a config's ``headers:``: API keys, tokens, cookies) is the caller's, and is
+    dropped as well when a redirect changes scheme, host or port (requests' ``should_strip_auth``:
+    the one change it allows is http -> https on the default ports of the same host). Once dropped,
+    they stay dropped for the rest of the chain, also if it comes back. Session-level headers
+    (User-Agent) are sent to every hop.
+    """
+    global _SESSION
+    if _SESSION is not None:
+        return _SESSION
     import requests
 
+    class OriginSession(requests.Session):
+        def __init__(self) -> None:
+            super().__init__()
+            self._callers = threading.local()  # this thread's request: the names of its own headers
+
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+            headers = kwargs.get("headers") if len(args) < 3 else args[2]
+            previous = getattr(self._callers, "names", None)
+            self._callers.names = [str(k) for k in (headers or {})]
+            try:
+                return super().request(method, url, *args, **kwargs)
+            finally:
+                self._callers.names = previous
+
+        def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+            super().rebuild_auth(prepared_request, response)
+            if not self.should_strip_auth(response.request.url, prepared_request.url):
+                return
+            for name in getattr(self._callers, "names", None) or ():
+                prepared_request.headers.pop(name, None)
+                if name in self.headers and self.headers[name] is not None:
+                    prepared_request.headers[name] = self.headers[name]
+
+    _SESSION = OriginSession
+    return _SESSION
+
+
+def new_session() -> Any:
+    """A requests Session whose requests :func:`http_request` can bound and abort, and whose
+    ``headers`` are not sent on a redirect to another origin (:func:`_session_class`)."""
     from trigctl import __version__
 
-    session = requests.Session()
+    session = _session_class()()
     session.headers["User-Agent"] = f"trigctl/{__version__}"
     adapter = _adapter_class()()
     session.mount("http://", adapter)

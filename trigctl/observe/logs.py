@@ -4,14 +4,18 @@
 ``trigctl`` logger (one per event, the event's name and fields in ``extra``); :class:`EventFormatter`
 writes them as lines and :class:`BatchingHandler` writes the lines of one loop step in one go.
 The lines are the documented log format (docs/cli.md, `trigctl run`): names and field order are
-part of it.
+part of it. :func:`foreign_logs` routes other libraries' log records (watchdog, urllib3...) and
+Python warnings to the same handler while `run` runs, rate-limited (:class:`ForeignHandler`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -195,3 +199,108 @@ def _text(v: Any) -> str:
     s = str(v)
     # JSON-quoted (so escaped) when it has a space, nothing, or anything not printable.
     return json.dumps(s) if (" " in s or not s or '"' in s or not s.isprintable()) else s
+
+
+# ------------------------------------------------------------------ other libraries' log records
+
+
+class ForeignHandler(logging.Handler):
+    """Hands log records of other libraries (watchdog, urllib3, the root logger, Python warnings)
+    to trigctl's handler, so they come out in trigctl's format (the `log` line, text or JSON), one
+    line each, with the logger's name in front of the message.
+
+    Warnings and worse only, and a flood cannot flood the log: per logger, level and message
+    template, the first record is written and repeats within ``WINDOW`` seconds are counted, not
+    written; the next one written after that says how many were left out. At most ``BUDGET``
+    records are written per ``WINDOW`` in all (a library that logs a different message each time);
+    the next one written after a full window says how many others were left out.
+    """
+
+    WINDOW = 60.0
+    BUDGET = 50
+    MAX_KEYS = 10_000  # message templates remembered, then forgotten at once
+
+    def __init__(self, target: logging.Handler, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(logging.WARNING)
+        self.target = target
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key -> [window start, repeats left out]
+        self._window = -float("inf")
+        self._written = 0  # records written in the current budget window
+        self._over_budget = 0  # records left out because the budget was spent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self._admit(record)
+            if line is None:
+                return
+            copy = logging.makeLogRecord(record.__dict__)
+            copy.msg, copy.args = line, None
+            self.target.handle(copy)
+        except Exception:  # noqa: BLE001 - logging must never take the loop down
+            self.handleError(record)
+
+    def _admit(self, record: logging.LogRecord) -> str | None:
+        """The message to write for ``record``, or None when it is left out."""
+        now = self._clock()
+        key = (record.name, record.levelno, str(record.msg)[:500])
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.WINDOW:
+            seen[1] += 1
+            return None
+        if now - self._window >= self.WINDOW:
+            self._window, self._written = now, 0
+        if self._written >= self.BUDGET:
+            self._over_budget += 1
+            return None
+        self._written += 1
+        repeats = int(seen[1]) if seen is not None else 0
+        if seen is None and len(self._seen) >= self.MAX_KEYS:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a log call with bad arguments
+            text = str(record.msg)
+        line = f"{record.name}: {text}" if record.name != "root" else text
+        notes = []
+        if repeats:
+            notes.append(f"{repeats} more like it in the last {self.WINDOW:g}s not shown")
+        if self._over_budget:
+            notes.append(f"{self._over_budget} other library messages not shown (over {self.BUDGET} "
+                         f"in {self.WINDOW:g}s)")
+            self._over_budget = 0
+        return line + (f" ({'; '.join(notes)})" if notes else "")
+
+
+@contextlib.contextmanager
+def foreign_logs(target: logging.Handler) -> Iterator[ForeignHandler]:
+    """While the block runs, records that reach the root logger (any library's, and Python
+    warnings) or no handler at all (``logging.lastResort``) go to ``target`` through a
+    :class:`ForeignHandler`; afterwards the root logger, lastResort and warnings.showwarning are
+    as they were. The ``trigctl`` logger does not propagate, so its records are not seen twice."""
+    handler = ForeignHandler(target)
+    root = logging.getLogger()
+    saved_last_resort = logging.lastResort
+    saved_show = warnings.showwarning
+    warnings_log = logging.getLogger("py.warnings")
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if file is not None:  # an explicit destination: not ours to redirect
+            saved_show(message, category, filename, lineno, file, line)
+            return
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        warnings_log.warning(" ".join(text.split()))  # the text is its template: one key per warning
+
+    root.addHandler(handler)
+    logging.lastResort = handler
+    warnings.showwarning = show
+    try:
+        yield handler
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = saved_show
+        if logging.lastResort is handler:
+            logging.lastResort = saved_last_resort
+        root.removeHandler(handler)
