@@ -59,10 +59,12 @@ def state_from_yaml(path: str) -> str | None:
     caller loads the file, which gives the same answer (or the error)."""
     import re
 
+    from trigctl.bounded import TooLarge, read_at_most
+
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return None
+        text = read_at_most(path).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError, TooLarge):
+        return None  # the loader explains
     base = Path(path).resolve().parent
     found = re.findall(r"(?m)^state[ \t]*:(.*)$", text)
     if not found:
