@@ -59,10 +59,12 @@ def state_from_yaml(path: str) -> str | None:
     caller loads the file, which gives the same answer (or the error)."""
     import re
 
+    from trigctl.bounded import TooLarge, read_at_most
+
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return None
+        text = read_at_most(path).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError, TooLarge):
+        return None  # the loader explains
     base = Path(path).resolve().parent
     found = re.findall(r"(?m)^state[ \t]*:(.*)$", text)
     if not found:
@@ -260,7 +262,6 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
 
     A trigger that raises or times out is a preview with result "error", not an exception."""
     from trigctl.scheduler import Scheduler, describe_error
-    from trigctl.triggers.base import PollOutcome
 
     project = Project(config_path, state)
     cfg = project.config()
@@ -277,8 +278,6 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
         if slot.impl is None:
             raise RuntimeError(slot.load_error)
         outcome = _call_with_timeout(sched, poll)
-        if not isinstance(outcome, PollOutcome):
-            outcome = slot.impl.finish(outcome)
         any_fired = False
         for ctx, req in zip(outcome.fires, sched.fire_requests(slot, outcome.fires)):
             suppressed, reason = store.dedupe_status(name, req.context_hash, req.dedupe)
@@ -286,11 +285,17 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
             fires.append(FirePreview(cfg.redactor.scrub(ctx), req.context_hash, suppressed, reason or None))
         if fires:
             result = "fired" if any_fired else "duplicate"
+    except _PollRaised as e:
+        result, error = "error", cfg.redactor.text(describe_error(e.error))
     except Exception as e:
         result, error = "error", cfg.redactor.text(describe_error(e))
     finally:
         if slot.impl is not None:
-            slot.impl.close()
+            try:
+                slot.impl.close()
+            except BaseException as e:  # noqa: BLE001 - the trigger's own close(): its SystemExit is not ours
+                if error is None:
+                    result, error = "error", cfg.redactor.text(f"close() raised {describe_error(e)}")
     return PollPreview(name, result, fires, time.monotonic() - started, error)
 
 
@@ -301,6 +306,8 @@ def _call_with_timeout(sched, poll) -> Any:
     import inspect
     import threading
 
+    from trigctl.triggers.base import PollOutcome
+
     box: dict[str, Any] = {}
 
     def target():
@@ -309,10 +316,11 @@ def _call_with_timeout(sched, poll) -> Any:
             if inspect.isawaitable(value):
                 async def wrap():
                     return await value
-                box["awaited"] = asyncio.run(wrap())
-            else:
-                box["value"] = value
-        except BaseException as e:  # noqa: BLE001
+                value = poll.slot.impl.finish(asyncio.run(wrap()))
+            elif not isinstance(value, PollOutcome):
+                value = poll.slot.impl.finish(value)
+            box["value"] = value  # made a PollOutcome here: reading a Skip's reason runs the trigger's code too
+        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt...: the poll's error
             box["error"] = e
 
     timeout = poll.slot.config.timeout
@@ -322,10 +330,20 @@ def _call_with_timeout(sched, poll) -> Any:
     if t.is_alive():
         raise TimeoutError(f"poll timed out after {timeout:g}s")
     if "error" in box:
-        raise box["error"]
-    if "awaited" in box:
-        return poll.slot.impl.finish(box["awaited"])
+        error = box["error"]
+        if isinstance(error, Exception):
+            raise error
+        raise _PollRaised(error)  # not re-raised as itself: the command would exit with the trigger's SystemExit
     return box["value"]
+
+
+class _PollRaised(Exception):
+    """A trigger's poll raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+    GeneratorExit) on its thread: that is the poll's error, reported like any other."""
+
+    def __init__(self, error: BaseException):
+        super().__init__()
+        self.error = error
 
 
 # ------------------------------------------------------------------------------------------- list

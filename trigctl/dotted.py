@@ -51,16 +51,33 @@ def resolve(path: str, base_dir: Path | None = None) -> Any:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
             raise ResolveError(f'cannot import "{path}": no module named {e.name!r}') from None
-        except Exception as e:  # the user's module raised while importing
-            raise ResolveError(f'cannot import "{path}": {type(e).__name__}: {e}') from None
         except SystemExit as e:  # sys.exit() at import time must not end trigctl (`validate` would exit 0)
-            raise ResolveError(f'cannot import "{path}": the module called sys.exit({e.code!r})') from None
-    obj: Any = module
-    for part in qual.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ResolveError(f'cannot import "{path}": module {module_name!r} has no attribute {part!r}') from None
+            raise ResolveError(f'cannot import "{path}": the module called sys.exit({_text(repr, e.code)})') from None
+        except BaseException as e:  # noqa: BLE001 - the user's module raised while importing, even
+            # KeyboardInterrupt or GeneratorExit: a config error, not the end of trigctl
+            raise ResolveError(f'cannot import "{path}": {_described(e)}') from None
+        obj: Any = module
+        for part in qual.split("."):
+            try:
+                obj = getattr(obj, part)  # a module's __getattr__ is user code too
+            except AttributeError:
+                raise ResolveError(f'cannot import "{path}": module {module_name!r} has no attribute {part!r}') from None
+            except BaseException as e:  # noqa: BLE001
+                raise ResolveError(f'cannot import "{path}": {_described(e)}') from None
     if not callable(obj):
         raise ResolveError(f'"{path}" is not callable (it is a {type(obj).__name__})')
     return obj
+
+
+def _text(fn: Any, value: Any) -> str:
+    """``fn(value)`` (str, repr) of a user object, or a placeholder if that raises too."""
+    try:
+        return str(fn(value))
+    except BaseException as e:  # noqa: BLE001
+        return f"(unreadable: {type(e).__name__})"
+
+
+def _described(error: BaseException) -> str:
+    """ "TypeError: message", or just the type's name when there is no message."""
+    text = _text(str, error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

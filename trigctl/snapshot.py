@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 
 def config_fingerprint(path: str | os.PathLike) -> str | None:
     """Changes whenever what the file means may change: its bytes, and the environment variables it
-    reads. None if the file cannot be read."""
+    reads. None if the file cannot be read, or is too large to be a config (the loader says so)."""
     import hashlib
 
+    from trigctl.bounded import TooLarge, read_at_most
+
     try:
-        raw = Path(path).read_bytes()
-    except OSError:
+        raw = read_at_most(path)
+    except (OSError, TooLarge):
         return None
     digest = hashlib.sha256(raw)
     for name in sorted(set(re.findall(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)", raw))):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trigctl.bounded import TooLarge, read_at_most
 from trigctl.config.interpolate import interpolate
 from trigctl.config.model import Config, ConfigError, ConfigIssue
 from trigctl.config.schema import _schema_issues, _type_name
@@ -31,13 +32,13 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None, *
     try:
         if p.is_dir():
             raise ConfigError([ConfigIssue(filename, 1, 1, "", "is a directory, not a YAML file")])
-        raw = p.read_bytes()
+        raw = read_at_most(p, MAX_FILE_BYTES)
+    except TooLarge as e:
+        raise ConfigError([ConfigIssue(filename, 1, 1, "", e.describe())]) from None
     except FileNotFoundError:
         raise ConfigError([ConfigIssue(filename, 1, 1, "", "no such file (create one with `trigctl init`)")]) from None
     except OSError as e:
         raise ConfigError([ConfigIssue(filename, 1, 1, "", f"cannot read: {e.strerror}")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError([ConfigIssue(filename, 1, 1, "", f"file too large ({len(raw)} bytes; limit {MAX_FILE_BYTES})")])
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ConfigError([ConfigIssue(filename, 1, 1, "", "UTF-16 text: save the file as UTF-8")])
     if b"\x00" in raw:

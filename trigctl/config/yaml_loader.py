@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import yaml
 
+from trigctl.bounded import MAX_FILE_BYTES as MAX_FILE_BYTES
 from trigctl.config.model import ConfigIssue
 
 MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
 MAX_DEPTH = 100
-MAX_FILE_BYTES = 10 * 1024 * 1024
 
 
 
