@@ -210,9 +210,9 @@ def run_view(run: RunRow) -> None:
 
 def poll_view(doc: dict[str, Any]) -> None:
     out = sys.stdout
-    error = doc.get("error")
+    reason = doc.get("reason") or doc.get("error")  # why it skipped, or the error's message
     out.write(f"{visible(doc['trigger_name'])}: {doc['result']} in {doc['duration'] * 1000:.0f}ms"
-              + (f": {visible(error)}" if error else "") + "\n")
+              + (f": {visible(reason)}" if reason else "") + "\n")
     for f in doc["fires"]:
         state = f"suppressed ({visible(f['reason'])})" if f["suppressed"] else "would start a run"
         out.write(f"  {state}: {visible(_short_context(f['context'], 200))}  key={f['dedupe_key'][:12]}\n")
