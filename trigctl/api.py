@@ -281,11 +281,13 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
         outcome = _call_with_timeout(sched, poll)
         any_fired = False
         for ctx, req in zip(outcome.fires, sched.fire_requests(slot, outcome.fires)):
-            suppressed, reason = store.dedupe_status(name, req.context_hash, req.dedupe)
+            suppressed, why = store.dedupe_status(name, req.context_hash, req.dedupe)
             any_fired = any_fired or not suppressed
-            fires.append(FirePreview(cfg.redactor.scrub(ctx), req.context_hash, suppressed, reason or None))
+            fires.append(FirePreview(cfg.redactor.scrub(ctx), req.context_hash, suppressed, why or None))
         if fires:
             result = "fired" if any_fired else "duplicate"
+            if not any_fired:  # as `list` shows a duplicate: why the first was suppressed
+                reason = fires[0].reason
         else:
             reason = cfg.redactor.text(outcome.skip_reason) if outcome.skip_reason else None
     except _PollRaised as e:
