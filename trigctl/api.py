@@ -248,9 +248,10 @@ class PollPreview:
     fires: list[FirePreview]
     duration: float  # seconds
     error: str | None = None
+    reason: str | None = None  # why it skipped (the trigger's reason) or erred (the error's message)
 
     def as_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"trigger_name": self.trigger_name, "result": self.result,
+        doc: dict[str, Any] = {"trigger_name": self.trigger_name, "result": self.result, "reason": self.reason,
                                "fires": [f.as_dict() for f in self.fires], "duration": round(self.duration, 6)}
         if self.error:
             doc["error"] = self.error
@@ -273,18 +274,22 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
     slot = poll.slot
     started = time.monotonic()
     fires: list[FirePreview] = []
-    result, error = "skipped", None
+    result, error, reason = "skipped", None, None
     try:
         if slot.impl is None:
             raise RuntimeError(slot.load_error)
         outcome = _call_with_timeout(sched, poll)
         any_fired = False
         for ctx, req in zip(outcome.fires, sched.fire_requests(slot, outcome.fires)):
-            suppressed, reason = store.dedupe_status(name, req.context_hash, req.dedupe)
+            suppressed, why = store.dedupe_status(name, req.context_hash, req.dedupe)
             any_fired = any_fired or not suppressed
-            fires.append(FirePreview(cfg.redactor.scrub(ctx), req.context_hash, suppressed, reason or None))
+            fires.append(FirePreview(cfg.redactor.scrub(ctx), req.context_hash, suppressed, why or None))
         if fires:
             result = "fired" if any_fired else "duplicate"
+            if not any_fired:  # as `list` shows a duplicate: why the first was suppressed
+                reason = fires[0].reason
+        else:
+            reason = cfg.redactor.text(outcome.skip_reason) if outcome.skip_reason else None
     except _PollRaised as e:
         result, error = "error", cfg.redactor.text(describe_error(e.error))
     except Exception as e:
@@ -296,7 +301,9 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
             except BaseException as e:  # noqa: BLE001 - the trigger's own close(): its SystemExit is not ours
                 if error is None:
                     result, error = "error", cfg.redactor.text(f"close() raised {describe_error(e)}")
-    return PollPreview(name, result, fires, time.monotonic() - started, error)
+    if error is not None:
+        reason = error
+    return PollPreview(name, result, fires, time.monotonic() - started, error, reason)
 
 
 def _call_with_timeout(sched, poll) -> Any:
@@ -366,6 +373,7 @@ class TriggerStatus:
     active_runs: int
     fires: int
     consecutive_errors: int
+    last_reason: str | None = None  # why the last poll skipped, or its error's message
 
     def as_dict(self) -> dict[str, Any]:
         from trigctl.render import iso
@@ -374,7 +382,7 @@ class TriggerStatus:
             "name": self.name, "type": self.type, "workflow": self.workflow, "interval": self.interval,
             "enabled": self.enabled, "dedupe": self.dedupe, "last_poll_at": iso(self.last_poll_at),
             "last_result": self.last_result, "next_poll_at": iso(self.next_poll_at), "active_runs": self.active_runs,
-            "fires": self.fires, "consecutive_errors": self.consecutive_errors,
+            "fires": self.fires, "consecutive_errors": self.consecutive_errors, "last_reason": self.last_reason,
         }
 
 
@@ -397,6 +405,7 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
             next_poll_at=row.next_poll_at if row and enabled else None,
             active_runs=row.active_runs if row else 0, fires=row.fires if row else 0,
             consecutive_errors=row.consecutive_errors if row else 0,
+            last_reason=row.last_reason if row else None,
         ))
     return out
 

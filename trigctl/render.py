@@ -136,18 +136,45 @@ def _row(table, *cells: object) -> None:
     table.add_row(*(Text(visible(c)) for c in cells))
 
 
+LIST_WIDTH = 100  # `list` fits this many columns, whatever the terminal (wider names fold)
+MIN_REASON = 12  # the reason column is given at least this many characters, cut with an ellipsis
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def trigger_table(rows: list[TriggerStatus]) -> None:
+    from rich.table import Table
+
     now = time.time()
-    table = _table(["NAME", "TYPE", "WORKFLOW", "INTERVAL", "ENABLED", "LAST POLL", "RESULT", "NEXT POLL", "ACTIVE", "FIRES", "ERRORS"],
-                   fold=("NAME", "TYPE", "WORKFLOW", "INTERVAL", "RESULT"))
-    for r in rows:
-        _row(
-            table, r.name, r.type, r.workflow, duration(r.interval) if r.interval is not None else (r.schedule or "-"),
+    headers = ["NAME", "TYPE", "WORKFLOW", "EVERY", "ON", "LAST POLL", "RESULT", "NEXT POLL", "RUNS", "FIRES", "ERRS"]
+    cells = [
+        [visible(c) for c in (
+            r.name, r.type, r.workflow, duration(r.interval) if r.interval is not None else (r.schedule or "-"),
             "yes" if r.enabled else "no", relative(r.last_poll_at, now), r.last_result or "-",
             relative(r.next_poll_at, now) if r.enabled else "-", str(r.active_runs), str(r.fires),
             str(r.consecutive_errors) if r.consecutive_errors else "-",
-        )
-    _console().print(table)
+        )]
+        for r in rows
+    ]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    # The reason (free text from trigger code, one line) takes what is left of the terminal's width
+    # (of LIST_WIDTH when piped): with names of a dozen characters, a row fits 100 columns.
+    console = _console()
+    target = console.width if sys.stdout.isatty() else LIST_WIDTH
+    reason_width = max(MIN_REASON, target - sum(widths) - len(widths))
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+    for h in headers:
+        free = h in ("NAME", "TYPE", "WORKFLOW", "EVERY")
+        table.add_column(h, overflow="fold", no_wrap=not free, min_width=None if free else len(h))
+    table.add_column("REASON", overflow="ellipsis", no_wrap=True)
+    from rich.text import Text
+
+    for r, row in zip(rows, cells):
+        reason = _cut(" ".join(visible(r.last_reason).split()), reason_width) if r.last_reason else "-"
+        table.add_row(*(Text(c) for c in row), Text(reason))
+    console.print(table)
 
 
 def _short_context(ctx: Any, limit: int = 60) -> str:
@@ -210,9 +237,9 @@ def run_view(run: RunRow) -> None:
 
 def poll_view(doc: dict[str, Any]) -> None:
     out = sys.stdout
-    error = doc.get("error")
+    reason = doc.get("reason") or doc.get("error")  # why it skipped, or the error's message
     out.write(f"{visible(doc['trigger_name'])}: {doc['result']} in {doc['duration'] * 1000:.0f}ms"
-              + (f": {visible(error)}" if error else "") + "\n")
+              + (f": {visible(reason)}" if reason else "") + "\n")
     for f in doc["fires"]:
         state = f"suppressed ({visible(f['reason'])})" if f["suppressed"] else "would start a run"
         out.write(f"  {state}: {visible(_short_context(f['context'], 200))}  key={f['dedupe_key'][:12]}\n")

@@ -158,6 +158,7 @@ class Scheduler:
         if row:
             slot.stats.last_poll_at, slot.stats.last_result = row.last_poll_at, row.last_result
             slot.stats.consecutive_errors = row.consecutive_errors
+            slot.stats.last_reason = row.last_reason
         slot.stats.next_poll_at = due
         self.slots[tc.name] = slot
         self._push(slot)
@@ -456,6 +457,7 @@ class Scheduler:
         stats.consecutive_errors = 0
         slot.due_at = self._next_due(slot, poll, now)
         stats.next_poll_at = slot.due_at
+        stats.last_reason = None if outcome.fires or not outcome.skip_reason else self.config.redactor.text(outcome.skip_reason[:4000])
         if not outcome.fires:
             stats.last_result = "skipped"
             self._dirty[tc.name] = stats
@@ -498,6 +500,7 @@ class Scheduler:
                                           outcome.state_updates)
         if contexts and all(r.suppressed for r in results):
             stats.last_result = "duplicate"
+            stats.last_reason = results[0].reason or None
             self.store.flush_stats([_result_only(stats)])
         slot.error_alerted = False
         # The store applied the same: the cursor and each fire's state, unless a fire was deferred.
@@ -609,7 +612,8 @@ def execute_poll(poll: Poll) -> Any:
 
 
 def _result_only(stats: PollStats) -> PollStats:
-    return PollStats(stats.name, stats.last_poll_at, stats.last_result, stats.next_poll_at, 0, stats.consecutive_errors)
+    return PollStats(stats.name, stats.last_poll_at, stats.last_result, stats.next_poll_at, 0, stats.consecutive_errors,
+                     stats.last_reason)
 
 
 def describe_error(error: BaseException) -> str:

@@ -246,3 +246,26 @@ def test_history_is_typed_newest_first(store):
     assert entries[1].count == 2 and entries[1].run_id == run_id
     assert entries[2].context == {"h": 1} and entries[2].run_status == "queued"
     assert [e.kind for e in store.history("t", 10, ["error"], None)] == ["error"]
+
+
+def test_the_last_reason_is_written_with_the_counters_errors_and_fires(store):
+    """`list` shows why the last poll skipped or erred: flush_stats writes a skip's reason,
+    record_error the error's message (and remembers it in the counters it was given), a poll that
+    recorded fires clears it; history's error row keeps the message."""
+    assert store.trigger_rows()["t"].last_reason is None
+    store.flush_stats([PollStats("t", last_poll_at=NOW, last_result="skipped", polls=3, last_reason="depth 3 (fires at >= 5)")])
+    row = store.trigger_rows()["t"]
+    assert (row.last_result, row.last_reason, row.polls) == ("skipped", "depth 3 (fires at >= 5)", 3)
+    assert store.history("t", 10, None, None) == []  # skips write counters, not history
+    stats = PollStats("t", last_poll_at=NOW + 1, last_result="error", consecutive_errors=1, last_reason="old")
+    store.record_error("t", "connection refused", stats, NOW + 1)
+    assert stats.last_reason == "connection refused"
+    row = store.trigger_rows()["t"]
+    assert (row.last_result, row.last_reason) == ("error", "connection refused")
+    assert [e.error for e in store.history("t", 10, ["error"], None)] == ["connection refused"]
+    store.flush_stats([PollStats("t", last_poll_at=NOW + 2, last_result="skipped", last_reason="x" * 10_000 + "\x00")])
+    cut = store.trigger_rows()["t"].last_reason
+    assert cut is not None and len(cut) <= 4000 and "\x00" not in cut  # cut like an error message
+    fire(store, {"a": 1}, now=NOW + 3)
+    assert store.trigger_rows()["t"].last_reason is None
+    assert store.trigger_rows()["u"].last_reason is None  # another trigger's row is untouched

@@ -107,6 +107,7 @@ class PollStats:
     next_poll_at: float | None = None
     polls: int = 0
     consecutive_errors: int = 0
+    last_reason: str | None = None  # why the last poll skipped (or its error's message)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class TriggerRow:
     error_alerted: bool
     last_error: str | None
     active_runs: int = 0
+    last_reason: str | None = None
 
 
 @dataclass

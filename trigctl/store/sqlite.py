@@ -157,7 +157,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN owner_start TEXT;
     ALTER TABLE runs ADD COLUMN owner_process TEXT;
     """,
+    # 5: why the last poll skipped (the trigger's reason) or erred (its message), for `list`
+    """
+    ALTER TABLE triggers ADD COLUMN last_reason TEXT;
+    """,
 ]
+
+
+def _reason(text: str | None) -> str | None:
+    """A skip reason as stored: text from trigger code, cut like an error message; empty is none."""
+    return safe_text(text, MAX_ERROR_CHARS) if text else None
 
 
 def _fs_problem(path: str) -> str | None:
@@ -500,6 +509,7 @@ class SQLiteStore(Store):
                 consecutive_errors=r["consecutive_errors"],
                 error_alerted=bool(r["error_alerted"]),
                 last_error=r["last_error"],
+                last_reason=r["last_reason"],
                 active_runs=active.get(r["name"], 0),
             )
             for r in rows
@@ -513,13 +523,13 @@ class SQLiteStore(Store):
 
     def flush_stats(self, stats: Iterable[PollStats]) -> None:
         # Counters of triggers no longer held are dropped: another process owns them now.
-        rows = [(s.last_poll_at, s.last_result, s.next_poll_at, s.polls, s.consecutive_errors, s.name) for s in stats
-                if self.holds(s.name)]
+        rows = [(s.last_poll_at, s.last_result, _reason(s.last_reason), s.next_poll_at, s.polls, s.consecutive_errors, s.name)
+                for s in stats if self.holds(s.name)]
         if not rows:
             return
         with self._tx() as c:
             c.executemany(
-                "UPDATE triggers SET last_poll_at = ?, last_result = ?, next_poll_at = ?, polls = polls + ?, "
+                "UPDATE triggers SET last_poll_at = ?, last_result = ?, last_reason = ?, next_poll_at = ?, polls = polls + ?, "
                 "consecutive_errors = ? WHERE name = ?",
                 rows,
             )
@@ -573,11 +583,11 @@ class SQLiteStore(Store):
                     updates.update(f.state)
             started = sum(1 for r in results if not r.suppressed)
             c.execute(
-                "UPDATE triggers SET fires = fires + ?, last_poll_at = ?, last_result = ?, next_poll_at = ?, "
+                "UPDATE triggers SET fires = fires + ?, last_poll_at = ?, last_result = ?, last_reason = ?, next_poll_at = ?, "
                 "polls = polls + ?, consecutive_errors = 0, error_alerted = 0"
                 + (", cursor = ?" if cursor is not None else "")
                 + " WHERE name = ?",
-                (started, stats.last_poll_at, stats.last_result, stats.next_poll_at, stats.polls)
+                (started, stats.last_poll_at, stats.last_result, _reason(stats.last_reason), stats.next_poll_at, stats.polls)
                 + ((exact_text(cursor),) if cursor is not None else ())
                 + (trigger,),
             )
@@ -687,10 +697,11 @@ class SQLiteStore(Store):
                 )
             c.execute(
                 "UPDATE triggers SET last_poll_at = ?, last_result = 'error', next_poll_at = ?, polls = polls + ?, "
-                "consecutive_errors = ?, last_error = ? WHERE name = ?",
-                (stats.last_poll_at, stats.next_poll_at, stats.polls, streak, message, trigger),
+                "consecutive_errors = ?, last_error = ?, last_reason = ? WHERE name = ?",
+                (stats.last_poll_at, stats.next_poll_at, stats.polls, streak, message, message, trigger),
             )
         stats.polls = 0
+        stats.last_reason = message  # a later flush of these counters keeps the error's message
         return streak
 
     def set_error_alerted(self, trigger: str, alerted: bool) -> None:

@@ -225,6 +225,7 @@ def normalize_result(value: Any) -> PollOutcome:
     """
     out = PollOutcome()
     if value is None or value is False:  # the common case first: nothing to do
+        out.skip_reason = f"the callable returned {value}"
         return out
     items: Iterable[Any]
     if isinstance(value, (list, Iterable)) and not isinstance(value, (tuple, dict, str, bytes, Mapping)):
@@ -239,7 +240,20 @@ def normalize_result(value: Any) -> PollOutcome:
         items = [value]
     for item in items:
         _add_one(out, item)
+    if not out.fires and not out.skip_reason:
+        out.skip_reason = _no_fire_reason(value)
     return out
+
+
+def _no_fire_reason(value: Any) -> str:
+    """Why a result that fired nothing and gave no Skip(reason) skipped: what the callable returned."""
+    if isinstance(value, tuple):
+        return "the callable returned (False, ...)"
+    if isinstance(value, Skip):
+        return "the callable returned Skip() without a reason"
+    if isinstance(value, list) or not isinstance(value, Mapping):
+        return "the callable returned no fires (only None, False or Skip() in its list)"
+    return "the callable returned nothing to fire"
 
 
 def _add_one(out: PollOutcome, item: Any) -> None:
