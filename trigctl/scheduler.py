@@ -30,12 +30,19 @@ from trigctl.events import (
 )
 from trigctl.store.base import FireRequest, FireResult, PollStats, StateError, Store, dedupe_hash, safe_text
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
+from trigctl.workflows import iso
 
 log = logging.getLogger("trigctl.scheduler")
 
 MAX_MESSAGE = 20_000  # characters of an error message kept before masking (4,000 are stored)
 FLUSH_BATCH = 2000  # counters per transaction: under load, a signal is looked at between batches
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
+# Kept in the trigger's key/value state, so they survive a restart. The scheduler's own keys start
+# with "/", which no trigger type's key does (a file trigger's keys are relative paths), and a poll
+# does not see them.
+OWN_KEY_PREFIX = "/trigctl/"
+STREAK_SINCE_KEY = OWN_KEY_PREFIX + "error_since"  # wall-clock time of the error streak's first error
+LAST_FIRE_KEY = OWN_KEY_PREFIX + "last_fire"  # wall-clock time of the trigger's last fire (cooldown)
 
 
 @dataclass(slots=True, eq=False)  # thousands of these: no per-instance __dict__
@@ -456,6 +463,11 @@ class Scheduler:
         stats.consecutive_errors = 0
         slot.due_at = self._next_due(slot, poll, now)
         stats.next_poll_at = slot.due_at
+        if outcome.fires and self._cooling_down(slot, now):
+            # Held back: a skip. The fires' own state (a cursor, fire_state) is not applied, so
+            # what they would have consumed is offered again after the cooldown.
+            outcome = PollOutcome(skip_reason="cooldown", state_updates=outcome.state_updates)
+        since = self._recovered(slot, errors_before, now) if errors_before else None
         if not outcome.fires:
             stats.last_result = "skipped"
             self._dirty[tc.name] = stats
@@ -466,10 +478,44 @@ class Scheduler:
         else:
             results = self._record(slot, outcome.fires, outcome, now)
             fired = any(not r.suppressed for r in results)
+            if fired and tc.cooldown > 0:
+                self.store.update_kv(tc.name, {LAST_FIRE_KEY: now})
+                slot.kv[LAST_FIRE_KEY] = now
             report = PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
         if errors_before and self.bus.wants(ErrorStreakEnded):
-            self.bus.publish(ErrorStreakEnded(tc.name, errors_before))
+            self.bus.publish(ErrorStreakEnded(tc.name, errors_before, since, errors_before >= (tc.on_error_after or 3)))
         return report
+
+    @staticmethod
+    def _cooling_down(slot: Slot, now: float) -> bool:
+        cooldown = slot.config.cooldown
+        last = slot.kv.get(LAST_FIRE_KEY)
+        if cooldown <= 0 or not isinstance(last, (int, float)):
+            return False
+        return 0 <= now - last < cooldown
+
+    def _recovered(self, slot: Slot, errors: int, now: float) -> float | None:
+        """A successful poll after ``errors`` errors in a row: on_recover, if the streak reached
+        on_error.after (default 3); the streak's start is forgotten (and returned)."""
+        tc = slot.config
+        since = slot.kv.get(STREAK_SINCE_KEY)
+        if not isinstance(since, (int, float)):
+            since = None
+        after = tc.on_error_after or 3
+        if tc.on_recover and errors >= after:
+            ctx = {"trigger": tc.name, "consecutive_errors": errors,
+                   "since": iso(since), "recovered_at": iso(now)}
+            run_id = self.store.enqueue_run(tc.name, tc.on_recover, ctx, now).run_id
+            if run_id is not None:
+                self.alerts.append(run_id)
+                if self.bus.wants(RunQueued):
+                    self.bus.publish(RunQueued(run_id, tc.name, tc.on_recover, "recover"))
+            log.warning("trigger %s: recovered after %d errors; started %s (run %s)", tc.name, errors, tc.on_recover,
+                        run_id)
+        if STREAK_SINCE_KEY in slot.kv:
+            self.store.update_kv(tc.name, {STREAK_SINCE_KEY: None})
+            slot.kv.pop(STREAK_SINCE_KEY, None)
+        return since
 
     def fire_requests(self, slot: Slot, contexts: list[dict[str, Any]]) -> list[FireRequest]:
         tc = slot.config
@@ -551,10 +597,17 @@ class Scheduler:
         stats.next_poll_at = slot.due_at
         self.store.record_error(tc.name, message, stats, now)
         self._dirty.pop(tc.name, None)
+        since = slot.kv.get(STREAK_SINCE_KEY)
+        if n == 1 or not isinstance(since, (int, float)):
+            since = now if n == 1 else None  # a streak from before this version: its start is unknown
+            if since is not None:
+                self.store.update_kv(tc.name, {STREAK_SINCE_KEY: since})
+                slot.kv[STREAK_SINCE_KEY] = since
         if tc.on_error_workflow and n >= (tc.on_error_after or 3) and not slot.error_alerted:
             slot.error_alerted = True
             self.store.set_error_alerted(tc.name, True)
-            ctx = {"trigger": tc.name, "error": message, "consecutive_errors": n}
+            ctx = {"trigger": tc.name, "error": message, "consecutive_errors": n,
+                   "since": iso(since) if since is not None else None}
             run_id = self.store.enqueue_run(tc.name, tc.on_error_workflow, ctx, now).run_id
             if run_id is not None:
                 self.alerts.append(run_id)
@@ -597,7 +650,10 @@ class Scheduler:
 
 def _poll_context(poll: Poll) -> PollContext:
     slot = poll.slot
-    return PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout)
+    kv = slot.kv
+    if STREAK_SINCE_KEY in kv or LAST_FIRE_KEY in kv:  # the scheduler's own keys are not the trigger's
+        kv = {k: v for k, v in kv.items() if not k.startswith(OWN_KEY_PREFIX)}
+    return PollContext(poll.due_at, poll.started_at, slot.cursor, kv, slot.config.timeout)
 
 
 def execute_poll(poll: Poll) -> Any:
