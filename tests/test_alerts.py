@@ -336,3 +336,23 @@ def test_cooldown_with_fire_on_change_offers_the_crossing_again(write_yaml, tmp_
     assert reports[0].result == "fired"
     now, reports = step(sched, now)
     assert reports[0].result == "skipped" and reports[0].reason != "cooldown"
+
+
+def test_poll_previews_the_cooldown_as_a_skip(write_yaml, tmp_path):
+    """`trigctl poll` applies the same cooldown (from the stored last fire) and records nothing."""
+    import time
+
+    from trigctl import api
+    from trigctl.scheduler import LAST_FIRE_KEY
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for i in range(3):
+        (jobs / f"{i}").write_text("x")
+    cfg = write_yaml(BASE + queue_trigger(jobs, extra="    cooldown: 1h\n"))
+    assert api.poll_once("q", config_path=str(cfg)).result == "fired"
+    sched, store = make_scheduler(cfg, time.time())
+    store.update_kv("q", {LAST_FIRE_KEY: time.time() - 60})
+    store.close()
+    preview = api.poll_once("q", config_path=str(cfg))
+    assert (preview.result, preview.fires) == ("skipped", [])

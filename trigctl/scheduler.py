@@ -463,10 +463,7 @@ class Scheduler:
         stats.consecutive_errors = 0
         slot.due_at = self._next_due(slot, poll, now)
         stats.next_poll_at = slot.due_at
-        if outcome.fires and self._cooling_down(slot, now):
-            # Held back: a skip. The fires' own state (a cursor, fire_state) is not applied, so
-            # what they would have consumed is offered again after the cooldown.
-            outcome = PollOutcome(skip_reason="cooldown", state_updates=outcome.state_updates)
+        outcome = self.apply_cooldown(slot, outcome, now)
         since = self._recovered(slot, errors_before, now) if errors_before else None
         if not outcome.fires:
             stats.last_result = "skipped"
@@ -487,12 +484,17 @@ class Scheduler:
         return report
 
     @staticmethod
-    def _cooling_down(slot: Slot, now: float) -> bool:
+    def apply_cooldown(slot: Slot, outcome: PollOutcome, now: float) -> PollOutcome:
+        """``outcome``, or, within the trigger's cooldown after its last fire, a skip with the reason
+        "cooldown" (`trigctl poll` shows the same). The held-back fires' own state (a cursor,
+        fire_state) is not applied, so what they would have consumed is offered again afterwards."""
         cooldown = slot.config.cooldown
+        if not outcome.fires or cooldown <= 0:
+            return outcome
         last = slot.kv.get(LAST_FIRE_KEY)
-        if cooldown <= 0 or not isinstance(last, (int, float)):
-            return False
-        return 0 <= now - last < cooldown
+        if not isinstance(last, (int, float)) or not 0 <= now - last < cooldown:
+            return outcome  # (a wall clock stepped back before the last fire ends the cooldown)
+        return PollOutcome(skip_reason="cooldown", state_updates=outcome.state_updates)
 
     def _recovered(self, slot: Slot, errors: int, now: float) -> float | None:
         """A successful poll after ``errors`` errors in a row: on_recover, if the streak reached
