@@ -110,7 +110,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = 0
         self._last_flush = 0.0
-        self.alerts: list[int] = []  # runs started by on_error
+        self.alerts: list[int] = []  # runs started by on_error and on_recover
         self.in_flight: dict[str, Poll] = {}
         # Polls in flight by timeout: each deque is in start order, so also in deadline order.
         self._deadlines: dict[float, deque[Poll]] = {}
