@@ -278,7 +278,7 @@ def poll_once(name: str, *, config_path: str | None = None, state: str | None = 
     try:
         if slot.impl is None:
             raise RuntimeError(slot.load_error)
-        outcome = _call_with_timeout(sched, poll)
+        outcome = sched.apply_cooldown(slot, _call_with_timeout(sched, poll), time.time())
         any_fired = False
         for ctx, req in zip(outcome.fires, sched.fire_requests(slot, outcome.fires)):
             suppressed, why = store.dedupe_status(name, req.context_hash, req.dedupe)

@@ -92,11 +92,15 @@ class ErrorStreakStarted(Event):
 
 @dataclass(frozen=True, slots=True)
 class ErrorStreakEnded(Event):
-    """A successful poll after ``consecutive_errors`` errors in a row."""
+    """A successful poll after ``consecutive_errors`` errors in a row. ``since``: the wall-clock time
+    of the streak's first error (None for a streak older than this field); ``reached_alert``: the
+    streak reached ``on_error.after`` (default 3), so an ``on_recover`` workflow, if any, was queued."""
 
     name: ClassVar[str] = "error_streak_ended"
     trigger: str
     consecutive_errors: int
+    since: float | None = None
+    reached_alert: bool = False
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -104,13 +108,14 @@ class ErrorStreakEnded(Event):
 
 @dataclass(frozen=True, slots=True)
 class RunQueued(Event):
-    """A run entered the queue: ``cause`` is ``fire``, ``alert`` (on_error) or ``rerun`` (recovery)."""
+    """A run entered the queue: ``cause`` is ``fire``, ``alert`` (on_error), ``recover``
+    (on_recover) or ``rerun`` (a run a crash cut short)."""
 
     name: ClassVar[str] = "run_queued"
     run_id: int
     trigger: str
     workflow: str
-    cause: Literal["fire", "alert", "rerun"]
+    cause: Literal["fire", "alert", "recover", "rerun"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,19 @@ from trigctl.events import (
 )
 from trigctl.store.base import FireRequest, FireResult, PollStats, StateError, Store, dedupe_hash, safe_text
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
+from trigctl.workflows import iso
 
 log = logging.getLogger("trigctl.scheduler")
 
 MAX_MESSAGE = 20_000  # characters of an error message kept before masking (4,000 are stored)
 FLUSH_BATCH = 2000  # counters per transaction: under load, a signal is looked at between batches
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
+# Kept in the trigger's key/value state, so they survive a restart. The scheduler's own keys start
+# with "/", which no trigger type's key does (a file trigger's keys are relative paths), and a poll
+# does not see them.
+OWN_KEY_PREFIX = "/trigctl/"
+STREAK_SINCE_KEY = OWN_KEY_PREFIX + "error_since"  # wall-clock time of the error streak's first error
+LAST_FIRE_KEY = OWN_KEY_PREFIX + "last_fire"  # wall-clock time of the trigger's last fire (cooldown)
 
 
 @dataclass(slots=True, eq=False)  # thousands of these: no per-instance __dict__
@@ -103,7 +110,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = 0
         self._last_flush = 0.0
-        self.alerts: list[int] = []  # runs started by on_error
+        self.alerts: list[int] = []  # runs started by on_error and on_recover
         self.in_flight: dict[str, Poll] = {}
         # Polls in flight by timeout: each deque is in start order, so also in deadline order.
         self._deadlines: dict[float, deque[Poll]] = {}
@@ -457,6 +464,8 @@ class Scheduler:
         stats.consecutive_errors = 0
         slot.due_at = self._next_due(slot, poll, now)
         stats.next_poll_at = slot.due_at
+        outcome = self.apply_cooldown(slot, outcome, now)
+        since = self._recovered(slot, errors_before, now) if errors_before else None
         stats.last_reason = None if outcome.fires or not outcome.skip_reason else self.config.redactor.text(outcome.skip_reason[:4000])
         if not outcome.fires:
             stats.last_result = "skipped"
@@ -468,10 +477,49 @@ class Scheduler:
         else:
             results = self._record(slot, outcome.fires, outcome, now)
             fired = any(not r.suppressed for r in results)
+            if fired and tc.cooldown > 0:
+                self.store.update_kv(tc.name, {LAST_FIRE_KEY: now})
+                slot.kv[LAST_FIRE_KEY] = now
             report = PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
         if errors_before and self.bus.wants(ErrorStreakEnded):
-            self.bus.publish(ErrorStreakEnded(tc.name, errors_before))
+            self.bus.publish(ErrorStreakEnded(tc.name, errors_before, since, errors_before >= (tc.on_error_after or 3)))
         return report
+
+    @staticmethod
+    def apply_cooldown(slot: Slot, outcome: PollOutcome, now: float) -> PollOutcome:
+        """``outcome``, or, within the trigger's cooldown after its last fire, a skip with the reason
+        "cooldown" (`trigctl poll` shows the same). The held-back fires' own state (a cursor,
+        fire_state) is not applied, so what they would have consumed is offered again afterwards."""
+        cooldown = slot.config.cooldown
+        if not outcome.fires or cooldown <= 0:
+            return outcome
+        last = slot.kv.get(LAST_FIRE_KEY)
+        if not isinstance(last, (int, float)) or not 0 <= now - last < cooldown:
+            return outcome  # (a wall clock stepped back before the last fire ends the cooldown)
+        return PollOutcome(skip_reason="cooldown", state_updates=outcome.state_updates)
+
+    def _recovered(self, slot: Slot, errors: int, now: float) -> float | None:
+        """A successful poll after ``errors`` errors in a row: on_recover, if the streak reached
+        on_error.after (default 3); the streak's start is forgotten (and returned)."""
+        tc = slot.config
+        since = slot.kv.get(STREAK_SINCE_KEY)
+        if not isinstance(since, (int, float)):
+            since = None
+        after = tc.on_error_after or 3
+        if tc.on_recover and errors >= after:
+            ctx = {"trigger": tc.name, "consecutive_errors": errors,
+                   "since": iso(since), "recovered_at": iso(now)}
+            run_id = self.store.enqueue_run(tc.name, tc.on_recover, ctx, now).run_id
+            if run_id is not None:
+                self.alerts.append(run_id)
+                if self.bus.wants(RunQueued):
+                    self.bus.publish(RunQueued(run_id, tc.name, tc.on_recover, "recover"))
+            log.warning("trigger %s: recovered after %d errors; started %s (run %s)", tc.name, errors, tc.on_recover,
+                        run_id)
+        if STREAK_SINCE_KEY in slot.kv:
+            self.store.update_kv(tc.name, {STREAK_SINCE_KEY: None})
+            slot.kv.pop(STREAK_SINCE_KEY, None)
+        return since
 
     def fire_requests(self, slot: Slot, contexts: list[dict[str, Any]]) -> list[FireRequest]:
         tc = slot.config
@@ -554,10 +602,17 @@ class Scheduler:
         stats.next_poll_at = slot.due_at
         self.store.record_error(tc.name, message, stats, now)
         self._dirty.pop(tc.name, None)
+        since = slot.kv.get(STREAK_SINCE_KEY)
+        if n == 1 or not isinstance(since, (int, float)):
+            since = now if n == 1 else None  # a streak from before this version: its start is unknown
+            if since is not None:
+                self.store.update_kv(tc.name, {STREAK_SINCE_KEY: since})
+                slot.kv[STREAK_SINCE_KEY] = since
         if tc.on_error_workflow and n >= (tc.on_error_after or 3) and not slot.error_alerted:
             slot.error_alerted = True
             self.store.set_error_alerted(tc.name, True)
-            ctx = {"trigger": tc.name, "error": message, "consecutive_errors": n}
+            ctx = {"trigger": tc.name, "error": message, "consecutive_errors": n,
+                   "since": iso(since) if since is not None else None}
             run_id = self.store.enqueue_run(tc.name, tc.on_error_workflow, ctx, now).run_id
             if run_id is not None:
                 self.alerts.append(run_id)
@@ -600,7 +655,10 @@ class Scheduler:
 
 def _poll_context(poll: Poll) -> PollContext:
     slot = poll.slot
-    return PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout)
+    kv = slot.kv
+    if STREAK_SINCE_KEY in kv or LAST_FIRE_KEY in kv:  # the scheduler's own keys are not the trigger's
+        kv = {k: v for k, v in kv.items() if not k.startswith(OWN_KEY_PREFIX)}
+    return PollContext(poll.due_at, poll.started_at, slot.cursor, kv, slot.config.timeout)
 
 
 def execute_poll(poll: Poll) -> Any:

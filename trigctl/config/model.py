@@ -100,6 +100,8 @@ class TriggerConfig:
     max_backoff: float = DEFAULT_MAX_BACKOFF
     on_error_after: int | None = None
     on_error_workflow: str | None = None
+    on_recover: str | None = None  # a workflow run when an error streak that reached on_error_after ends
+    cooldown: float = 0.0  # seconds after a fire in which no new fire of this trigger is recorded
     on_interrupt: str = "rerun"
     max_attempts: int = 3
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: The keys every trigger type has (the schema's `trigger` properties but name, type, workflow).
 COMMON_KEYS = frozenset({
     "interval", "enabled", "timeout", "dedupe", "allow_concurrent", "dedupe_key", "jitter", "max_backoff",
-    "on_error", "on_interrupt", "max_attempts", "description",
+    "on_error", "on_interrupt", "max_attempts", "description", "on_recover", "cooldown",
 })
 
 def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False) -> TriggerConfig | None:
@@ -71,6 +71,8 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
         max_backoff=parse_duration(merged.get("max_backoff", DEFAULT_MAX_BACKOFF)),
         on_error_after=int(on_error.get("after", 3)) if on_error else None,
         on_error_workflow=on_error.get("workflow"),
+        on_recover=merged.get("on_recover"),
+        cooldown=parse_duration(merged.get("cooldown", 0)),
         on_interrupt=merged.get("on_interrupt", "rerun"),
         max_attempts=int(merged.get("max_attempts", 3)),
         options=options,
@@ -148,6 +150,10 @@ def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, Wor
         on_error = item.get("on_error") or defaults.get("on_error")
         if on_error and on_error.get("workflow") not in workflows:
             doc.issue(path + ("on_error", "workflow"), f"unknown workflow {on_error.get('workflow')!r}", data=data)
+        on_recover = item.get("on_recover") or defaults.get("on_recover")
+        if on_recover and on_recover not in workflows:
+            where = path + ("on_recover",) if "on_recover" in item else ("defaults", "on_recover")
+            doc.issue(where, f"unknown workflow {on_recover!r}", data=data)
         for key in item.get("dedupe_key") or []:
             if not isinstance(key, str):
                 doc.issue(path + ("dedupe_key",), "dedupe_key entries must be strings", data=data)

@@ -72,6 +72,21 @@ class PollOutcome:
         return merged
 
 
+EDGE_KEY = "in_condition"  # fire_on: change (queue_depth, command): the last poll was in the condition
+
+
+def edge_outcome(ctx: PollContext, in_condition: bool, context: dict[str, Any] | None, reason: str) -> PollOutcome:
+    """`fire_on: change` for a level condition: fire once per transition into it (a first poll
+    already in it counts). ``reason`` says why the poll is not in the condition. The flag goes with
+    the fire (``fire_state``), so a deferred or held-back fire is offered again."""
+    was = bool(ctx.state.get(EDGE_KEY))
+    if not in_condition:
+        return PollOutcome(skip_reason=reason, state_updates={EDGE_KEY: None} if was else {})
+    if was:
+        return PollOutcome(skip_reason="still in the condition (fire_on: change fires once per transition)")
+    return PollOutcome(fires=[context or {}], fire_state=[{EDGE_KEY: True}])
+
+
 @dataclass(slots=True)
 class PollContext:
     """What the scheduler hands a trigger for one poll."""

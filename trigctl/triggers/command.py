@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.triggers._util import MAX_STDOUT, RunningProcesses, parse_json, resolve_path, run_process
-from trigctl.triggers.base import PollContext, PollError, PollOutcome, TriggerType, check_context, register
+from trigctl.triggers.base import (
+    PollContext,
+    PollError,
+    PollOutcome,
+    TriggerType,
+    check_context,
+    edge_outcome,
+    register,
+)
 
 
 @register
@@ -29,16 +37,20 @@ class CommandTrigger(TriggerType):
         self.cwd = resolve_path(cwd, base_dir) if cwd else base_dir
         self.cwd_label = cwd or "."
         self._running = RunningProcesses()
+        self.fire_on: str = o.get("fire_on", "condition")
 
     def poll(self, ctx: PollContext) -> PollOutcome:
         if not self.cwd.is_dir():
             raise PollError(f"cwd {self.cwd_label} is not a directory")
         env = {**os.environ, "TRIGCTL_TRIGGER": self.config.name, **self.env}
         result = run_process(self.argv, cwd=self.cwd, env=env, timeout=ctx.timeout, running=self._running)
+        if result.returncode not in (0, 1):
+            raise PollError(f"command failed: {result.describe_exit()}")
+        if self.fire_on == "change":
+            context = self.context_of(result.stdout) if result.returncode == 0 else None
+            return edge_outcome(ctx, result.returncode == 0, context, result.describe_exit())
         if result.returncode == 1:
             return PollOutcome(skip_reason=result.describe_exit())
-        if result.returncode != 0:
-            raise PollError(f"command failed: {result.describe_exit()}")
         return PollOutcome(fires=[self.context_of(result.stdout)])
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.triggers._util import NOT_JSON, HttpResponse, http_request, jmes_search, new_session
-from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, check_context, register
+from trigctl.triggers.base import PollContext, PollError, PollOutcome, TriggerType, check_context, register
 
 STATE_KEY = "last"  # fire_on: change keeps a digest of the last poll's context under this state key
 
@@ -56,6 +56,9 @@ class HttpTrigger(TriggerType):
         self.expect_contains: str | None = expect.get("contains")
         self.context_exprs = {str(k): jmespath.compile(v) for k, v in (o.get("context") or {}).items()}
         self.fire_on: str = o.get("fire_on", "condition")
+        # error: a response that does not meet `expect` is an error (a health check: it counts
+        # toward on_error and its end is a recovery), not a skip.
+        self.on_mismatch: str = o.get("on_mismatch", "skip")
         self._session: Any = None
 
     def _request(self, timeout: float) -> HttpResponse:
@@ -90,6 +93,8 @@ class HttpTrigger(TriggerType):
         body = resp.json() if (self.expect_json is not None or self.context_exprs) else NOT_JSON
         problem = self.mismatch(resp, body)
         if problem:
+            if self.on_mismatch == "error":
+                raise PollError(f"unexpected response: {problem}")
             return PollOutcome(skip_reason=problem)
         context = self.context_of(resp, body)
         if self.fire_on != "change":

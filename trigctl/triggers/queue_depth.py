@@ -22,7 +22,7 @@ from trigctl.triggers._util import (
     resolve_path,
     run_process,
 )
-from trigctl.triggers.base import PollContext, PollError, PollOutcome, TriggerType, register
+from trigctl.triggers.base import PollContext, PollError, PollOutcome, TriggerType, edge_outcome, register
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -47,6 +47,7 @@ class QueueDepthTrigger(TriggerType):
             import jmespath
 
             self._jmes = jmespath.compile(self.spec["json"])
+        self.fire_on: str = o.get("fire_on", "condition")
 
     @classmethod
     def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
@@ -138,6 +139,9 @@ class QueueDepthTrigger(TriggerType):
     def poll(self, ctx: PollContext) -> PollOutcome:
         depth = getattr(self, f"_depth_{self.kind}")(ctx.timeout)
         fires = (self.above is not None and depth >= self.above) or (self.below is not None and depth <= self.below)
+        if self.fire_on == "change":
+            return edge_outcome(ctx, bool(fires), {"queue": self.queue, "depth": depth},
+                                f"depth {depth} ({self._threshold_text()})")
         if not fires:
             return PollOutcome(skip_reason=f"depth {depth} ({self._threshold_text()})")
         return PollOutcome(fires=[{"queue": self.queue, "depth": depth}])
