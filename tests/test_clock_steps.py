@@ -114,3 +114,15 @@ def test_the_real_loop_goes_on_after_the_wall_clock_steps_back(write_yaml, calla
         runner.stop()
         thread.join(20)
     assert not thread.is_alive()
+
+
+def test_a_step_with_a_poll_in_flight_does_not_poll_it_twice(write_yaml, callables):
+    t0 = 1_800_000_000.0
+    sched, _ = _setup(write_yaml, callables, t0)
+    polls = [p for p in sched.tick(t0 + 0.5) if p.slot.name == "tick"]
+    assert polls  # in flight now
+    sched.clock_stepped(-HOUR, t0 + 1 - HOUR)
+    assert [p for p in sched.tick(t0 + 1 - HOUR) if p.slot.name == "tick"] == []
+    report = sched.complete(polls[0], sched.execute(polls[0]), None, t0 + 1.2 - HOUR)
+    assert report is not None
+    assert [p for p in sched.tick(t0 + 1.3 - HOUR) if p.slot.name == "tick"] == []  # not again at once

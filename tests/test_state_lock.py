@@ -85,3 +85,68 @@ def test_after_a_crash_the_dead_owners_runs_are_recovered(project):
     finally:
         stop(proc, timeout=60)
     assert sorted(h["status"] for h in fires(project))[-1] == "interrupted"
+
+
+def _v3_state(path, owner_pid: int) -> None:
+    """A state as trigctl wrote it before owners had start times (schema 3), with a run left running."""
+    import sqlite3
+
+    from trigctl.store.sqlite import MIGRATIONS
+
+    conn = sqlite3.connect(path)
+    conn.executescript("".join(MIGRATIONS[:3]) + "; PRAGMA user_version = 3;")
+    conn.execute("INSERT INTO runs (trigger_name, workflow, status, context, context_hash, dedupe, active_key, "
+                 "triggered_at, queued_at, started_at, owner_pid) VALUES ('jobs', 'work', 'running', '{}', 'k', "
+                 "'running', 'k', 1, 1, 1, ?)", (owner_pid,))
+    conn.commit()
+    conn.close()
+
+
+def test_a_run_left_by_an_older_trigctl_is_recovered_even_if_its_pid_is_reused(tmp_path):
+    """Schema 3 recorded only the owner's PID: after a reboot that PID may be anyone's (here pid 1).
+    The upgraded state opens, and the run is the dead owner's, not a live one's."""
+    from trigctl.store.sqlite import SQLiteStore
+
+    db = tmp_path / "state.db"
+    _v3_state(str(db), owner_pid=1)
+    store = SQLiteStore(str(db))
+    store.start_process()
+    (orphan,) = store.orphaned_runs()
+    assert orphan.owner_pid == 1 and not store.owner_alive(orphan)
+    store.close()
+
+
+def test_a_clean_stop_removes_the_holder_row(tmp_path):
+    import sqlite3
+
+    from trigctl.store.sqlite import SQLiteStore
+
+    db = str(tmp_path / "state.db")
+    store = SQLiteStore(db)
+    store.start_process()
+    store.close()
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM run_holder").fetchone() == (0,)
+
+
+def test_two_processes_opening_an_old_state_at_once_migrate_it_once(tmp_path):
+    import threading
+
+    from trigctl.store.sqlite import SQLiteStore
+
+    for round_ in range(5):
+        db = str(tmp_path / f"state{round_}.db")
+        _v3_state(db, owner_pid=1)
+        errors: list[BaseException] = []
+
+        def open_it(path=db, errors=errors) -> None:
+            try:
+                SQLiteStore(path).close()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors

@@ -228,10 +228,12 @@ class Runner:
         self.store.acquire_triggers((t.name for t in self.config.triggers), self.clock())
         self.recover()
         now = self.clock()
+        # The change feed's baseline before the state is read: an `enable`/`disable` committed while
+        # the triggers load is seen at the first look, not lost.
+        self.store.changes()
         self.scheduler.load(now)
         self._save_snapshot(self.config)
         self.scheduler.start_triggers(self._wake_trigger)
-        self.store.changes()  # what is there now is loaded: from here on, only changes
         enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
         self.bus.publish(LoopStarted(len(self.scheduler.slots), enabled, getattr(self.store, "path", ""), os.getpid()))
         # Everything loaded so far (config, slots, modules) lives as long as the loop: keep it out of
@@ -358,9 +360,8 @@ class Runner:
             sched.wake(self._wakes.popleft(), now)
         if not (self.once and not force):
             # Due polls first (lateness is what users feel), their bookkeeping after.
-            for poll in sched.iter_tick(now, force=force):
-                if self._signals:  # thousands due at once: a signal is looked at between polls
-                    break
+            # Thousands due at once: a signal is looked at between polls (before the next is taken).
+            for poll in sched.iter_tick(now, force=force, stop=self._stopping):
                 impl = poll.slot.impl
                 if impl is not None and impl.blocking:
                     self.dispatcher.submit(poll)

@@ -316,15 +316,17 @@ class Scheduler:
         self._last_flush += delta
         self._heap.clear()
         for slot in self.slots.values():
-            self._push(slot)
+            if slot.in_flight is None:  # one in flight is pushed when it returns (no extra poll)
+                self._push(slot)
 
     def tick(self, now: float, force: bool = False) -> list[Poll]:
         """Pop every due trigger and return the polls to start. ``force``: all enabled ones, now."""
         return list(self.iter_tick(now, force))
 
-    def iter_tick(self, now: float, force: bool = False) -> Iterator[Poll]:
+    def iter_tick(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> Iterator[Poll]:
         """Like tick(), lazily: each poll is popped just before it is started, so a poll that hangs
-        leaves the rest in the heap for whichever thread carries on."""
+        leaves the rest in the heap for whichever thread carries on. ``stop()`` true (a signal) ends
+        it before the next poll is marked in flight (shutting down: the rest is not polled)."""
         if force:
             candidates: Iterator[Slot] = iter(list(self.slots.values()))
             self._heap.clear()
@@ -333,6 +335,8 @@ class Scheduler:
         deadlines = self._deadlines
         in_flight = self.in_flight
         for slot in candidates:
+            if stop is not None and stop():
+                return
             if not slot.enabled:
                 continue
             if slot.in_flight is not None:

@@ -200,6 +200,19 @@ def _err(e: BaseException, path: str) -> StateError:
     return StateError(f"state {path}: {text}")
 
 
+def _statements(script: str) -> list[str]:
+    """A migration script as single statements (comments may hold semicolons)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        out.append(buf.strip())
+    return out
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, *, readonly: bool = False):
         self.path = path
@@ -323,12 +336,17 @@ class SQLiteStore(Store):
                 conn.close()
                 self._conn = conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
                 version = 0
-            script = "".join(MIGRATIONS[version:])
             try:
-                # One script, one transaction: a crash mid-migration leaves the old version intact.
-                # Readers migrate too (the steps only add tables and indexes), so `list` works at
-                # once after an upgrade of trigctl.
-                conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {len(MIGRATIONS)}; COMMIT;")
+                # One transaction: a crash mid-migration leaves the old version intact. The version is
+                # read again inside it, so two processes opening an old file at once migrate it once
+                # (the second finds it done). Readers migrate too (the steps only add tables, columns
+                # and indexes), so `list` works at once after an upgrade of trigctl.
+                conn.execute("BEGIN IMMEDIATE")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for statement in _statements("".join(MIGRATIONS[version:])):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+                conn.execute("COMMIT")
             except BaseException as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -352,15 +370,16 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         with self._lock:
+            if self._lockfile is not None:
+                try:  # before the connection closes: a stale holder would be checked by PID alone where /proc is not readable
+                    self._conn.execute("DELETE FROM run_holder WHERE pid = ?", (os.getpid(),))
+                except sqlite3.Error:
+                    pass  # a full disk: the next start sees a holder that is no longer alive
             try:
                 self._conn.close()
             except sqlite3.Error:
                 pass
             if self._lockfile is not None:
-                try:
-                    self._conn.execute("DELETE FROM run_holder WHERE pid = ?", (os.getpid(),))
-                except sqlite3.Error:
-                    pass  # a full disk: the next start sees a holder that is no longer alive
                 os.close(self._lockfile)
                 self._lockfile = None
 
@@ -815,6 +834,10 @@ class SQLiteStore(Store):
         if self.process is not None and run.owner_process == self.process.id:
             return True
         if not run.owner_pid:
+            return False
+        if run.owner_start is None and run.owner_process is None:
+            # Started by a trigctl before owners were recorded with their start time: the PID alone
+            # may belong to anyone now (a reboot). This process holds the state: it is not alive.
             return False
         if run.owner_pid == os.getpid():
             # Us, but not this process's loop (a store opened by a test, or a run from a previous
