@@ -76,6 +76,19 @@ class RunProc:
                     raise AssertionError(f"timed out after {timeout}s waiting for {text!r}:\n" + self.stderr[-3000:])
                 self._cond.wait(left)
 
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """Wait until ``predicate(stderr so far)`` is true (True), the process exits or the deadline
+        passes (False): a condition with a deadline, re-checked at each new line."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if predicate("\n".join(self.lines)):
+                    return True
+                left = deadline - time.monotonic()
+                if self._eof or left <= 0:
+                    return False
+                self._cond.wait(left)
+
     def count(self, text: str) -> int:
         with self._cond:
             return sum(1 for ln in self.lines if text in ln)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from realproc import RunProc
 
 pytestmark = pytest.mark.slow
 
@@ -27,24 +28,17 @@ def _write(project: Path, yaml_text: str, module: str = "", beat: bool = False) 
     return project / "t.yaml"
 
 
-def _run(project: Path, *args: str, seconds: float) -> tuple[int | None, str, float]:
-    """`trigctl run ARGS` for ``seconds``, then SIGTERM; (exit code, stderr, seconds to exit after SIGTERM)."""
-    proc = subprocess.Popen([*TRIGCTL, "run", *args], cwd=project, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
+def _run(project: Path, *args: str, until, timeout: float = 30.0) -> tuple[int | None, str, float]:
+    """`trigctl run ARGS` until ``until(stderr)`` holds (or the process exits, or ``timeout``), then
+    SIGTERM; (exit code, stderr, seconds to exit after SIGTERM). The assertions decide; nothing sleeps."""
+    proc = RunProc(project, *args)
     try:
-        proc.wait(seconds)
-        exited_early = True
-    except subprocess.TimeoutExpired:
-        exited_early = False
-    t0 = time.monotonic()
-    if not exited_early:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return proc.returncode, err, time.monotonic() - t0
+        proc.wait_until(until, timeout)
+        t0 = time.monotonic()
+        code = proc.stop(40) if proc.proc.poll() is None else proc.wait(40)
+        return code, proc.stderr, time.monotonic() - t0
+    finally:
+        proc.cleanup()
 
 
 BEAT = """\
@@ -83,7 +77,7 @@ def test_async_callable_returning_a_generator_that_raises_systemexit_does_not_st
         async def async_exit():
             return _gen()
         """, beat=True)
-    code, err, _ = _run(tmp_path, "t.yaml", seconds=4)
+    code, err, _ = _run(tmp_path, "t.yaml", until=lambda e: "error trigger=ax" in e and len(_beats(e)) >= 10)
     assert "the polling loop failed" not in err, err
     assert code == 0, err
     assert "error trigger=ax" in err, err
@@ -106,7 +100,7 @@ def test_async_callable_returning_a_slow_generator_does_not_freeze_other_trigger
         async def async_slow():
             return _gen()
         """, beat=True)
-    code, err, stop_s = _run(tmp_path, "t.yaml", seconds=9)
+    code, err, stop_s = _run(tmp_path, "t.yaml", until=lambda e: len(_beats(e)) >= 20, timeout=40)
     beats = _beats(err)
     assert len(beats) >= 20, f"{len(beats)} beat fires in 9 s at 200 ms\n{err}"
     assert max(b - a for a, b in zip(beats, beats[1:])) < 2.5, err
@@ -130,7 +124,7 @@ def test_a_class_constructor_raising_a_base_exception_is_that_triggers_error(tmp
             def poll(self):
                 return None
         """, beat=True)
-    code, err, _ = _run(tmp_path, "t.yaml", seconds=3)
+    code, err, _ = _run(tmp_path, "t.yaml", until=lambda e: "cannot set up trigger" in e and len(_beats(e)) >= 5)
     assert "Traceback" not in err, err
     assert code == 0, err
     assert "cannot set up trigger" in err, err
@@ -151,18 +145,18 @@ def test_close_raising_systemexit_on_reload_does_not_stop_the_loop(tmp_path):
             def close(self):
                 raise SystemExit(7)
         """, beat=True)
-    proc = subprocess.Popen([*TRIGCTL, "run", "t.yaml"], cwd=tmp_path, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+    proc = RunProc(tmp_path, "t.yaml")
     try:
-        time.sleep(2)
+        proc.wait_until(lambda e: len(_beats(e)) >= 3, 30)
         cfg.write_text("\n".join(ln for ln in cfg.read_text().splitlines() if "closer" not in ln) + "\n")
-        proc.send_signal(signal.SIGHUP)
-        time.sleep(2)
-        alive = proc.poll() is None
+        proc.signal(signal.SIGHUP)
+        proc.wait_line(" reloaded ", timeout=30)
+        n = len(_beats(proc.stderr))
+        proc.wait_until(lambda e: len(_beats(e)) >= n + 3, 30)  # the loop goes on after the close()
+        alive = proc.proc.poll() is None
+        err = proc.stderr
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=40)
+        proc.cleanup()
     assert alive and "the polling loop failed" not in err, err
 
 
@@ -182,32 +176,18 @@ def test_a_hard_link_to_the_state_in_another_directory_is_refused(tmp_path):
         triggers:
           - {name: a, type: command, run: 'echo {}', interval: 1h, workflow: w}
         """)
-    first = subprocess.Popen([*TRIGCTL, "run", "t.yaml"], cwd=proj, stderr=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, text=True)
-    second = None
+    first = RunProc(proj, "t.yaml")
     try:
+        first.wait_line(" run_started ", timeout=30)  # it holds the lock and a running run
         state = proj / ".trigctl" / "state.db"
-        deadline = time.monotonic() + 15
-        while not (state.exists() and state.with_name("state.db-wal").exists()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
         os.link(state, other / "hard.db")
-        second = subprocess.Popen([*TRIGCTL, "run", "t.yaml", "--state", str(other / "hard.db")], cwd=proj,
-                                  stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        try:
-            code = second.wait(8)
-        except subprocess.TimeoutExpired:
-            code = None
-        assert code == 2, "a second `trigctl run` through a hard link started"
-        assert "another `trigctl run`" in second.stderr.read()
+        second = subprocess.run([*TRIGCTL, "run", "t.yaml", "--state", str(other / "hard.db")], cwd=proj,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, "a second `trigctl run` through a hard link started"
+        assert "another `trigctl run`" in second.stderr
     finally:
-        for p in (second, first):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(40)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        first.stop(40)
+        first.cleanup()
 
 
 @pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom", "sparse"])
@@ -250,7 +230,7 @@ def test_an_async_skip_whose_reason_cannot_be_read_does_not_stop_the_loop(tmp_pa
         async def aevil_reason():
             return trigctl.Skip(reason=EvilStr())
         """, beat=True)
-    code, err, _ = _run(tmp_path, "t.yaml", seconds=4)
+    code, err, _ = _run(tmp_path, "t.yaml", until=lambda e: len(_beats(e)) >= 10)
     assert "the polling loop failed" not in err and code == 0, err
     assert len(_beats(err)) >= 10, err
 
@@ -267,7 +247,7 @@ def test_a_huge_exception_message_does_not_hold_up_other_triggers(tmp_path):
         def huge():
             raise RuntimeError("x" * 50_000_000)
         """, beat=True)
-    code, err, _ = _run(tmp_path, "t.yaml", seconds=7)
+    code, err, _ = _run(tmp_path, "t.yaml", until=lambda e: e.count("error trigger=x") >= 3 and len(_beats(e)) >= 10)
     beats = _beats(err)
     assert "error trigger=x" in err, err
     # timestamps have whole seconds: a 200 ms cadence never leaves a 2 s hole
@@ -296,7 +276,8 @@ def test_json_logs_stay_json_when_a_recursive_watch_overflows(tmp_path):
           - {name: f, type: file, path: inbox, recursive: true, pattern: "**/*.txt", settle: 0s, interval: 1s,
              workflow: w}
         """)
-    code, err, _ = _run(tmp_path, "t.yaml", "--log-format", "json", seconds=12)
+    code, err, _ = _run(tmp_path, "t.yaml", "--log-format", "json", until=lambda e: e.count('"event": "fired"') >= 1000,
+                        timeout=90)
     bad = []
     for line in err.splitlines():
         try:
@@ -322,7 +303,8 @@ def test_a_long_run_of_letters_in_a_context_does_not_freeze_the_loop(tmp_path):
           - {name: hb, type: command, run: 'echo "{\\"t\\": \\"$(date +%s%N)\\"}"', interval: 200ms,
              workflow: w, dedupe: none}
         """)
-    code, err, stop_s = _run(tmp_path, "t.yaml", seconds=8)
+    code, err, stop_s = _run(tmp_path, "t.yaml",
+                             until=lambda e: "fired trigger=big" in e and e.count("fired trigger=hb") >= 20)
     hb = [ln for ln in err.splitlines() if "fired trigger=hb" in ln]
     assert "fired trigger=big" in err, err[-2000:]
     assert len(hb) >= 20, f"{len(hb)} heartbeat fires in 8 s at 200 ms"
