@@ -58,6 +58,9 @@ class Slot:
     grid_at: float = 0.0  # the un-jittered slot on the interval grid
     cursor: str | None = None
     kv: dict[str, Any] = field(default_factory=dict)
+    #: the scheduler's own persisted keys (OWN_KEY_PREFIX: streak start, last fire), kept out of `kv`
+    #: so that the trigger never sees them and no poll has to copy its state to hide them
+    own: dict[str, Any] = field(default_factory=dict)
     in_flight: Poll | None = None
     waiting: bool = False  # due while a poll was in flight: poll again as soon as it returns
     error_alerted: bool = False
@@ -162,6 +165,9 @@ class Scheduler:
             cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name) if kv is None else kv,
             error_alerted=row.error_alerted if row else False,
         )
+        for key in (STREAK_SINCE_KEY, LAST_FIRE_KEY):  # the scheduler's, not the trigger's
+            if key in slot.kv:
+                slot.own[key] = slot.kv.pop(key)
         if row:
             slot.stats.last_poll_at, slot.stats.last_result = row.last_poll_at, row.last_result
             slot.stats.consecutive_errors = row.consecutive_errors
@@ -470,7 +476,8 @@ class Scheduler:
         stats.next_poll_at = slot.due_at
         outcome = self.apply_cooldown(slot, outcome, now)
         since = self._recovered(slot, errors_before, now) if errors_before else None
-        stats.last_reason = None if outcome.fires or not outcome.skip_reason else self.config.redactor.text(outcome.skip_reason[:4000])
+        # Kept as the trigger said it; masked once when it is written (flush), not at every poll.
+        stats.last_reason = None if outcome.fires or not outcome.skip_reason else outcome.skip_reason
         if not outcome.fires:
             stats.last_result = "skipped"
             self._dirty[tc.name] = stats
@@ -483,7 +490,7 @@ class Scheduler:
             fired = any(not r.suppressed for r in results)
             if fired and tc.cooldown > 0:
                 self.store.update_kv(tc.name, {LAST_FIRE_KEY: now})
-                slot.kv[LAST_FIRE_KEY] = now
+                slot.own[LAST_FIRE_KEY] = now
             report = PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
         if errors_before and self.bus.wants(ErrorStreakEnded):
             self.bus.publish(ErrorStreakEnded(tc.name, errors_before, since, errors_before >= (tc.on_error_after or 3)))
@@ -497,7 +504,7 @@ class Scheduler:
         cooldown = slot.config.cooldown
         if not outcome.fires or cooldown <= 0:
             return outcome
-        last = slot.kv.get(LAST_FIRE_KEY)
+        last = slot.own.get(LAST_FIRE_KEY)
         if not isinstance(last, (int, float)) or not 0 <= now - last < cooldown:
             return outcome  # (a wall clock stepped back before the last fire ends the cooldown)
         return PollOutcome(skip_reason="cooldown", state_updates=outcome.state_updates)
@@ -506,7 +513,7 @@ class Scheduler:
         """A successful poll after ``errors`` errors in a row: on_recover, if the streak reached
         on_error.after (default 3); the streak's start is forgotten (and returned)."""
         tc = slot.config
-        since = slot.kv.get(STREAK_SINCE_KEY)
+        since = slot.own.get(STREAK_SINCE_KEY)
         if not isinstance(since, (int, float)):
             since = None
         after = tc.on_error_after or 3
@@ -520,9 +527,9 @@ class Scheduler:
                     self.bus.publish(RunQueued(run_id, tc.name, tc.on_recover, "recover"))
             log.warning("trigger %s: recovered after %d errors; started %s (run %s)", tc.name, errors, tc.on_recover,
                         run_id)
-        if STREAK_SINCE_KEY in slot.kv:
+        if STREAK_SINCE_KEY in slot.own:
             self.store.update_kv(tc.name, {STREAK_SINCE_KEY: None})
-            slot.kv.pop(STREAK_SINCE_KEY, None)
+            slot.own.pop(STREAK_SINCE_KEY, None)
         return since
 
     def fire_requests(self, slot: Slot, contexts: list[dict[str, Any]]) -> list[FireRequest]:
@@ -548,6 +555,7 @@ class Scheduler:
                 req.state = st
         if contexts:
             stats.last_result = "fired"
+        stats.last_reason = self._shown_reason(stats.last_reason)
         results = self.store.record_fires(slot.name, slot.config.workflow, requests, stats, now, outcome.cursor,
                                           outcome.state_updates)
         if contexts and all(r.suppressed for r in results):
@@ -606,12 +614,12 @@ class Scheduler:
         stats.next_poll_at = slot.due_at
         self.store.record_error(tc.name, message, stats, now)
         self._dirty.pop(tc.name, None)
-        since = slot.kv.get(STREAK_SINCE_KEY)
+        since = slot.own.get(STREAK_SINCE_KEY)
         if n == 1 or not isinstance(since, (int, float)):
             since = now if n == 1 else None  # a streak from before this version: its start is unknown
             if since is not None:
                 self.store.update_kv(tc.name, {STREAK_SINCE_KEY: since})
-                slot.kv[STREAK_SINCE_KEY] = since
+                slot.own[STREAK_SINCE_KEY] = since
         if tc.on_error_workflow and n >= (tc.on_error_after or 3) and not slot.error_alerted:
             slot.error_alerted = True
             self.store.set_error_alerted(tc.name, True)
@@ -638,6 +646,10 @@ class Scheduler:
         base = tc.interval if not (impl and impl.has_own_schedule) else max(tc.interval, 1.0)
         return min(base * (2 ** min(errors, 40)), cap)
 
+    def _shown_reason(self, reason: str | None) -> str | None:
+        """A skip reason as it is stored: secrets masked, cut to 4,000 characters."""
+        return self.config.redactor.text(reason[:4000]) if reason else reason
+
     def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> None:
         """Write the skipped polls' counters, at most every STATS_FLUSH_EVERY seconds, in batches of
         FLUSH_BATCH; between batches ``stop()`` may end it early (the rest is written next time)."""
@@ -650,6 +662,8 @@ class Scheduler:
                 self._dirty.clear()
             else:
                 dirty = [self._dirty.pop(name) for name in list(itertools.islice(self._dirty, FLUSH_BATCH))]
+            for st in dirty:
+                st.last_reason = self._shown_reason(st.last_reason)
             self.store.flush_stats(dirty)
             for st in dirty:
                 st.polls = 0
@@ -659,10 +673,7 @@ class Scheduler:
 
 def _poll_context(poll: Poll) -> PollContext:
     slot = poll.slot
-    kv = slot.kv
-    if STREAK_SINCE_KEY in kv or LAST_FIRE_KEY in kv:  # the scheduler's own keys are not the trigger's
-        kv = {k: v for k, v in kv.items() if not k.startswith(OWN_KEY_PREFIX)}
-    return PollContext(poll.due_at, poll.started_at, slot.cursor, kv, slot.config.timeout)
+    return PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout)
 
 
 def execute_poll(poll: Poll) -> Any:

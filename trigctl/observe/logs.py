@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from trigctl import events as ev
+from trigctl.render import visible  # the one escaping of data for a terminal: tables and log lines
 
 log = logging.getLogger("trigctl")
 
@@ -146,7 +147,7 @@ class EventFormatter(logging.Formatter):
             return json.dumps(doc, default=str)
         stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
         if not event:
-            line = _visible(f"{stamp} {record.levelname.lower()} {message}")
+            line = visible(f"{stamp} {record.levelname.lower()} {message}")
             if record.exc_info and self.debug:
                 line += "\n" + self.formatException(record.exc_info)
             return line
@@ -170,14 +171,6 @@ def _message(record: logging.LogRecord, debug: bool) -> str:
         if not debug:
             text += " (run with --debug for the traceback)"
     return text
-
-
-def _visible(text: str) -> str:
-    """A log line as text: control characters, lone surrogates and other unprintables from data
-    (an error message, a file name) are shown as escapes, never sent to the terminal raw."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 MAX_LOGGED_CONTEXT = 2000  # characters of a context's JSON in a log line (the whole context: `show`)
