@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import textwrap
 
 from trigctl.config import load_config
 from trigctl.scheduler import Awaited, Scheduler
@@ -37,3 +38,14 @@ def drive(sched: Scheduler, now: float):
             reports.append(report)
     sched.flush(now, force=True)
     return reports
+
+
+def workflow_yaml(tasks: str, trigger: str) -> str:
+    """A triggers.yaml with one workflow `wf` of ``tasks`` (YAML list items) and one ``trigger``
+    (a flow mapping)."""
+    return textwrap.dedent("""
+        version: 1
+        workflows:
+          wf:
+            tasks:
+        """) + textwrap.indent(textwrap.dedent(tasks).strip("\n"), "      ") + f"\ntriggers:\n  - {trigger}\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_trigctl
+from helpers import workflow_yaml
 
 from trigctl.config import load_config
 from trigctl.store.sqlite import SQLiteStore
@@ -34,15 +35,8 @@ def plant(inbox: Path, markers: Path) -> None:
 
 
 def write_project(tmp_path: Path, tasks: str, module: str | None = None) -> None:
-    (tmp_path / "triggers.yaml").write_text(textwrap.dedent("""
-        version: 1
-        workflows:
-          wf:
-            tasks:
-        """) + textwrap.indent(textwrap.dedent(tasks).strip("\n"), "      ") + "\n" + textwrap.dedent("""
-        triggers:
-          - {name: once, type: command, workflow: wf, run: "echo '{\\"n\\": 1}'"}
-        """))
+    (tmp_path / "triggers.yaml").write_text(workflow_yaml(
+        tasks, """{name: once, type: command, workflow: wf, run: "echo '{\\"n\\": 1}'"}"""))
     if module is not None:
         (tmp_path / "steps.py").write_text(textwrap.dedent(module))
 

@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import sqlite3
-import textwrap
 import time
 from pathlib import Path
 
 from conftest import run_trigctl, wait_for
-from helpers import drive, make_scheduler
+from helpers import drive, make_scheduler, workflow_yaml
 from realproc import RunProc, query
 
 from trigctl.config import load_config
@@ -35,15 +34,8 @@ def project(tmp_path: Path, tasks: str) -> Path:
     """One file in an inbox fires one run of `wf` (a file trigger fires a file once)."""
     (tmp_path / "inbox").mkdir()
     (tmp_path / "inbox" / "go").write_text("x")
-    (tmp_path / "triggers.yaml").write_text(textwrap.dedent("""
-        version: 1
-        workflows:
-          wf:
-            tasks:
-        """) + textwrap.indent(textwrap.dedent(tasks).strip("\n"), "      ") + "\n" + textwrap.dedent("""
-        triggers:
-          - {name: inbox, type: file, path: inbox, workflow: wf, interval: 1s, settle: 0s}
-        """))
+    (tmp_path / "triggers.yaml").write_text(workflow_yaml(
+        tasks, "{name: inbox, type: file, path: inbox, workflow: wf, interval: 1s, settle: 0s}"))
     return tmp_path / ".trigctl" / "state.db"
 
 
