@@ -78,7 +78,8 @@ def test_run_once_list_history_show(cli, project, tmp_path):
     assert result.exit_code == 0, result.output
     listing = cli_json(cli, "list")
     assert [set(r) for r in listing] == [{"name", "type", "workflow", "interval", "enabled", "dedupe", "last_poll_at",
-                                          "last_result", "next_poll_at", "active_runs", "fires", "consecutive_errors", "last_reason"}] * 2
+                                          "last_result", "next_poll_at", "active_runs", "fires", "consecutive_errors", "last_reason",
+                                          "loop_alive"}] * 2
     greet = listing[0]
     assert (greet["name"], greet["last_result"], greet["fires"], greet["interval"]) == ("greet", "fired", 1, 60.0)
     assert listing[1]["last_result"] is None  # not polled: --trigger greet only

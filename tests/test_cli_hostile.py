@@ -152,7 +152,11 @@ def test_hostile_text_in_the_state_is_shown_as_text(text):
         state = cwd / "state.db"
         run_id = hostile_state(state, text)
 
-        hist = invoke(cwd, "history", "--state", str(state))
+        short = invoke(cwd, "history", "--state", str(state))
+        assert short.exit_code == 0, short.output
+        assert_clean(short.stdout)
+        assert all(len(line) <= 100 for line in short.stdout.splitlines()), short.stdout  # cut, never wrapped
+        hist = invoke(cwd, "history", "--state", str(state), "--wide")
         assert hist.exit_code == 0, hist.output
         assert_clean(hist.stdout)
         if len(visible(text)) <= 40:  # longer values fold over lines, interleaved with other cells
@@ -216,7 +220,7 @@ def test_hostile_names_and_results_in_list(text):
 def test_long_values_fold_without_cutting_other_columns(tmp_path):
     state = tmp_path / "state.db"
     run_id = hostile_state(state, "\x1b[2J" * 60)
-    result = invoke(tmp_path, "history", "--state", str(state))
+    result = invoke(tmp_path, "history", "--state", str(state), "--wide")
     assert result.exit_code == 0, result.output
     assert_clean(result.stdout)
     for word in ("duplicate", "error", "fire", "queued", "failed", "KIND", "STATUS", "DURATION", "COUNT"):
@@ -234,7 +238,7 @@ def test_markup_in_context_and_error_does_not_break_history(tmp_path):
     store.enqueue_run("t", "wf", {"note": "[/oops]"}, now)
     store.record_error("t", "[link=https://evil.example]click[/link] :smile: [bold]", PollStats("t", consecutive_errors=1), now)
     store.close()
-    result = invoke(tmp_path, "history", "--state", str(state))
+    result = invoke(tmp_path, "history", "--state", str(state), "--wide")
     assert result.exit_code == 0, result.output
     assert '{"note":"[/oops]"}' in result.stdout
     assert "[link=https://evil.example]click[/link] :smile: [bold]" in result.stdout
@@ -320,8 +324,8 @@ def test_real_run_once_then_history_show_list_print_text(real_project):
         assert out.returncode == 0, (args, out.stderr)
         assert_clean_bytes(out.stdout)
         assert out.stderr == b""
-    history = trigctl(real_project, "history").stdout.decode()
-    assert '{"file\\udcfe":1,"who":"[/oops] [link=https://evil.example]x[/lin' in history  # the context, cut at 60
+    history = trigctl(real_project, "history", "--wide").stdout.decode()
+    assert '{"file\\udcfe":1,"who":"[/oops] [link=https://evil.example]x[/lin' in history  # the context, whole
     assert "RuntimeError: [/oops] [link=https://evil.example]x[/link] :smile: \\x1b[2J" in squeeze_keep(history), history
     assert "\\r\\x08\\u202e" in squeeze_keep(history)  # the error's CR, BS and override, shown
     show = trigctl(real_project, "show", "1").stdout.decode()

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from trigctl.config import Config
     from trigctl.store.base import HistoryEntry as StoredEntry
     from trigctl.store.base import RunRow, Store
@@ -374,6 +376,7 @@ class TriggerStatus:
     fires: int
     consecutive_errors: int
     last_reason: str | None = None  # why the last poll skipped, or its error's message
+    loop_alive: bool | None = None  # a `trigctl run` is alive for this state (None: cannot tell)
 
     def as_dict(self) -> dict[str, Any]:
         from trigctl.render import iso
@@ -383,6 +386,7 @@ class TriggerStatus:
             "enabled": self.enabled, "dedupe": self.dedupe, "last_poll_at": iso(self.last_poll_at),
             "last_result": self.last_result, "next_poll_at": iso(self.next_poll_at), "active_runs": self.active_runs,
             "fires": self.fires, "consecutive_errors": self.consecutive_errors, "last_reason": self.last_reason,
+            "loop_alive": self.loop_alive,
         }
 
 
@@ -392,6 +396,7 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
     summaries, store = _listing_source(project)
     try:
         rows = store.trigger_rows()
+        alive = store.loop_alive()
     finally:
         store.close()
     out = []
@@ -405,7 +410,7 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
             next_poll_at=row.next_poll_at if row and enabled else None,
             active_runs=row.active_runs if row else 0, fires=row.fires if row else 0,
             consecutive_errors=row.consecutive_errors if row else 0,
-            last_reason=row.last_reason if row else None,
+            last_reason=row.last_reason if row else None, loop_alive=alive,
         ))
     return out
 
@@ -521,6 +526,35 @@ def history(name: str | None = None, *, limit: int = 20, statuses: list[str] | N
     finally:
         store.close()
     return [history_entry(r) for r in rows]  # the store's records, as `history` shows them
+
+
+FOLLOW_WINDOW = 1000  # rows looked at per look: more new rows than this between two looks show only the newest
+
+
+def follow_history(name: str | None = None, *, limit: int = 20, statuses: list[str] | None = None,
+                   since: float | None = None, config_path: str | None = None, state: str | None = None,
+                   every: float = 0.5, looks: int | None = None) -> Iterator[list[HistoryEntry]]:
+    """Batches of history rows, oldest first: the last ``limit`` first, then every ``every`` seconds
+    the rows that are new or changed since the last look (a fire whose run ended, a duplicate or an
+    error counted up). Reads the state afresh at each look, so it may not exist yet, and a running
+    loop is never held up. ``looks`` bounds the looks (tests); None follows until interrupted."""
+    window = max(limit, FOLLOW_WINDOW)
+    first = history(name, limit=window, statuses=statuses, since=since, config_path=config_path, state=state)
+    seen = {e.id: _version(e) for e in first}
+    yield list(reversed(first[:limit]))
+    n = 0
+    while looks is None or n < looks:
+        n += 1
+        time.sleep(every)
+        rows = history(name, limit=window, statuses=statuses, since=since, config_path=config_path, state=state)
+        changed = [e for e in reversed(rows) if seen.get(e.id) != _version(e)]
+        seen = {e.id: _version(e) for e in rows}  # what left the window is not looked at again
+        if changed:
+            yield changed
+
+
+def _version(e: HistoryEntry) -> tuple[Any, ...]:
+    return (e.status, e.count, e.completed_at, e.when, e.error)
 
 
 def history_statuses() -> tuple[str, ...]:

@@ -360,8 +360,10 @@ def _since(value: str | None) -> float | None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--status", help="queued, running, succeeded, failed, interrupted, cancelled, duplicate or error (comma-separated).")
 @click.option("--since", help="Only newer than this: a duration (1h, 2d) or an ISO time.")
+@click.option("--wide", is_flag=True, help="Whole names, contexts and errors (folded), full times.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing rows as they are recorded or change (Ctrl-C stops).")
 @_guard
-def history(name, config_path, state, as_json, limit, status, since) -> None:
+def history(name, config_path, state, as_json, limit, status, since, wide, follow) -> None:
     """Newest first: fires with their runs' status and duration, suppressed duplicates, errors."""
     from trigctl import api
 
@@ -370,11 +372,35 @@ def history(name, config_path, state, as_json, limit, status, since) -> None:
     for s in statuses or []:
         if s not in known_statuses:
             raise Fatal(f"--status: unknown status {s!r} (known: {', '.join(known_statuses)})")
+    if follow:
+        _follow_history(name, limit, statuses, _since(since), config_path, state, as_json)
+        return
     entries = api.history(name, limit=limit, statuses=statuses, since=_since(since), config_path=config_path, state=state)
     if as_json:
         render.print_json([e.as_dict() for e in entries])
     else:
-        render.history_table(entries)
+        render.history_table(entries, wide=wide)
+
+
+def _follow_history(name, limit, statuses, since, config_path, state, as_json) -> None:
+    """The last ``limit`` rows oldest first, then each row again whenever it is recorded or changes
+    (a run finishing, a duplicate counted up): a table that grows, or JSON Lines with --json."""
+    from trigctl import api
+
+    printer = None if as_json else render.HistoryPrinter(render.FOLLOW_WIDTHS)
+    if printer is not None:
+        printer.header()
+    try:
+        for batch in api.follow_history(name, limit=limit, statuses=statuses, since=since,
+                                        config_path=config_path, state=state):
+            if printer is not None:
+                printer.rows(batch, time.time())
+            else:
+                for entry in batch:
+                    sys.stdout.write(render.json_text(entry.as_dict()) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
 
 
 # ------------------------------------------------------------------------------------ show/cancel

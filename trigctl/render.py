@@ -148,12 +148,13 @@ def trigger_table(rows: list[TriggerStatus]) -> None:
     from rich.table import Table
 
     now = time.time()
+    stopped = bool(rows) and rows[0].loop_alive is False  # no `run` for this state: no next poll is coming
     headers = ["NAME", "TYPE", "WORKFLOW", "EVERY", "ON", "LAST POLL", "RESULT", "NEXT POLL", "RUNS", "FIRES", "ERRS"]
     cells = [
         [visible(c) for c in (
             r.name, r.type, r.workflow, duration(r.interval) if r.interval is not None else (r.schedule or "-"),
             "yes" if r.enabled else "no", relative(r.last_poll_at, now), r.last_result or "-",
-            relative(r.next_poll_at, now) if r.enabled else "-", str(r.active_runs), str(r.fires),
+            relative(r.next_poll_at, now) if r.enabled and not stopped else "-", str(r.active_runs), str(r.fires),
             str(r.consecutive_errors) if r.consecutive_errors else "-",
         )]
         for r in rows
@@ -175,6 +176,17 @@ def trigger_table(rows: list[TriggerStatus]) -> None:
         reason = _cut(" ".join(visible(r.last_reason).split()), reason_width) if r.last_reason else "-"
         table.add_row(*(Text(c) for c in row), Text(reason))
     console.print(table)
+    if stopped:
+        sys.stdout.write(not_running_line(rows, now) + "\n")
+
+
+def not_running_line(rows: list[TriggerStatus], now: float) -> str:
+    """What `list` says under its table when no `trigctl run` is alive for the state: since when
+    (the last poll recorded, a second at most before the loop stopped or died)."""
+    last = max((r.last_poll_at for r in rows if r.last_poll_at is not None), default=None)
+    if last is None:
+        return "not running: no `trigctl run` has polled with this state yet"
+    return f"not running since {local(last)} ({relative(last, now)}): polls resume when `trigctl run` starts"
 
 
 def _short_context(ctx: Any, limit: int = 60) -> str:
@@ -184,20 +196,99 @@ def _short_context(ctx: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def history_table(rows: list[HistoryEntry]) -> None:
+HISTORY_WIDTH = 100  # `history` fits this many columns when piped (a terminal: its own width)
+HISTORY_HEADERS = ("ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR")
+# Fixed widths for `history --follow`, which cannot measure rows it has not seen yet.
+FOLLOW_WIDTHS = (6, 11, 16, 9, 5, 11, 8, 5)
+MAX_TRIGGER = 20  # a longer trigger name is cut with an ellipsis (`--wide` shows it whole)
+MIN_DETAIL = 20
+# Statuses in colour on a terminal (rich drops styles when piped or with NO_COLOR set).
+STYLES = {"succeeded": "green", "failed": "bold red", "error": "red", "running": "cyan", "queued": "cyan",
+          "cancelled": "yellow", "interrupted": "yellow", "duplicate": "dim"}
+
+
+def short_time(ts: float | None, now: float) -> str:
+    """A history time in the local zone, as short as is unambiguous near ``now``: 14:03:27 today,
+    11-29 14:03 this year, 2025-11-29 before."""
+    if ts is None:
+        return "-"
+    try:
+        when, today = datetime.fromtimestamp(ts), datetime.fromtimestamp(now)
+    except _BAD_TIME:
+        return f"@{ts}"
+    if when.date() == today.date():
+        return when.strftime("%H:%M:%S")
+    return when.strftime("%m-%d %H:%M" if when.year == today.year else "%Y-%m-%d")
+
+
+def _history_cells(r: HistoryEntry, now: float, wide: bool) -> list[str]:
+    detail = r.error if r.kind == "error" else _short_context(r.context, limit=10**9)
+    when = f"{local(r.when)} ({relative(r.when, now)})" if wide else short_time(r.when, now)
+    return [visible(c) for c in (
+        str(r.id), when, r.trigger_name, r.kind, str(r.run_id) if r.run_id is not None else "-", r.status or "-",
+        duration(r.duration), str(r.count) if r.count > 1 else "",
+    )] + [" ".join(visible(detail or "").split())]
+
+
+def _history_line(cells: list[str], widths: list[int], detail_width: int):
+    """One row as styled text: cells padded to ``widths``, the trigger and the detail cut with an ellipsis."""
+    from rich.text import Text
+
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for i, (cell, width) in enumerate(zip(cells, widths)):
+        cell = _cut(cell, width) if i == 2 else cell
+        style = STYLES.get(cell, "") if i in (3, 5) else ("cyan" if i == 6 and cell != "-" else "")
+        line.append(cell.ljust(width), style=style)
+        line.append(" ")
+    line.append(_cut(cells[-1], detail_width))
+    return line
+
+
+class HistoryPrinter:
+    """`history` as lines of fixed columns that fit the terminal (HISTORY_WIDTH when piped): the
+    trigger name and the context or error are cut with an ellipsis, never wrapped. ``widths``
+    None measures the rows given to :meth:`table`; `--follow` passes fixed ones."""
+
+    def __init__(self, widths: tuple[int, ...] | None = None):
+        self.console = _console()
+        self.target = self.console.width if sys.stdout.isatty() else HISTORY_WIDTH
+        self.widths = list(widths) if widths else None
+
+    def _fit(self, rows: list[list[str]]) -> int:
+        if self.widths is None:
+            self.widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(HISTORY_HEADERS[:-1])]
+            self.widths[2] = min(self.widths[2], MAX_TRIGGER)
+        return max(MIN_DETAIL, self.target - sum(self.widths) - len(self.widths))
+
+    def header(self, rows: list[list[str]] | None = None) -> None:
+        detail = self._fit(rows or [])
+        assert self.widths is not None
+        line = _history_line(list(HISTORY_HEADERS), self.widths, detail)
+        line.stylize("bold")
+        self.console.print(line)
+
+    def rows(self, entries: list[HistoryEntry], now: float) -> None:
+        cells = [_history_cells(r, now, wide=False) for r in entries]
+        detail = self._fit(cells)
+        assert self.widths is not None
+        for row in cells:
+            self.console.print(_history_line(row, self.widths, detail))
+
+
+def history_table(rows: list[HistoryEntry], wide: bool = False) -> None:
     if not rows:
         sys.stdout.write("no history yet\n")
         return
     now = time.time()
-    table = _table(["ID", "WHEN", "TRIGGER", "KIND", "RUN", "STATUS", "DURATION", "COUNT", "CONTEXT / ERROR"], fold=("TRIGGER",))
+    if not wide:
+        cells = [_history_cells(r, now, wide=False) for r in rows]
+        printer = HistoryPrinter()
+        printer.header(cells)
+        printer.rows(rows, now)
+        return
+    table = _table(list(HISTORY_HEADERS), fold=("TRIGGER",))
     for r in rows:
-        detail = r.error if r.kind == "error" else _short_context(r.context)
-        _row(
-            table, str(r.id), f"{local(r.when)} ({relative(r.when, now)})", r.trigger_name, r.kind,
-            str(r.run_id) if r.run_id is not None else "-", r.status or "-",
-            duration(r.duration),
-            str(r.count) if r.count > 1 else "", detail or "",
-        )
+        _row(table, *_history_cells(r, now, wide=True))
     _console().print(table)
 
 

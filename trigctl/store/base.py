@@ -344,6 +344,10 @@ class Store(ABC):
     def owner_alive(self, run: RunRow) -> bool:
         """Whether the process that owns ``run`` is alive (this process included)."""
 
+    def loop_alive(self) -> bool | None:
+        """Whether a `trigctl run` process is alive for this state (None: this store cannot tell)."""
+        return None
+
     # -- reading
     @abstractmethod
     def history(self, trigger: str | None, limit: int, statuses: list[str] | None,

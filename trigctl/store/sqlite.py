@@ -507,6 +507,13 @@ class SQLiteStore(Store):
         with self._tx() as c:
             c.executemany("INSERT OR IGNORE INTO triggers (name) VALUES (?)", [(n,) for n in names])
 
+    def loop_alive(self) -> bool | None:
+        try:
+            rows = self._query("SELECT pid, proc_start FROM run_holder WHERE id = 1")
+        except sqlite3.OperationalError:  # a state written before the holder row existed
+            return False
+        return bool(rows) and process_alive(rows[0]["pid"], rows[0]["proc_start"])
+
     def trigger_rows(self) -> dict[str, TriggerRow]:
         rows = self._query("SELECT * FROM triggers")
         active = {
