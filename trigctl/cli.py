@@ -10,7 +10,7 @@ import time
 
 import click
 
-from trigctl import render
+from trigctl import completion, render
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -261,7 +261,7 @@ def _leaked_threads() -> bool:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.trigger_names)
 @config_option
 @json_option
 @_guard
@@ -301,7 +301,7 @@ def list_(config_path, state, as_json) -> None:
 
 
 @main.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=completion.trigger_names)
 @config_option
 @_guard
 def enable(names, config_path, state) -> None:
@@ -313,7 +313,7 @@ def enable(names, config_path, state) -> None:
 
 
 @main.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=completion.trigger_names)
 @config_option
 @_guard
 def disable(names, config_path, state) -> None:
@@ -354,7 +354,7 @@ def _since(value: str | None) -> float | None:
 
 
 @main.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.trigger_names)
 @config_option
 @json_option
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
@@ -407,7 +407,7 @@ def _follow_history(name, limit, statuses, since, config_path, state, as_json) -
 
 
 @main.command(context_settings=RUN_ID_ARGS)
-@click.argument("run_id", type=RunId())
+@click.argument("run_id", type=RunId(), shell_complete=completion.run_ids)
 @config_option
 @json_option
 @_guard
@@ -430,7 +430,7 @@ _CANCELLED = {
 
 
 @main.command(context_settings=RUN_ID_ARGS)
-@click.argument("run_id", type=RunId())
+@click.argument("run_id", type=RunId(), shell_complete=completion.active_run_ids)
 @config_option
 @_guard
 def cancel(run_id, config_path, state) -> None:
