@@ -205,6 +205,26 @@ def test_cooldown_and_on_recover_are_parsed_and_defaulted(write_yaml, tmp_path):
     assert (tc.cooldown, tc.on_recover) == (300.0, "notify")
 
 
+@pytest.mark.parametrize(("interval", "extra", "expected"), [
+    ("15s", "    on_recover: notify\n", 60.0),  # a health check: 4 intervals
+    ("1s", "    on_recover: notify\n", 30.0),  # at least 30s
+    ("5m", "    on_recover: notify\n", 600.0),  # never above the general default
+    ("15s", "    on_recover: notify\n    max_backoff: 2m\n", 120.0),  # its own wins
+    ("15s", "", 600.0),  # no on_recover: the general default
+])
+def test_a_health_check_backs_off_less_by_default(write_yaml, tmp_path, interval, extra, expected):
+    trigger = queue_trigger(tmp_path, extra=extra).replace("    max_backoff: 10s\n", "").replace("interval: 10s", f"interval: {interval}")
+    [tc] = load_config(write_yaml(BASE + trigger)).triggers
+    assert tc.max_backoff == expected
+
+
+def test_a_max_backoff_under_defaults_counts_as_given(write_yaml, tmp_path):
+    text = BASE.replace("triggers:", "defaults:\n  max_backoff: 20m\ntriggers:")
+    trigger = queue_trigger(tmp_path, extra="    on_recover: notify\n").replace("    max_backoff: 10s\n", "")
+    [tc] = load_config(write_yaml(text + trigger)).triggers
+    assert tc.max_backoff == 1200.0
+
+
 # ------------------------------------------------------------------------------- fire_on: change
 
 

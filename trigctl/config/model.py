@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 DEFAULT_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BACKOFF = 600.0
+# A trigger with `on_recover` is a health check: its user wants "back up" seen soon, so without a
+# `max_backoff` of its own its cap is 4 intervals, at least 30s (never above the general default).
+RECOVER_BACKOFF_INTERVALS = 4
+RECOVER_BACKOFF_MIN = 30.0
+
+
+def default_max_backoff(interval: float | None, has_on_recover: bool) -> float:
+    if not has_on_recover or interval is None:
+        return DEFAULT_MAX_BACKOFF
+    return min(DEFAULT_MAX_BACKOFF, max(RECOVER_BACKOFF_MIN, RECOVER_BACKOFF_INTERVALS * interval))
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from trigctl.config.model import (
     DEFAULT_INTERVAL,
-    DEFAULT_MAX_BACKOFF,
     DEFAULT_TIMEOUT,
     TaskConfig,
     TriggerConfig,
     WorkflowConfig,
+    default_max_backoff,
 )
 from trigctl.config.schema import load_schema
 from trigctl.durations import parse_duration
@@ -68,7 +68,8 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
         dedupe=dedupe,
         dedupe_key=tuple(merged["dedupe_key"]) if merged.get("dedupe_key") else None,
         jitter=parse_duration(merged.get("jitter", 0)),
-        max_backoff=parse_duration(merged.get("max_backoff", DEFAULT_MAX_BACKOFF)),
+        max_backoff=(parse_duration(merged["max_backoff"]) if "max_backoff" in merged
+                     else default_max_backoff(interval, bool(merged.get("on_recover")))),
         on_error_after=int(on_error.get("after", 3)) if on_error else None,
         on_error_workflow=on_error.get("workflow"),
         on_recover=merged.get("on_recover"),
