@@ -204,8 +204,10 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--trigger", "only", multiple=True, metavar="NAME", help="Only these triggers (repeatable).")
 @click.option("--grace", default="30s", show_default=True, help="On SIGINT/SIGTERM, how long running runs may finish.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--metrics", "metrics_address", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464).")
 @_guard
-def run(file, config_path, state, once, only, grace, log_format) -> None:
+def run(file, config_path, state, once, only, grace, log_format, metrics_address) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
     from trigctl import api
     from trigctl.durations import DurationError, parse_duration
@@ -216,6 +218,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     except DurationError as e:
         raise Fatal(f"--grace: {e}") from None
     plan = api.plan_run(file, config_path=config_path, state=state, only=only)
+    metrics = _serve_metrics(metrics_address, plan) if metrics_address is not None else None
     handler = BatchingHandler(sys.stderr)
     handler.setFormatter(EventFormatter(log_format, debug=_debugging()))
     root = logging.getLogger("trigctl")
@@ -225,9 +228,11 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     root.propagate = False
     try:
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
-            code = api.run(plan, once=once, grace=grace_s)
+            code = api.run(plan, once=once, grace=grace_s, observers=[metrics.attach] if metrics else ())
             hard_exit = _leaked_threads()
     finally:
+        if metrics is not None:
+            metrics.close()
         handler.flush()
         root.handlers[:], root.level, root.propagate = saved
     if hard_exit:
@@ -235,6 +240,16 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
         sys.stderr.flush()
         os._exit(code)
     raise click.exceptions.Exit(code)
+
+
+def _serve_metrics(address: str, plan):
+    """Bind --metrics before anything starts: a bad address is one line and exit 2."""
+    from trigctl.observe.metrics import MetricsError, MetricsServer
+
+    try:
+        return MetricsServer.serve(address, plan.config, plan.only, plan.state_location)
+    except MetricsError as e:
+        raise Fatal(str(e)) from None
 
 
 def _leaked_threads() -> bool:
