@@ -268,6 +268,44 @@ def test_before_any_event_every_series_is_zero(project):
     assert all(k[0].startswith("trigctl_") for k in parsed)
 
 
+def _comparable(parsed: dict) -> dict:
+    return {k: ("NaN" if v != v else v) for k, v in parsed.items()}
+
+
+def test_the_served_text_is_prometheus_clients_rendering_of_the_same_samples(project):
+    """/metrics is written by Metrics.exposition (fast); it must say exactly what prometheus_client
+    renders from the collector, sample for sample, in the same order, whatever the numbers."""
+    from prometheus_client import generate_latest
+
+    from trigctl import events as ev
+
+    metrics = Metrics(load_config(project / "triggers.yaml"))
+    for i, (outcome, duration) in enumerate([("fired", 0.0004), ("skipped", 0.003), ("error", 12.5),
+                                             ("duplicate", 400.0), ("skipped", -0.5), ("fired", 0.001)]):
+        trigger = ("ticker", "broken", "paused")[i % 3]
+        metrics._poll_completed(ev.PollCompleted(trigger, 1000.0 + i, 1000.0 + i + 0.01 * i, duration, outcome))
+    metrics._poll_failed(ev.PollFailed("broken", "boom", 7))
+    metrics._run_finished(ev.RunFinished(1, "ticker", "handle", "succeeded", 0.5, None))
+    metrics._run_finished(ev.RunFinished(2, "ticker", "gone-by-reload", "failed", 0.5, "x"))
+    metrics._run_interrupted(ev.RunInterrupted("ticker", 3, "marked", workflow="alert"))
+
+    fast = metrics.exposition()
+    reference = generate_latest(metrics.registry).decode()
+    assert list(_comparable(samples(fast)).items()) == list(_comparable(samples(reference)).items())
+    parsed = samples(fast)
+    assert value(parsed, "trigctl_runs_total", workflow="gone-by-reload", status="failed") == 1
+    assert value(parsed, "trigctl_runs_total", workflow="gone-by-reload", status="succeeded") == 0
+    assert value(parsed, "trigctl_runs_total", workflow="alert", status="interrupted") == 1
+    assert value(parsed, "trigctl_trigger_consecutive_errors", trigger="broken") == 7
+    assert value(parsed, "trigctl_poll_duration_seconds_bucket", le="0.001") == 3  # 0.0004, the clamped -0.5, 0.001
+    assert value(parsed, "trigctl_poll_duration_seconds_bucket", le="300") == 5
+    assert value(parsed, "trigctl_poll_duration_seconds_count") == 6
+    assert value(parsed, "trigctl_poll_lateness_seconds_bucket", le="0.05") == 6
+    if PROMTOOL is not None:
+        check = promtool("check", "metrics", stdin=fast)
+        assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
+
+
 # ------------------------------------------------------------------------------------- bad values
 
 
