@@ -3,6 +3,7 @@ prometheus_client's parser, checked by promtool where it is installed."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -252,6 +253,40 @@ def test_enable_and_disable_from_another_shell_and_a_reload_show_in_the_series(r
                  what="the added trigger's errors")
 
 
+@pytest.mark.slow
+def test_after_a_restart_the_gauges_start_from_the_state(project):
+    """Disabled triggers do not poll: what the second process shows of them comes from the state."""
+    (project / "gate").touch()
+    first = RunProc(project, "triggers.yaml", "--metrics", "127.0.0.1:0", "--grace", "5s")
+    try:
+        url = served_url(first)
+        scrape_until(url, lambda p: value(p, "trigctl_polls_total", trigger="ticker", result="fired") >= 1
+                     and value(p, "trigctl_trigger_consecutive_errors", trigger="broken") >= 2, what="a fire, 2 errors")
+        assert cli(project, "disable", "ticker", "broken").returncode == 0
+        _, before = scrape_until(url, lambda p: value(p, "trigctl_trigger_enabled", trigger="ticker") == 0
+                                 and value(p, "trigctl_trigger_enabled", trigger="broken") == 0, what="both disabled")
+        assert first.stop() == 0
+    finally:
+        first.cleanup()
+    stored_errors = cli(project, "list", "--json")
+    errors = {t["name"]: t["consecutive_errors"] for t in json.loads(stored_errors.stdout)}
+    second = RunProc(project, "triggers.yaml", "--metrics", "127.0.0.1:0", "--grace", "5s")
+    try:
+        url = served_url(second)
+        _, parsed = scrape_until(url, lambda p: value(p, "trigctl_trigger_consecutive_errors", trigger="broken") > 0,
+                                 what="broken's stored error streak")
+        assert value(parsed, "trigctl_trigger_consecutive_errors", trigger="broken") == errors["broken"] >= 2
+        success = value(parsed, "trigctl_trigger_last_success_timestamp_seconds", trigger="ticker")
+        assert success >= value(before, "trigctl_trigger_last_success_timestamp_seconds", trigger="ticker") - 1
+        assert value(parsed, "trigctl_trigger_last_success_timestamp_seconds", trigger="broken") == 0
+        assert value(parsed, "trigctl_trigger_enabled", trigger="ticker") == 0
+        # Counters are this process's: they start at zero.
+        assert value(parsed, "trigctl_polls_total", trigger="ticker", result="fired") == 0
+    finally:
+        second.stop()
+        second.cleanup()
+
+
 def test_before_any_event_every_series_is_zero(project):
     metrics = Metrics(load_config(project / "triggers.yaml"))
     from prometheus_client import generate_latest
@@ -412,8 +447,6 @@ PROMETHEUS = shutil.which("prometheus")
 @pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus server is not installed (Debian: apt-get install prometheus)")
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_it(running, tmp_path):
-    import json
-
     proc, url = running
     target = url.removeprefix("http://").removesuffix("/metrics")
     with socket.socket() as s:
