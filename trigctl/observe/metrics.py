@@ -76,12 +76,12 @@ class _Histogram:
         self.counts = [0] * len(_BOUNDS)
         self.sum = 0.0
 
-    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
+    def cumulative(self) -> tuple[list[tuple[str, int]], float]:
         counts, total_sum = list(self.counts), self.sum
         out, running = [], 0
         for le, n in zip(_LE, counts):
             running += n
-            out.append((le, float(running)))
+            out.append((le, running))
         return out, total_sum
 
 
@@ -339,13 +339,13 @@ class Metrics:
         add(f'trigctl_build_info{{version="{_label_value(self._version)}"}} 1\n')
         return "".join(out)
 
-    def _queue_depth(self) -> float:
+    def _queue_depth(self) -> float | int:
         reader = self._reader
         if reader is None:
             return math.nan
         try:
             with self._reader_lock:
-                return float(reader.queued_runs())
+                return reader.queued_runs()
         except Exception as e:  # noqa: BLE001 - a failed read must not fail the whole scrape
             if not self._reader_failed:
                 self._reader_failed = True
