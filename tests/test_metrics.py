@@ -193,7 +193,7 @@ def test_a_running_process_serves_every_series_from_the_event_stream(running, pr
 
     # Histograms: the buckets chosen for polls (ms to minutes), cumulative, count = +Inf.
     for hist in ("trigctl_poll_duration_seconds", "trigctl_poll_lateness_seconds"):
-        les = [f"{b:g}" for b in BUCKETS] + ["+Inf"]
+        les = [repr(float(b)) for b in BUCKETS] + ["+Inf"]
         assert {dict(k[1])["le"] for k in parsed if k[0] == f"{hist}_bucket"} == set(les)
         counts = [value(parsed, f"{hist}_bucket", le=le) for le in les]
         assert counts == sorted(counts) and counts[-1] == value(parsed, f"{hist}_count") >= 4
@@ -333,7 +333,7 @@ def test_the_served_text_is_prometheus_clients_rendering_of_the_same_samples(pro
     assert value(parsed, "trigctl_runs_total", workflow="alert", status="interrupted") == 1
     assert value(parsed, "trigctl_trigger_consecutive_errors", trigger="broken") == 7
     assert value(parsed, "trigctl_poll_duration_seconds_bucket", le="0.001") == 3  # 0.0004, the clamped -0.5, 0.001
-    assert value(parsed, "trigctl_poll_duration_seconds_bucket", le="300") == 5
+    assert value(parsed, "trigctl_poll_duration_seconds_bucket", le="300.0") == 5
     assert value(parsed, "trigctl_poll_duration_seconds_count") == 6
     assert value(parsed, "trigctl_poll_lateness_seconds_bucket", le="0.05") == 6
     if PROMTOOL is not None:

@@ -60,7 +60,7 @@ RUN_STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
 #: roughly 1-2.5-5 per decade from 1 ms to 5 min, 17 buckets (not the web defaults, 5 ms-10 s).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _BOUNDS = (*BUCKETS, math.inf)
-_LE = (*(f"{b:g}" for b in BUCKETS), "+Inf")
+_LE = (*(repr(float(b)) for b in BUCKETS), "+Inf")  # as prometheus_client writes them: 0.001 ... 1.0 ... 300.0
 
 
 class MetricsError(ValueError):
