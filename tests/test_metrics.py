@@ -287,6 +287,37 @@ def test_after_a_restart_the_gauges_start_from_the_state(project):
         second.cleanup()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("[::1]", marks=pytest.mark.skipif(
+    not _ipv6_loopback(), reason="no IPv6 loopback here"))])
+def test_run_once_serves_while_it_runs_and_frees_the_port(project, host):
+    (project / "gate").touch()
+    with socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET) as s:
+        s.bind((host.strip("[]"), 0))
+        port = s.getsockname()[1]
+    r = cli(project, "run", "--once", "--metrics", f"{host}:{port}")
+    assert r.returncode == 1, r.stderr  # broken's poll errored
+    assert f"serving Prometheus metrics at http://{host}:{port}/metrics" in r.stderr
+    with socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET) as s:
+        s.bind((host.strip("[]"), port))  # the server is closed with the run
+
+
+def test_run_trigger_serves_only_those_triggers(project):
+    from prometheus_client import generate_latest
+
+    parsed = samples(generate_latest(Metrics(load_config(project / "triggers.yaml"), only={"broken"}).registry).decode())
+    assert {dict(labels)["trigger"] for _, labels in parsed if "trigger" in dict(labels)} == {"broken"}
+
+
 def test_before_any_event_every_series_is_zero(project):
     metrics = Metrics(load_config(project / "triggers.yaml"))
     from prometheus_client import generate_latest
