@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,18 +22,33 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import pct, python_triggers_project, record_lateness, rss_mb  # noqa: E402
+from _common import pct, rss_mb  # noqa: E402
 
 
 def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
     from trigctl.config import load_config
     from trigctl.runner import Runner
+    from trigctl.scheduler import Scheduler
     from trigctl.store.sqlite import SQLiteStore
 
-    path = python_triggers_project(n, spread)
-    cfg = load_config(path, light=True)
-    store = SQLiteStore(str(path.parent / "state.db"))
-    lateness = record_lateness()
+    tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-"))
+    (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
+    lines = ["version: 1", "workflows:", "  wf:", "    tasks:", "      - run: 'true'", "triggers:"]
+    for i in range(n):
+        lines += [f"  - name: t{i}", "    type: python", "    callable: bench_callables:noop", "    workflow: wf",
+                  "    interval: 1s"] + (["    jitter: 1s"] if spread else [])
+    (tmp / "triggers.yaml").write_text("\n".join(lines) + "\n")
+    cfg = load_config(tmp / "triggers.yaml", light=True)
+    store = SQLiteStore(str(tmp / "state.db"))
+    lateness: list[float] = []
+    record = lateness.append
+    original = Scheduler.execute
+
+    def timed_execute(self, poll):
+        record(time.time() - poll.due_at)
+        return original(self, poll)
+
+    Scheduler.execute = timed_execute
     if os.environ.get("BENCH_NOGC"):
         import gc
         gc.disable()
