@@ -59,12 +59,11 @@ def _format_checker():
     def _cron(value: object) -> bool:
         if not isinstance(value, str):
             return True
-        from croniter import croniter
+        from trigctl.cronexpr import problem
 
-        if len(value.split()) != 5:
-            raise ValueError(f'"{value}" is not a 5-field cron expression (minute hour day month weekday)')
-        if not croniter.is_valid(value):
-            raise ValueError(f'"{value}" is not a valid cron expression')
+        why = problem(value)
+        if why:
+            raise ValueError(why)
         return True
 
     @checker.checks("timezone", raises=ValueError)
