@@ -96,3 +96,52 @@ def test_yaml_syntax_errors_name_the_usual_cause(cli, tmp_path, text, expected):
     result = cli("validate")
     assert result.exit_code == 2
     assert result.stderr == expected + "\n"
+
+
+# ------------------------------------------------ 6. the cause, not its consequence; all at once
+
+ALL_AT_ONCE = """\
+version: 1
+workflows:
+  w:
+    tasks:
+      - argv: ['true']
+triggers:
+  - name: tick
+    type: schedule
+    workflow: w
+    evrey: 5m
+  - name: feb
+    type: schedule
+    workflow: w
+    cron: "0 0 31 2 *"
+  - name: lost
+    type: schedule
+    workflow: nowhere
+    every: 1h
+  - name: bad
+    type: file
+    workflow: w
+    path: .
+    interval: 5 sec
+"""
+
+
+def test_every_error_of_a_file_at_once_and_the_cause_of_a_typo(cli, tmp_path):
+    (tmp_path / "triggers.yaml").write_text(ALL_AT_ONCE)
+    result = cli("validate")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "triggers.yaml:10:5: triggers[0](tick).evrey: unknown key 'evrey' (did you mean 'every'?)",
+        'triggers.yaml:14:11: triggers[1](feb).cron: cron "0 0 31 2 *" never comes due',
+        "triggers.yaml:17:15: triggers[2](lost).workflow: unknown workflow 'nowhere'",
+        'triggers.yaml:23:15: triggers[3](bad).interval: "5 sec" is not a duration (use e.g. 500ms, 5s, 2m, 1h, 1d)',
+    ]
+
+
+def test_a_missing_key_without_a_typo_is_still_reported(cli, tmp_path):
+    text = ALL_AT_ONCE.replace("    evrey: 5m\n", "    colour: red\n")
+    (tmp_path / "triggers.yaml").write_text(text)
+    lines = cli("validate").stderr.splitlines()
+    assert "triggers.yaml:7:5: triggers[0](tick): needs one of: cron, every" in lines
+    assert "triggers.yaml:10:5: triggers[0](tick).colour: unknown key 'colour'" in lines
