@@ -145,3 +145,142 @@ def test_a_missing_key_without_a_typo_is_still_reported(cli, tmp_path):
     lines = cli("validate").stderr.splitlines()
     assert "triggers.yaml:7:5: triggers[0](tick): needs one of: cron, every" in lines
     assert "triggers.yaml:10:5: triggers[0](tick).colour: unknown key 'colour'" in lines
+
+
+# ------------------------------------------------- 1. every command refuses a file validate refuses
+
+TYPO = """\
+version: 1
+workflows:
+  w:
+    tasks:
+      - argv: ['true']
+triggers:
+  - name: tick
+    type: schedule
+    workflow: w
+    evrey: 5m
+"""
+TYPO_ERROR = "triggers.yaml:10:5: triggers[0](tick).evrey: unknown key 'evrey' (did you mean 'every'?)\n"
+GOOD = TYPO.replace("evrey", "every")
+
+
+@pytest.mark.parametrize("args", [
+    ["list"], ["list", "--json"], ["enable", "tick"], ["disable", "tick"], ["history"], ["history", "tick"],
+    ["show", "1"], ["cancel", "1"], ["prune", "--older-than", "30d"], ["prune", "--older-than", "30d", "--dry-run"],
+    ["poll", "tick"], ["run", "--once"], ["validate"],
+])
+def test_every_command_that_reads_the_yaml_refuses_a_bad_one(cli, tmp_path, args):
+    (tmp_path / "triggers.yaml").write_text(TYPO)
+    result = cli(*args)
+    assert (result.exit_code, result.stderr, result.stdout) == (2, TYPO_ERROR, "")
+    assert not (tmp_path / ".trigctl").exists()  # nothing created for a bad file
+
+
+@pytest.mark.parametrize("args", [["list"], ["enable", "tick"], ["history"], ["show", "1"], ["prune", "--older-than", "1d"]])
+def test_a_file_that_was_valid_and_became_bad_is_refused_too(cli, tmp_path, args):
+    yaml = tmp_path / "triggers.yaml"
+    yaml.write_text(GOOD)
+    assert cli("enable", "tick").exit_code == 0  # creates the state, remembers the good file
+    assert cli("list").exit_code == 0
+    yaml.write_text(TYPO)
+    result = cli(*args)
+    assert (result.exit_code, result.stderr) == (2, TYPO_ERROR)
+
+
+def test_known_good_bytes_are_not_parsed_again(cli, tmp_path, callables):
+    """A snapshot of checked bytes stands for the check: shown by a callable module deleted after the
+    check, which only a fresh check finds. New bytes are checked again."""
+    callables("def poll():\n    return None\n", name="first_contact_mod")
+    yaml = tmp_path / "triggers.yaml"
+    yaml.write_text(GOOD + "  - name: py\n    type: python\n    callable: first_contact_mod:poll\n    workflow: w\n")
+    assert cli("disable", "py").exit_code == 0  # a writer: fully checks and remembers these bytes
+    (tmp_path / "first_contact_mod.py").unlink()
+    import sys
+
+    sys.modules.pop("first_contact_mod", None)
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [(t["name"], t["enabled"]) for t in listed] == [("tick", True), ("py", False)]
+    assert cli("validate").exit_code == 2  # validate always checks fully
+    yaml.write_text(yaml.read_text() + "# edited\n")
+    result = cli("list")
+    assert result.exit_code == 2 and "first_contact_mod" in result.stderr
+
+
+def test_list_remembers_what_it_checked_in_an_existing_state(cli, tmp_path):
+    from trigctl.snapshot import config_fingerprint
+    from trigctl.store.sqlite import SQLiteStore
+
+    yaml = tmp_path / "triggers.yaml"
+    yaml.write_text(GOOD)
+    assert cli("enable", "tick").exit_code == 0
+    yaml.write_text(GOOD + "# a comment changes the bytes\n")
+    assert cli("list").exit_code == 0
+    store = SQLiteStore(str(tmp_path / ".trigctl/state.db"), readonly=True)
+    try:
+        assert store.config_snapshot(str(yaml.resolve()), config_fingerprint(yaml)) is not None
+    finally:
+        store.close()
+
+
+def test_state_only_commands_do_not_read_a_bad_yaml_in_the_directory(cli, tmp_path):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    assert cli("enable", "tick").exit_code == 0
+    (tmp_path / "triggers.yaml").write_text(TYPO)
+    state = str(tmp_path / ".trigctl/state.db")
+    assert cli("history", "--state", state).exit_code == 0
+    assert cli("show", "1", "--state", state).stderr == "trigctl: no run 1\n"
+    # Named, it is read, and refused; so is a YAML that `enable` reads for the trigger names.
+    assert cli("history", "--state", state, "-c", "triggers.yaml").exit_code == 2
+    assert cli("disable", "tick", "--state", state).stderr == TYPO_ERROR
+    (tmp_path / "triggers.yaml").unlink()
+    assert cli("disable", "tick", "--state", state).exit_code == 0
+
+
+# -------------------------------------------------------------------------------- 3. prune
+
+
+def _old_errors(state_path: Path, ages_days: list[float]) -> None:
+    import time
+
+    from trigctl.store.base import PollStats
+    from trigctl.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(state_path))
+    try:
+        for i, age in enumerate(ages_days):
+            store.record_error("tick", f"boom {i}", PollStats("tick"), time.time() - age * 86400)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("value", ["30", " 30 ", "1.5"])
+def test_prune_refuses_a_number_without_a_unit(cli, tmp_path, value):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    result = cli("prune", "--older-than", value)
+    n = value.strip()
+    assert (result.exit_code, result.stderr) == (
+        2, f"trigctl: --older-than: '{n}' has no unit: write {n}d for days, {n}h for hours or {n}s for seconds\n")
+    assert not (tmp_path / ".trigctl").exists()
+
+
+def test_prune_dry_run_counts_and_deletes_nothing_then_prune_says_what_went(cli, tmp_path):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    assert cli("enable", "tick").exit_code == 0
+    _old_errors(tmp_path / ".trigctl/state.db", [40, 35, 31, 2, 0])
+    result = cli("prune", "--older-than", "30d", "--dry-run")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("would prune 3 history entries older than 30d (before ")
+    assert result.stdout.endswith("); nothing deleted\n")
+    assert len(json.loads(cli("history", "--json").stdout)) == 5
+    result = cli("prune", "--older-than", "30d")
+    assert result.stdout.startswith("pruned 3 history entries older than 30d (before ")
+    assert len(json.loads(cli("history", "--json").stdout)) == 2
+    assert cli("prune", "--older-than", "1d", "--dry-run").stdout.startswith("would prune 1 history entry older than 1d")
+
+
+def test_prune_dry_run_without_a_state_creates_none(cli, tmp_path):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    result = cli("prune", "--older-than", "30d", "--dry-run")
+    assert result.exit_code == 0 and result.stdout.startswith("would prune 0 history entries")
+    assert not (tmp_path / ".trigctl").exists()

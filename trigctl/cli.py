@@ -419,20 +419,23 @@ def cancel(run_id, config_path, state) -> None:
 
 
 @main.command()
-@click.option("--older-than", "older_than", required=True, help="A duration: 30d, 12h...")
+@click.option("--older-than", "older_than", required=True, metavar="DURATION", help="With a unit: 30d, 12h, 90m.")
+@click.option("--dry-run", is_flag=True, help="Only say how many history entries would go.")
 @config_option
 @_guard
-def prune(older_than, config_path, state) -> None:
+def prune(older_than, dry_run, config_path, state) -> None:
     """Delete history older than that; active runs and dedupe state are kept."""
     from trigctl import api
-    from trigctl.durations import DurationError, parse_duration
+    from trigctl.durations import DurationError, parse_age
 
     try:
-        age = parse_duration(older_than)
+        age = parse_age(older_than)
     except DurationError as e:
         raise Fatal(f"--older-than: {e}") from None
-    n = api.prune(age, config_path=config_path, state=state)
-    click.echo(f"pruned {n} history entries older than {render.visible(older_than)}")
+    done = api.prune(age, dry_run=dry_run, config_path=config_path, state=state)
+    what = f"{done.entries} history {'entry' if done.entries == 1 else 'entries'} older than {render.visible(older_than)}"
+    since = f"(before {render.local(done.before)})"
+    click.echo(f"would prune {what} {since}; nothing deleted" if dry_run else f"pruned {what} {since}")
 
 
 if __name__ == "__main__":

@@ -351,4 +351,10 @@ class Store(ABC):
     @abstractmethod
     def get_run(self, run_id: int) -> RunRow | None: ...
     @abstractmethod
-    def prune(self, before: float) -> int: ...
+    def prune(self, before: float) -> int:
+        """Delete history entries last updated before ``before`` (not the fires of active runs) and
+        ended runs completed before it, with their tasks; how many history entries went."""
+
+    def count_prunable(self, before: float) -> int:
+        """How many history entries ``prune(before)`` would delete now (`prune --dry-run`)."""
+        raise StateError("this state backend cannot count what prune would delete (--dry-run)")
