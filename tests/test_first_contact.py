@@ -284,3 +284,178 @@ def test_prune_dry_run_without_a_state_creates_none(cli, tmp_path):
     result = cli("prune", "--older-than", "30d", "--dry-run")
     assert result.exit_code == 0 and result.stdout.startswith("would prune 0 history entries")
     assert not (tmp_path / ".trigctl").exists()
+
+
+# --------------------------------------------------------------------- 2. no internal errors
+
+
+def _with_closed_stdout(args: list[str], cwd: Path) -> tuple[int, str]:
+    """`trigctl ARGS | head -1` without the race: the reader of stdout has gone before it starts."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "trigctl", *args], cwd=cwd, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env={**os.environ, "TRIGCTL_CONFIG": "", "TRIGCTL_STATE": ""})
+    finally:
+        os.close(write)
+    return done.returncode, done.stderr
+
+
+@pytest.fixture
+def project_with_history(tmp_path):
+    import time
+
+    from trigctl.store.base import PollStats
+    from trigctl.store.sqlite import SQLiteStore
+
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    store = SQLiteStore(str(tmp_path / ".trigctl/state.db"))
+    try:
+        for i in range(3):
+            store.enqueue_run("tick", "w", {"n": i}, time.time())
+            store.record_error("tick", f"boom {i}", PollStats("tick"), time.time())
+    finally:
+        store.close()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--version"], ["init", "other.yaml"], ["validate"], ["validate", "--json"], ["list"], ["list", "--json"],
+    ["enable", "tick"], ["disable", "tick"], ["history"], ["history", "--json"], ["history", "tick"], ["show", "1"],
+    ["show", "1", "--json"], ["poll", "tick"], ["poll", "tick", "--json"], ["cancel", "2"],
+    ["prune", "--older-than", "1d"], ["prune", "--older-than", "1d", "--dry-run"], ["run", "--once"],
+    *[[c, "--help"] for c in ("init", "validate", "run", "poll", "list", "enable", "disable", "history", "show",
+                              "cancel", "prune")],
+])
+def test_every_command_into_a_closed_pipe_ends_quietly(project_with_history, args):
+    code, stderr = _with_closed_stdout(args, project_with_history)
+    if args == ["run", "--once"]:  # its log lines go to stderr, which is open
+        assert code == 0 and "stopped" in stderr and not any(w in stderr for w in ("internal error", "Traceback", "Exception"))
+    else:
+        assert stderr == "" and code in (0, 1), stderr
+
+
+def test_a_broken_pipe_that_is_not_the_output_is_still_an_internal_error(cli, tmp_path, monkeypatch):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    from trigctl import api
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(api, "list_triggers", broken)  # a pipe to something else broke, not stdout
+    result = cli("list")
+    assert (result.exit_code, result.stderr) == (
+        1, "trigctl: internal error: BrokenPipeError (run with --debug for the traceback)\n")
+
+
+@pytest.mark.parametrize("args", [
+    ["init", "sub/dir/t.yaml"], ["init", "-c", "sub/dir/t.yaml"],
+])
+def test_init_creates_missing_directories(cli, tmp_path, args):
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sub/dir/t.yaml").is_file() and (tmp_path / "sub/dir/inbox").is_dir()
+    assert cli("validate", "sub/dir/t.yaml").exit_code == 0
+
+
+def test_init_under_a_file_names_it(cli, tmp_path):
+    (tmp_path / "notes").write_text("")
+    result = cli("init", "notes/t.yaml")
+    assert (result.exit_code, result.stderr) == (2, "trigctl: cannot write notes/t.yaml: notes is not a directory\n")
+
+
+@pytest.mark.parametrize("args", [
+    ["enable", "tick"], ["disable", "tick"], ["prune", "--older-than", "1d"], ["run", "--once"],
+])
+def test_a_state_in_a_missing_directory_is_created(cli, tmp_path, args):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    result = cli(*args, "--state", "missing/dir/x.db")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "missing/dir/x.db").is_file()
+
+
+@pytest.mark.parametrize("args", [["list"], ["history"], ["show", "1"], ["prune", "--older-than", "1d", "--dry-run"]])
+def test_readers_of_a_state_in_a_missing_directory_answer_empty_and_create_nothing(cli, tmp_path, args):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    result = cli(*args, "--state", "missing/dir/x.db")
+    assert result.exit_code in (0, 2) and "internal error" not in result.output
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("args", [["enable", "tick"], ["run", "--once"], ["prune", "--older-than", "1d"]])
+def test_a_state_under_a_file_is_one_line(cli, tmp_path, args):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    result = cli(*args, "--state", "triggers.yaml/x.db")
+    assert (result.exit_code, result.stderr) == (2, "trigctl: cannot create state file triggers.yaml/x.db: Not a directory\n")
+
+
+# ------------------------------------------------------------- 7. options where people put them
+
+COMMANDS = ["init", "validate", "run", "poll", "list", "enable", "disable", "history", "show", "cancel", "prune"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_reads_well_at_80_columns(cli, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli(*([command] if command else []), "--help")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert not any(line.rstrip().endswith("...") for line in lines if not line.startswith("Usage:"))
+
+
+def test_the_command_list_shows_whole_descriptions(cli, monkeypatch):
+    from trigctl.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    text = " ".join(cli("--help").output.split())
+    for name, cmd in main.commands.items():
+        first = " ".join((cmd.help or "").split("\n\n")[0].split())
+        assert f"{name} {first}" in text
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_debug_after_any_command(cli, command):
+    result = cli(command, "--debug", "--help")
+    assert result.exit_code == 0 and "--debug" in result.output
+
+
+def test_debug_after_the_command_shows_the_traceback(cli, tmp_path, monkeypatch):
+    (tmp_path / "triggers.yaml").write_text(GOOD)
+    from trigctl import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(api, "list_triggers", broken)
+    assert cli("list").stderr == "trigctl: internal error: RuntimeError: bug (run with --debug for the traceback)\n"
+    for args in (["list", "--debug"], ["--debug", "list"]):
+        with pytest.raises(RuntimeError, match="bug"):
+            cli(*args)
+
+
+def test_config_and_state_before_or_after_the_command(cli, tmp_path, monkeypatch):
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text(GOOD.replace("name: tick", "name: tock"))
+    names = lambda *args: [t["name"] for t in json.loads(cli(*args, "--json").stdout)]  # noqa: E731
+    assert names("-c", "a.yaml", "list") == ["tick"]
+    assert names("list", "-c", "a.yaml") == ["tick"]
+    assert names("-c", "a.yaml", "list", "-c", "b.yaml") == ["tock"]  # after the command wins
+    monkeypatch.setenv("TRIGCTL_CONFIG", "b.yaml")
+    assert names("-c", "a.yaml", "list") == ["tick"]  # the command line wins over the environment
+    assert names("list") == ["tock"]
+    assert cli("--state", "s.db", "enable", "tock").exit_code == 0
+    assert (tmp_path / "s.db").is_file()
+    assert cli("disable", "tock", "--state", "s2.db").exit_code == 0
+    assert (tmp_path / "s2.db").is_file()
+
+
+def test_init_takes_c_like_every_command(cli, tmp_path):
+    assert cli("init", "-c", "mine.yaml").exit_code == 0
+    assert (tmp_path / "mine.yaml").is_file()
+    assert cli("-c", "theirs.yaml", "init").exit_code == 0
+    assert (tmp_path / "theirs.yaml").is_file()

@@ -212,6 +212,11 @@ def init(path: str) -> Path:
     target = Path(path)
     if os.path.lexists(target):
         raise UsageError(f"{path} already exists; not overwriting it")
+    for parent in target.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise UsageError(f"cannot write {path}: {parent} is not a directory")
+            break
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "x") as f:  # "x": a file that appeared meanwhile is not overwritten either
