@@ -459,3 +459,73 @@ def test_init_takes_c_like_every_command(cli, tmp_path):
     assert (tmp_path / "mine.yaml").is_file()
     assert cli("-c", "theirs.yaml", "init").exit_code == 0
     assert (tmp_path / "theirs.yaml").is_file()
+
+
+# --------------------------------------------------------------- 4. disabled means skipped
+
+HOURLY = """
+    version: 1
+    workflows:
+      w:
+        tasks:
+          - run: "true"
+    triggers:
+      - name: hourly
+        type: schedule
+        cron: "0 * * * *"
+        timezone: UTC
+        workflow: w
+        catch_up: {catch_up}
+"""
+
+
+@pytest.mark.parametrize("catch_up", ["false", "true"])
+def test_slots_that_pass_while_disabled_are_skipped(write_yaml, catch_up):
+    from helpers import drive, make_scheduler
+
+    cfg = write_yaml(HOURLY.format(catch_up=catch_up))
+    sched, store = make_scheduler(cfg, ts(2024, 5, 1, 9, 30))
+    fired = lambda reports: [f[0]["scheduled_for"] for r in reports for f in r.fires]  # noqa: E731
+    assert fired(drive(sched, ts(2024, 5, 1, 10))) == ["2024-05-01T10:00:00Z"]
+    sched.set_enabled("hourly", False, ts(2024, 5, 1, 10, 30))
+    assert drive(sched, ts(2024, 5, 1, 11)) == [] and drive(sched, ts(2024, 5, 1, 12)) == []
+    sched.set_enabled("hourly", True, ts(2024, 5, 1, 13, 20))
+    assert sched.next_due() == ts(2024, 5, 1, 14)  # not 11:00 (now), not 13:00
+    assert drive(sched, ts(2024, 5, 1, 13, 20)) == []
+    assert drive(sched, ts(2024, 5, 1, 13, 20, 2)) == []  # nor a second later
+    assert fired(drive(sched, ts(2024, 5, 1, 14))) == ["2024-05-01T14:00:00Z"]
+    store.close()
+
+
+def test_skipped_slots_stay_skipped_across_a_restart(write_yaml):
+    from helpers import drive, make_scheduler
+
+    cfg = write_yaml(HOURLY.format(catch_up="true"))
+    sched, store = make_scheduler(cfg, ts(2024, 5, 1, 9, 30))
+    drive(sched, ts(2024, 5, 1, 10))
+    sched.set_enabled("hourly", False, ts(2024, 5, 1, 10, 30))
+    sched.set_enabled("hourly", True, ts(2024, 5, 1, 13, 20))
+    sched.flush(ts(2024, 5, 1, 13, 20), force=True)
+    store.close()
+    # Stopped at 13:25, started at 13:40: no slot passed while it was enabled and stopped.
+    sched, store = make_scheduler(cfg, ts(2024, 5, 1, 13, 40))
+    assert drive(sched, ts(2024, 5, 1, 13, 40)) == []
+    reports = drive(sched, ts(2024, 5, 1, 14))
+    assert [f[0]["scheduled_for"] for r in reports for f in r.fires] == ["2024-05-01T14:00:00Z"]
+    store.close()
+
+
+def test_an_every_schedule_enabled_again_skips_the_passed_slots_too(write_yaml):
+    from helpers import make_scheduler
+
+    cfg = write_yaml("""
+        version: 1
+        workflows: {w: {tasks: [{run: "true"}]}}
+        triggers:
+          - {name: every, type: schedule, every: 1h, workflow: w}
+    """)
+    sched, store = make_scheduler(cfg, ts(2024, 5, 1, 9, 30))
+    sched.set_enabled("every", False, ts(2024, 5, 1, 9, 31))
+    sched.set_enabled("every", True, ts(2024, 5, 1, 12, 10))
+    assert sched.next_due() == ts(2024, 5, 1, 13)  # `every:` slots too
+    store.close()

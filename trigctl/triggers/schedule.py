@@ -271,6 +271,16 @@ class ScheduleTrigger(TriggerType):
         # Slots went by meanwhile (downtime, a stalled loop): one poll now covers them all.
         return max(nxt, self._latest(now) or nxt)
 
+    def resumed(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
+        # Disabled means skipped: the slots up to now count as done (not fired, not caught up, also
+        # with catch_up: true, which is about downtime); the next one is the first after now.
+        self._covered = max(self._covered, now)
+        latest = self._latest(now)
+        last = state.get(STATE_KEY)
+        if latest is None or (isinstance(last, (int, float)) and not isinstance(last, bool) and last >= latest):
+            return {}
+        return {STATE_KEY: latest}
+
     def clock_stepped_back(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
         # The last fired slot may lie "in the future" now: the slots from `now` on come round
         # again, as they do for cron. Without this the trigger would wait until the clock is back.
