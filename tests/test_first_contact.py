@@ -529,3 +529,60 @@ def test_an_every_schedule_enabled_again_skips_the_passed_slots_too(write_yaml):
     sched.set_enabled("every", True, ts(2024, 5, 1, 12, 10))
     assert sched.next_due() == ts(2024, 5, 1, 13)  # `every:` slots too
     store.close()
+
+
+# ------------------------------------------------------------------ 6. what Ctrl-C does
+
+
+SLOW = """\
+version: 1
+workflows:
+  slow:
+    tasks:
+      - name: wait
+        run: 'echo started; sleep 60'
+triggers:
+  - name: go
+    type: command
+    run: 'test ! -e fired && touch fired'
+    interval: 1h
+    workflow: slow
+"""
+
+
+def test_first_ctrl_c_says_what_happens_and_the_second_stops_the_runs(tmp_path):
+    import signal
+
+    from realproc import RunProc
+
+    (tmp_path / "triggers.yaml").write_text(SLOW)
+    proc = RunProc(tmp_path, "triggers.yaml", "--grace", "5m")
+    try:
+        proc.wait_line("run_started")
+        proc.signal(signal.SIGINT)
+        i = proc.wait_line("get --grace")
+        assert proc.lines[i].endswith(
+            "warning 1 running run(s) get --grace 5m to finish; Ctrl-C again (or a second SIGTERM) stops them now")
+        proc.signal(signal.SIGINT)
+        j = proc.wait_line("second signal", start=i)
+        assert proc.lines[j].endswith("warning second signal: stopping 1 run(s) now")
+        proc.wait_line("status=cancelled", start=j)
+        assert proc.wait(30) == 0
+    finally:
+        proc.cleanup()
+
+
+def test_no_grace_message_when_nothing_runs(tmp_path):
+    import signal
+
+    from realproc import RunProc
+
+    (tmp_path / "triggers.yaml").write_text(SLOW.replace("test ! -e fired && touch fired", "exit 1"))
+    proc = RunProc(tmp_path, "triggers.yaml")
+    try:
+        proc.wait_line("start triggers=1")
+        proc.signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "--grace" not in proc.stderr
+    finally:
+        proc.cleanup()
