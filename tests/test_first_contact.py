@@ -586,3 +586,67 @@ def test_no_grace_message_when_nothing_runs(tmp_path):
         assert "--grace" not in proc.stderr
     finally:
         proc.cleanup()
+
+
+# ---------------------------------------------- 6. a failed run's log line says why it failed
+
+FAILING = r"""
+version: 1
+workflows:
+  job:
+    tasks:
+      - name: convert
+        run: |
+          echo "reading input"
+          printf 'token s3cr3t-value rejected: \033[31mdisk on fire\033[0m\n' >&2
+          exit 3
+  other:
+    tasks:
+      - argv: ['true']
+triggers:
+  - name: go
+    type: command
+    run: 'true'
+    workflow: job
+  - name: api
+    type: http
+    url: http://127.0.0.1:9/
+    headers: {Authorization: "Bearer ${FIRST_CONTACT_TOKEN}"}
+    enabled: false
+    workflow: other
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_failed_runs_log_line_carries_the_tail_of_its_output(tmp_path, log_format):
+    import subprocess
+    import sys
+
+    (tmp_path / "triggers.yaml").write_text(FAILING)
+    import os
+
+    env = {**os.environ, "FIRST_CONTACT_TOKEN": "s3cr3t-value"}  # a header value: a secret, masked
+    done = subprocess.run([sys.executable, "-m", "trigctl", "run", "--once", "--log-format", log_format], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    finished = [line for line in done.stderr.splitlines() if "run_finished" in line]
+    assert len(finished) == 1
+    if log_format == "json":
+        doc = json.loads(finished[0])
+        assert doc["error"] == "task 'convert' failed: exit code 3"
+        assert doc["output"] == "token *** rejected: \x1b[31mdisk on fire\x1b[0m"  # JSON escapes it
+    else:
+        assert finished[0].endswith(
+            'run_finished run_id=1 status=failed error="task \'convert\' failed: exit code 3"'
+            ' output="token *** rejected: \\u001b[31mdisk on fire\\u001b[0m"')
+    assert "s3cr3t" not in done.stderr and "\x1b" not in done.stderr.replace("\\u001b", "")
+
+
+def test_last_line_is_one_line_and_cut_from_the_start():
+    from trigctl.observe.logs import last_line
+
+    assert last_line("a\nb\n\n  \n") == "b"
+    assert last_line("x\r\nfinal words\r\n") == "final words"
+    assert last_line("") is None and last_line(" \n ") is None
+    cut = last_line("start " + "y" * 300 + " the end", limit=50)
+    assert len(cut) == 50 and cut.startswith("…") and cut.endswith(" the end")

@@ -295,6 +295,7 @@ class RunExecution:
         self._pgid: int | None = None
         self._recorded = False  # the current task's row is written
         self.started = time.monotonic()
+        self.failed_output: str | None = None  # the output tail of the task that failed the run
 
     # -- control, from other threads
     def cancel(self, status: str = "cancelled") -> None:
@@ -330,6 +331,7 @@ class RunExecution:
                         break
                     if outcome.status == "failed" and not task.continue_on_error:
                         status, error = "failed", f"task {task.name!r} failed: {outcome.error}"
+                        self.failed_output = outcome.output
                         break
             finally:
                 tmp.remove()
@@ -631,7 +633,8 @@ class WorkflowRunner:
             self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
             self._idle_cond.notify_all()
         run = ex.run
-        event = RunFinished(run.id, run.trigger_name, run.workflow, status, time.monotonic() - ex.started, error)
+        output = self.redact(ex.failed_output) if ex.failed_output and status == "failed" else None
+        event = RunFinished(run.id, run.trigger_name, run.workflow, status, time.monotonic() - ex.started, error, output)
         if self.on_finished:
             self.on_finished(event)
         elif self.bus.wants(RunFinished):
