@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -650,3 +651,59 @@ def test_last_line_is_one_line_and_cut_from_the_start():
     assert last_line("") is None and last_line(" \n ") is None
     cut = last_line("start " + "y" * 300 + " the end", limit=50)
     assert len(cut) == 50 and cut.startswith("…") and cut.endswith(" the end")
+
+
+# ------------------------------------------------- 6. show of a running task: elapsed, output so far
+
+CHATTY = """\
+version: 1
+workflows:
+  slow:
+    tasks:
+      - name: first
+        run: 'echo quick'
+      - name: wait
+        run: 'echo "step 1 done"; echo "step 2 done" >&2; while [ ! -e release ]; do sleep 0.05; done; echo finished'
+triggers:
+  - name: go
+    type: command
+    run: 'test ! -e fired && touch fired'
+    interval: 1h
+    workflow: slow
+"""
+
+
+def test_show_of_a_running_task_has_its_elapsed_time_and_output_so_far(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import wait_for
+    from realproc import RunProc
+
+    (tmp_path / "triggers.yaml").write_text(CHATTY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGCTL_")}
+
+    def show(*args):
+        return subprocess.run([sys.executable, "-m", "trigctl", "show", "1", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    proc = RunProc(tmp_path, "triggers.yaml", "--grace", "5s")
+    try:
+        proc.wait_line("run_started")
+        doc = wait_for(lambda: (d := json.loads(show("--json").stdout))["tasks"][-1:] and "step 2 done" in
+                       d["tasks"][-1]["output_tail"] and d, timeout=30, message="the output so far in the state")
+        assert [(t["name"], t["status"]) for t in doc["tasks"]] == [("first", "succeeded"), ("wait", "running")]
+        assert doc["tasks"][1]["output_tail"] == "step 1 done\nstep 2 done\n"
+        text = show().stdout
+        assert re.search(r"^running   for \d", text, re.M), text
+        assert re.search(r"^== task wait: running \(for \d+(\.\d)?(ms|s); its output so far:\)\nstep 1 done\nstep 2 done$",
+                         text, re.M), text
+        assert "== task first: succeeded (exit 0, " in text
+        (tmp_path / "release").touch()
+        wait_for(lambda: json.loads(show("--json").stdout)["status"] == "succeeded", timeout=30, message="the run's end")
+        done = json.loads(show("--json").stdout)
+        assert done["tasks"][1]["output_tail"] == "step 1 done\nstep 2 done\nfinished\n"
+        assert "== task wait: succeeded (exit 0, " in show().stdout
+    finally:
+        proc.cleanup()

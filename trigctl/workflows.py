@@ -282,6 +282,30 @@ class TaskOutcome:
     output: str | None = None  # a process task's output tail (an http task's is in its log file)
 
 
+OUTPUT_SAVE_EVERY = 1.0  # seconds: how often a running task's output so far is saved for `show`
+
+
+class _OutputSoFar:
+    """Saves a running task's output tail (first output at once, then at most every
+    OUTPUT_SAVE_EVERY), so that `show` of a running run has it (the `progress` of wait_reading)."""
+
+    def __init__(self, sink: OutputTail, save: Callable[[str], None]):
+        self.sink, self.save = sink, save
+        self._saved = 0
+        self._next = 0.0
+
+    def __call__(self) -> float | None:
+        if self.sink.total == self._saved:
+            return None  # nothing new: woken by the next output
+        now = time.monotonic()
+        if now >= self._next:
+            self._saved = self.sink.total
+            self._next = now + OUTPUT_SAVE_EVERY
+            self.save(self.sink.text())
+            return None
+        return self._next
+
+
 class RunExecution:
     """One run, on its own thread."""
 
@@ -308,6 +332,14 @@ class RunExecution:
             threading.Thread(target=kill_group, args=(pgid, self.runner.kill_grace), daemon=True).start()
         if exchange is not None:
             exchange.abort()  # its sockets are shut down: the request ends now, not at its timeout
+
+    def _save_output(self, idx: int, text: str) -> None:
+        if not self._recorded:
+            return
+        try:
+            self.runner.store.task_output(self.run.id, idx, self.runner.redact(text) or "")
+        except StateError:
+            pass  # a full disk: `show` has the output when the task ends, if it can be written then
 
     # -- the run
     def _main(self) -> None:
@@ -451,7 +483,7 @@ class RunExecution:
             if self.cancel_event.is_set():
                 kill_group(proc.pid, self.runner.kill_grace)
             try:
-                code = wait_reading(proc, {out_r: sink}, timeout)
+                code = wait_reading(proc, {out_r: sink}, timeout, _OutputSoFar(sink, lambda text: self._save_output(idx, text)))
             except subprocess.TimeoutExpired:
                 drain({out_r: sink})
                 terminate_group(proc, self.runner.kill_grace)

@@ -327,6 +327,10 @@ class Store(ABC):
     @abstractmethod
     def task_finished(self, run_id: int, idx: int, status: str, exit_code: int | None, now: float,
                       output_tail: str, attempts: int) -> None: ...
+    def task_output(self, run_id: int, idx: int, output_tail: str) -> None:  # noqa: B027 - optional
+        """The output so far of a running task (its row from `task_started`), for `show` (optional
+        for a backend: without it, `show` has a task's output once it ended)."""
+
     @abstractmethod
     def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
                    only_if: str | None = None, take_over: bool = False) -> bool:

@@ -775,6 +775,13 @@ class SQLiteStore(Store):
                 (run_id, idx, name, now, pid, pgid, proc_start, run_id, *params),
             )
 
+    def task_output(self, run_id: int, idx: int, output_tail: str) -> None:
+        owned, params = self._owner_clause()
+        with self._tx() as c:
+            c.execute(f"UPDATE tasks SET output_tail = ? WHERE run_id = ? AND idx = ? AND status = 'running' "
+                      f"AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
+                      (safe_text(output_tail), run_id, idx, run_id, *params))
+
     def task_finished(self, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
         owned, params = self._owner_clause()
         with self._tx() as c:
