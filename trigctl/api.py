@@ -151,6 +151,15 @@ class Project:
                 return quick
         return self.config().state_location()
 
+    def state_exists(self) -> bool:
+        """Whether the state has been created (a URL: assumed so), or could never be (a path below
+        a file: the writer's open says so)."""
+        location = self.state_location(need_config=False)
+        if "://" in location or os.path.lexists(location):
+            return True
+        existing = next((p for p in Path(location).absolute().parents if os.path.lexists(p)), None)
+        return existing is not None and not existing.is_dir()
+
     def store(self, readonly: bool = False, need_config: bool = True) -> Store:
         """The state; a YAML the command reads is checked first (before a writer creates anything)."""
         from trigctl.known_good import remember
@@ -614,7 +623,8 @@ def cancel_run(run_id: int, *, config_path: str | None = None, state: str | None
     from trigctl.procs import kill_recorded_group
     from trigctl.store import StateLocked
 
-    store = Project(config_path, state).store(need_config=False)
+    project = Project(config_path, state)
+    store = project.store(readonly=not project.state_exists(), need_config=False)  # none is made to say "no run"
     try:
         run = _get_run(store, run_id)
         if run is None:
@@ -653,8 +663,12 @@ def prune(older_than: float, *, dry_run: bool = False, config_path: str | None =
     """Delete history entries older than ``older_than`` seconds (active runs and dedupe state are
     kept); with ``dry_run``, only count them (and create no state)."""
     before = time.time() - older_than
-    store = Project(config_path, state).store(readonly=dry_run, need_config=False)
+    project = Project(config_path, state)
+    exists = project.state_exists()
+    store = project.store(readonly=dry_run or not exists, need_config=False)  # nothing to delete: none is made
     try:
+        if not exists:
+            return Pruned(0, before)
         return Pruned(store.count_prunable(before) if dry_run else store.prune(before), before)
     finally:
         store.close()
