@@ -383,10 +383,9 @@ def _since(value: str | None) -> float | None:
 @click.argument("name", required=False)
 @config_option
 @json_option
-@click.option("--limit", default=20, show_default=True, metavar="N", type=click.IntRange(1, 1_000_000),
-              help="At most this many rows.")
-@click.option("--status", metavar="S[,S...]", help="queued, running, succeeded, failed, interrupted, cancelled, duplicate or error (comma-separated).")
-@click.option("--since", metavar="WHEN", help="Only newer than this: a duration (1h, 2d) or an ISO time.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--status", help="queued, running, succeeded, failed, interrupted, cancelled, duplicate or error (comma-separated).")
+@click.option("--since", help="Only newer than this: a duration (1h, 2d) or an ISO time.")
 @_guard
 def history(name, config_path, state, as_json, limit, status, since) -> None:
     """Newest first: fires with their runs' status and duration, suppressed duplicates, errors."""
