@@ -26,6 +26,22 @@ def schedule(**options):
     return trigger_types()["schedule"](tc, Path("."))
 
 
+TYPO = """\
+version: 1
+workflows:
+  w:
+    tasks:
+      - argv: ['true']
+triggers:
+  - name: tick
+    type: schedule
+    workflow: w
+    evrey: 5m
+"""
+TYPO_ERROR = "triggers.yaml:10:5: triggers[0](tick).evrey: unknown key 'evrey' (did you mean 'every'?)\n"
+GOOD = TYPO.replace("evrey", "every")
+
+
 SCHEDULE_YAML = """\
 version: 1
 workflows:
@@ -101,17 +117,7 @@ def test_yaml_syntax_errors_name_the_usual_cause(cli, tmp_path, text, expected):
 
 # ------------------------------------------------ 6. the cause, not its consequence; all at once
 
-ALL_AT_ONCE = """\
-version: 1
-workflows:
-  w:
-    tasks:
-      - argv: ['true']
-triggers:
-  - name: tick
-    type: schedule
-    workflow: w
-    evrey: 5m
+ALL_AT_ONCE = TYPO + """\
   - name: feb
     type: schedule
     workflow: w
@@ -150,20 +156,6 @@ def test_a_missing_key_without_a_typo_is_still_reported(cli, tmp_path):
 
 # ------------------------------------------------- 1. every command refuses a file validate refuses
 
-TYPO = """\
-version: 1
-workflows:
-  w:
-    tasks:
-      - argv: ['true']
-triggers:
-  - name: tick
-    type: schedule
-    workflow: w
-    evrey: 5m
-"""
-TYPO_ERROR = "triggers.yaml:10:5: triggers[0](tick).evrey: unknown key 'evrey' (did you mean 'every'?)\n"
-GOOD = TYPO.replace("evrey", "every")
 
 
 @pytest.mark.parametrize("args", [
@@ -534,13 +526,8 @@ def test_an_every_schedule_enabled_again_skips_the_passed_slots_too(write_yaml):
 # ------------------------------------------------------------------ 6. what Ctrl-C does
 
 
-SLOW = """\
-version: 1
-workflows:
-  slow:
-    tasks:
-      - name: wait
-        run: 'echo started; sleep 60'
+# A trigger that fires once (its command succeeds only the first time) into the workflow `slow`.
+FIRES_ONCE = """\
 triggers:
   - name: go
     type: command
@@ -548,6 +535,14 @@ triggers:
     interval: 1h
     workflow: slow
 """
+SLOW = """\
+version: 1
+workflows:
+  slow:
+    tasks:
+      - name: wait
+        run: 'echo started; sleep 60'
+""" + FIRES_ONCE
 
 
 def test_first_ctrl_c_says_what_happens_and_the_second_stops_the_runs(tmp_path):
@@ -663,13 +658,7 @@ workflows:
         run: 'echo quick'
       - name: wait
         run: 'echo "step 1 done"; echo "step 2 done" >&2; while [ ! -e release ]; do sleep 0.05; done; echo finished'
-triggers:
-  - name: go
-    type: command
-    run: 'test ! -e fired && touch fired'
-    interval: 1h
-    workflow: slow
-"""
+""" + FIRES_ONCE
 
 
 def test_show_of_a_running_task_has_its_elapsed_time_and_output_so_far(tmp_path):
