@@ -172,6 +172,10 @@ def main() -> None:
         ('python -c "import click" (reference)', [py, "-c", "import click"], None),
         ("trigctl --help", tc + ["--help"], 1.5),
         ("trigctl list --json (1,000 triggers)", tc + ["list", "--json", "-c", str(y)], 2.0),
+        # No state yet, so no saved summary: the YAML is parsed (and, since issue 13, fully checked).
+        ("trigctl list --json (1,000 triggers, no state yet)", tc + ["list", "--json", "-c", str(y), "--state",
+                                                                     str(cache / "none" / "state.db")], None),
+        ("trigctl validate (1,000 triggers)", tc + ["validate", str(y)], None),
         (f"trigctl history --json --limit 50 ({args.rows:,} rows)", tc + ["history", "-c", str(y), "--json", "--limit", "50"], 2.0),
         ("trigctl history t7 --json --limit 50", tc + ["history", "-c", str(y), "t7", "--json", "--limit", "50"], 2.0),
         ("trigctl history --status failed --json --limit 50", tc + ["history", "-c", str(y), "--status", "failed", "--json",

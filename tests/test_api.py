@@ -157,7 +157,7 @@ def test_set_enabled_prune_and_init(project, tmp_path):
     assert not {t.name: t for t in api.list_triggers()}["greet"].enabled
     with pytest.raises(api.NotFound, match=r"unknown trigger 'nope' \(known: broken, greet\)"):
         api.set_enabled(["nope"], True)
-    assert api.prune(30 * 86400) == 0
+    assert api.prune(30 * 86400).entries == 0
     written = api.init(str(tmp_path / "new" / "triggers.yaml"))
     assert written.is_file() and (tmp_path / "new" / "inbox").is_dir()
     with pytest.raises(api.UsageError, match="already exists"):

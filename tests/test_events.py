@@ -285,7 +285,7 @@ def test_log_lines_are_the_documented_format(event, line):
 
 def test_json_log_lines_keep_null_fields():
     assert line_of(ev.RunFinished(7, "a", "wf", "succeeded", 1.5, None), "json") == (
-        '{"level": "info", "event": "run_finished", "run_id": 7, "status": "succeeded", "error": null}\n')
+        '{"level": "info", "event": "run_finished", "run_id": 7, "status": "succeeded", "error": null, "output": null}\n')
 
 
 def test_events_without_a_log_line_write_nothing():

@@ -101,13 +101,41 @@ class Project:
         self.config_path = self.explicit_config or "triggers.yaml"
         self.state_arg = state
         self._config: Config | None = None
+        self.always_reads_yaml = False  # `list` shows the YAML's triggers even with --state
+        self.summaries: list[dict[str, Any]] | None = None  # the known-good snapshot, when it was one
+        self._checked = False
+        self._unremembered: str | None = None  # a fingerprint checked here, not saved yet (no state yet)
 
-    def config(self, light: bool = False) -> Config:
+    def config(self) -> Config:
+        """The YAML, fully checked: a file `validate` refuses is refused here with the same errors."""
         if self._config is None:
             from trigctl.config import load_config
 
-            self._config = load_config(self.config_path, light=light)
+            self._config = load_config(self.config_path)
         return self._config
+
+    def reads_yaml(self) -> bool:
+        """Whether the command consults the YAML (to find the state, or because it was named)."""
+        return self.has_config() and (self.explicit_config is not None or not self.state_arg or self.always_reads_yaml)
+
+    def trigger_names(self) -> set[str]:
+        if self.summaries is not None:
+            return {t["name"] for t in self.summaries}
+        return {t.name for t in self.config().triggers}
+
+    def _check_yaml(self, store: Store | None, location: str) -> str | None:
+        """Refuse a YAML that `validate` refuses, without parsing bytes known to be valid; the
+        fingerprint to remember when the file was checked here."""
+        from trigctl.known_good import known_summaries
+        from trigctl.snapshot import config_fingerprint
+
+        self._checked = True
+        fingerprint = config_fingerprint(self.config_path)
+        self.summaries = known_summaries(self.config_path, fingerprint, store, location)
+        if self.summaries is not None:
+            return None
+        self.config()
+        return fingerprint
 
     def has_config(self) -> bool:
         return Path(self.config_path).is_file()
@@ -117,7 +145,7 @@ class Project:
             return self.state_arg
         if not need_config and not self.has_config():
             if self.explicit_config and os.path.lexists(self.config_path):
-                self.config(light=True)  # a directory, a device...: the loader says what is wrong with it
+                self.config()  # a directory, a device...: the loader says what is wrong with it
             if self.explicit_config:
                 raise UsageError(f"{self.config_path}: no such file (or give --state PATH to read a state without its YAML)")
             raise UsageError(f"no {self.config_path} here: give -c/--config PATH or --state PATH")
@@ -125,10 +153,43 @@ class Project:
             quick = state_from_yaml(self.config_path)
             if quick is not None:
                 return quick
-        return self.config(light=True).state_location()
+        return self.config().state_location()
+
+    def state_exists(self) -> bool:
+        """Whether the state has been created (a URL: assumed so), or could never be (a path below
+        a file: the writer's open says so)."""
+        location = self.state_location(need_config=False)
+        if "://" in location or os.path.lexists(location):
+            return True
+        existing = next((p for p in Path(location).absolute().parents if os.path.lexists(p)), None)
+        return existing is not None and not existing.is_dir()
 
     def store(self, readonly: bool = False, need_config: bool = True) -> Store:
-        return open_state(self.state_location(need_config), readonly=readonly)
+        """The state; a YAML the command reads is checked first (before a writer creates anything)."""
+        from trigctl.known_good import remember
+
+        location = self.state_location(need_config)
+        if self._checked or not self.reads_yaml():
+            opened = open_state(location, readonly=readonly)
+            if self._unremembered is not None and self._config is not None and not readonly:
+                remember(self._config, self._unremembered, opened, location)  # checked before the state existed
+                self._unremembered = None
+            return opened
+        store: Store | None = None
+        if readonly:
+            store = open_state(location, readonly=True)
+        try:
+            fingerprint = self._check_yaml(store, location)
+            if store is None:
+                store = open_state(location)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+        if fingerprint is not None and self._config is not None:
+            if remember(self._config, fingerprint, None if readonly else store, location) is False:
+                self._unremembered = fingerprint
+        return store
 
 
 def open_state(location: str, *, readonly: bool = False) -> Store:
@@ -164,6 +225,11 @@ def init(path: str) -> Path:
     target = Path(path)
     if os.path.lexists(target):
         raise UsageError(f"{path} already exists; not overwriting it")
+    for parent in target.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise UsageError(f"cannot write {path}: {parent} is not a directory")
+            break
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "x") as f:  # "x": a file that appeared meanwhile is not overwritten either
@@ -423,22 +489,17 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
 
 
 def _listing_source(project: Project) -> tuple[list[dict[str, Any]], Store]:
-    """The triggers to list and the state. A big YAML is parsed only when it changed since `run`
-    last saved what list shows of it (same bytes, same environment variables)."""
-    if project.has_config():
-        location = project.state_arg or state_from_yaml(project.config_path)
-        if location is not None and ("://" in location or Path(location).exists()):
-            from trigctl.snapshot import config_fingerprint
-
-            store = open_state(location, readonly=True)
-            fingerprint = config_fingerprint(project.config_path)
-            cached = store.config_snapshot(str(Path(project.config_path).resolve()), fingerprint) if fingerprint else None
-            if cached is not None:
-                return cached, store
-            store.close()
+    """The triggers to list and the state. The YAML is parsed (and fully checked) only when its
+    bytes are not known to be valid (:mod:`trigctl.known_good`)."""
+    project.always_reads_yaml = True
+    if not project.has_config():
+        project.config()  # says what is missing
+    store = project.store(readonly=True, need_config=False)
+    if project.summaries is not None:
+        return project.summaries, store
     from trigctl.config import trigger_summaries
 
-    return trigger_summaries(project.config(light=True)), project.store(readonly=True)
+    return trigger_summaries(project.config()), store
 
 
 # ------------------------------------------------------------------------------- enable / disable
@@ -447,14 +508,12 @@ def _listing_source(project: Project) -> tuple[list[dict[str, Any]], Store]:
 def set_enabled(names: list[str], enabled: bool, *, config_path: str | None = None, state: str | None = None) -> list[str]:
     """Persist ``enabled`` for these triggers (a running loop honours it within a second)."""
     project = Project(config_path, state)
-    if project.has_config() or not state:
-        known = {t.name for t in project.config(light=True).triggers}
-    else:
-        reader = project.store(readonly=True, need_config=False)
-        try:
-            known = set(reader.trigger_rows())
-        finally:
-            reader.close()
+    project.always_reads_yaml = project.has_config()  # its trigger names, also with --state
+    reader = project.store(readonly=True, need_config=False)  # checks the YAML: nothing is created for a bad one
+    try:
+        known = project.trigger_names() if project.has_config() or not state else set(reader.trigger_rows())
+    finally:
+        reader.close()
     unknown = [n for n in names if n not in known]
     if unknown:
         raise NotFound(f"unknown trigger {unknown[0]!r}" + (f" (known: {', '.join(sorted(known))})" if known else ""))
@@ -526,7 +585,7 @@ def history(name: str | None = None, *, limit: int = 20, statuses: list[str] | N
         if name is not None:
             known = set(store.trigger_rows())
             if name not in known and project.has_config():  # a trigger of the file that has no row yet
-                known |= {t.name for t in project.config(light=True).triggers}
+                known |= project.trigger_names()
             if name not in known:
                 raise NotFound(f"unknown trigger {name!r}")
         rows = store.history(name, limit, statuses, since)
@@ -605,7 +664,8 @@ def cancel_run(run_id: int, *, config_path: str | None = None, state: str | None
     from trigctl.procs import kill_recorded_group
     from trigctl.store import StateLocked
 
-    store = Project(config_path, state).store(need_config=False)
+    project = Project(config_path, state)
+    store = project.store(readonly=not project.state_exists(), need_config=False)  # none is made to say "no run"
     try:
         run = _get_run(store, run_id)
         if run is None:
@@ -634,11 +694,22 @@ def cancel_run(run_id: int, *, config_path: str | None = None, state: str | None
 # ------------------------------------------------------------------------------------------ prune
 
 
-def prune(older_than: float, *, config_path: str | None = None, state: str | None = None) -> int:
+@dataclass
+class Pruned:
+    entries: int  # history entries deleted (with dry_run: that would be)
+    before: float  # the cut-off, a timestamp
+
+
+def prune(older_than: float, *, dry_run: bool = False, config_path: str | None = None, state: str | None = None) -> Pruned:
     """Delete history entries older than ``older_than`` seconds (active runs and dedupe state are
-    kept); how many."""
-    store = Project(config_path, state).store(need_config=False)
+    kept); with ``dry_run``, only count them (and create no state)."""
+    before = time.time() - older_than
+    project = Project(config_path, state)
+    exists = project.state_exists()
+    store = project.store(readonly=dry_run or not exists, need_config=False)  # nothing to delete: none is made
     try:
-        return store.prune(time.time() - older_than)
+        if not exists:
+            return Pruned(0, before)
+        return Pruned(store.count_prunable(before) if dry_run else store.prune(before), before)
     finally:
         store.close()

@@ -11,6 +11,13 @@ import time
 import click
 
 from trigctl import completion, render
+from trigctl.cli_options import (
+    config_only_option,
+    config_option,
+    debug_option,
+    format_commands,
+    group_options,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -73,6 +80,9 @@ class Group(click.Group):
         except click.UsageError as e:
             raise OneLineUsage(e) from None
 
+    def format_commands(self, ctx, formatter) -> None:
+        format_commands(self, ctx, formatter)  # whole descriptions, wrapped: none cut with "..."
+
 
 class RunId(click.ParamType):
     """A run id: ASCII digits (click's int would take " 1", "١" or "1_0"). Out-of-range ids are
@@ -109,6 +119,10 @@ def _guard(fn):
             raise
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
+        except BrokenPipeError:
+            if not _output_closed():
+                raise Fatal("internal error: BrokenPipeError (run with --debug for the traceback)", EXIT_FAILED) from None
+            raise  # `trigctl history | head -1`: click ends quietly (exit 1), whatever was left unsaid
         except Exception as e:
             api_mod = sys.modules.get("trigctl.api")
             if api_mod is not None and isinstance(e, api_mod.Error):
@@ -130,16 +144,25 @@ def _guard(fn):
     return wrapper
 
 
+def _output_closed() -> bool:
+    """Whether the reader of stdout or stderr has gone (a pipe into `head`), rather than some other
+    pipe of the command's breaking."""
+    import select
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, ValueError, OSError):
+            continue
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & select.POLLERR for _, events in poller.poll(0)):
+            return True
+    return False
+
+
 def _debugging() -> bool:
     return bool(os.environ.get("TRIGCTL_DEBUG") or click.get_current_context().find_root().params.get("debug"))
-
-
-def config_option(fn):
-    fn = click.option("--state", "state", metavar="PATH_OR_URL", envvar="TRIGCTL_STATE",
-                      help="State: SQLite path or postgresql:// URL [env TRIGCTL_STATE; default: the file's state:]")(fn)
-    fn = click.option("-c", "--config", "config_path", metavar="PATH", envvar="TRIGCTL_CONFIG",
-                      help="The triggers YAML [env TRIGCTL_CONFIG; default ./triggers.yaml]")(fn)
-    return fn
 
 
 def json_option(fn):
@@ -148,8 +171,8 @@ def json_option(fn):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="trigctl", prog_name="trigctl")
-@click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
-def main(debug: bool) -> None:
+@group_options
+def main(config_path: str | None, state: str | None, debug: bool) -> None:
     """trigctl: when X happens, run Y. Triggers and workflows in one YAML file, state in SQLite."""
 
 
@@ -157,12 +180,15 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-@click.argument("path", default="triggers.yaml", required=False)
+@click.argument("path", required=False)
+@config_only_option
+@debug_option
 @_guard
-def init(path: str) -> None:
-    """Write a commented starter triggers.yaml (refuses to overwrite)."""
+def init(path: str | None, config_path: str | None) -> None:
+    """Write a commented starter triggers.yaml, or PATH (refuses to overwrite)."""
     from trigctl import api
 
+    path = next((p for p in (path, config_path) if p is not None), "triggers.yaml")  # "" is an empty path
     api.init(path)
     path = render.visible(path)
     click.echo(f"wrote {path} (and inbox/): edit it, then `trigctl validate {path}` and `trigctl run {path}`")
@@ -202,7 +228,7 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @config_option
 @click.option("--once", is_flag=True, help="Poll each enabled trigger once, wait for the runs, exit 1 if any failed.")
 @click.option("--trigger", "only", multiple=True, metavar="NAME", help="Only these triggers (repeatable).")
-@click.option("--grace", default="30s", show_default=True, help="On SIGINT/SIGTERM, how long running runs may finish.")
+@click.option("--grace", default="30s", show_default=True, metavar="DURATION", help="On SIGINT/SIGTERM, how long running runs may finish.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--metrics", "metrics_address", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464).")
@@ -460,20 +486,23 @@ def cancel(run_id, config_path, state) -> None:
 
 
 @main.command()
-@click.option("--older-than", "older_than", required=True, help="A duration: 30d, 12h...")
+@click.option("--older-than", "older_than", required=True, metavar="DURATION", help="With a unit: 30d, 12h, 90m.")
+@click.option("--dry-run", is_flag=True, help="Only say how many history entries would go.")
 @config_option
 @_guard
-def prune(older_than, config_path, state) -> None:
-    """Delete history older than that; active runs and dedupe state are kept."""
+def prune(older_than, dry_run, config_path, state) -> None:
+    """Delete history older than --older-than (a unit is required); active runs and dedupe state are kept."""
     from trigctl import api
-    from trigctl.durations import DurationError, parse_duration
+    from trigctl.durations import DurationError, parse_age
 
     try:
-        age = parse_duration(older_than)
+        age = parse_age(older_than)
     except DurationError as e:
         raise Fatal(f"--older-than: {e}") from None
-    n = api.prune(age, config_path=config_path, state=state)
-    click.echo(f"pruned {n} history entries older than {render.visible(older_than)}")
+    done = api.prune(age, dry_run=dry_run, config_path=config_path, state=state)
+    what = f"{done.entries} history {'entry' if done.entries == 1 else 'entries'} older than {render.visible(older_than)}"
+    since = f"(before {render.local(done.before)})"
+    click.echo(f"would prune {what} {since}; nothing deleted" if dry_run else f"pruned {what} {since}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,15 @@ def _parse(value: object) -> float:
     return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
 
 
+def parse_age(value: str) -> float:
+    """A duration given for something destructive (`prune --older-than`): a bare number is refused,
+    since "30" may mean days to the user and seconds to trigctl."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and re.fullmatch(r"\d+(?:\.\d+)?", text):
+        raise DurationError(f"{text!r} has no unit: write {text}d for days, {text}h for hours or {text}s for seconds")
+    return parse_duration(value)
+
+
 def format_duration(seconds: float | None) -> str:
     """Short human form: 500ms, 5s, 2m, 1h30m."""
     if seconds is None:

@@ -129,7 +129,8 @@ class RunStarted(Event):
 @dataclass(frozen=True, slots=True)
 class RunFinished(Event):
     """A run ended: ``status`` succeeded, failed or cancelled; ``duration`` in seconds (None when
-    the run did not start in this process: cancelled at shutdown)."""
+    the run did not start in this process: cancelled at shutdown). ``output``: of a failed run, the
+    tail of the failing task's output (stdout and stderr; untrusted text, secrets masked)."""
 
     name: ClassVar[str] = "run_finished"
     run_id: int
@@ -138,6 +139,7 @@ class RunFinished(Event):
     status: str
     duration: float | None
     error: str | None
+    output: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

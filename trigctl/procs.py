@@ -7,6 +7,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -190,10 +191,13 @@ class OutputHead:
         return bytes(self._buf)
 
 
-def wait_reading(proc: subprocess.Popen, sinks: dict[int, OutputTail | OutputHead], timeout: float | None) -> int:
+def wait_reading(proc: subprocess.Popen, sinks: dict[int, OutputTail | OutputHead], timeout: float | None,
+                 progress: Callable[[], float | None] | None = None) -> int:
     """Wait for ``proc`` to exit (TimeoutExpired after ``timeout``) while reading its output pipes,
     each into its sink. Woken by the exit itself (a pidfd) and by output; the end of the output is
-    not waited for: a child the process left in the background may hold a pipe open for ever."""
+    not waited for: a child the process left in the background may hold a pipe open for ever.
+    ``progress`` is called after each wake-up and returns when (monotonic) it wants to be called
+    again, or None (at the next output)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         pidfd: int | None = os.pidfd_open(proc.pid)
@@ -216,6 +220,10 @@ def wait_reading(proc: subprocess.Popen, sinks: dict[int, OutputTail | OutputHea
                 wait_ms = left * 1000
             if pidfd is None:  # no exit notification: look every 50 ms
                 wait_ms = 50 if wait_ms is None else min(wait_ms, 50)
+            again = progress() if progress is not None else None
+            if again is not None:
+                until = max(0.0, (again - time.monotonic()) * 1000)
+                wait_ms = until if wait_ms is None else min(wait_ms, until)
             exited = False
             for fd, _ in poller.poll(wait_ms):
                 if fd in sinks:

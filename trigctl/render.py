@@ -313,14 +313,20 @@ def run_view(run: RunRow) -> None:
     started, completed, error = run.started_at, run.completed_at, run.error
     out.write(f"run {doc['id']}  trigger {v(doc['trigger_name'])}  workflow {v(doc['workflow'])}  status {v(doc['status'])}\n")
     out.write(f"started   {local(started)} ({relative(started)})\n")
-    out.write(f"completed {local(completed)}" + (f"  duration {duration(completed - started)}" if completed and started else "") + "\n")
+    if doc["status"] == "running" and started:
+        out.write(f"running   for {duration(max(0.0, time.time() - started))}\n")
+    else:
+        out.write(f"completed {local(completed)}" + (f"  duration {duration(completed - started)}" if completed and started else "") + "\n")
     if error:
         out.write(f"error     {v(error)}\n")
     out.write("context   " + json_text(doc["context"]) + "\n")
-    for t in doc["tasks"]:
+    for t, row in zip(doc["tasks"], run.tasks):
         code = t["exit_code"] if t["exit_code"] is not None else "-"
-        dur = duration(t["duration"])
-        out.write(f"\n== task {v(t['name'])}: {v(t['status'])} (exit {code}, {dur})\n")
+        if t["status"] == "running" and doc["status"] == "running" and isinstance(row["started_at"], (int, float)):
+            elapsed = duration(max(0.0, time.time() - row["started_at"]))
+            out.write(f"\n== task {v(t['name'])}: running (for {elapsed}; its output so far:)\n")
+        else:
+            out.write(f"\n== task {v(t['name'])}: {v(t['status'])} (exit {code}, {duration(t['duration'])})\n")
         if t["output_tail"]:
             # Lines and tabs stay; a CR (a progress bar, CRLF output) or an escape sequence shows.
             out.write(v(t["output_tail"].replace("\r\n", "\n").rstrip("\n"), keep="\n\t") + "\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 from trigctl.config import Config, ConfigError, load_config
 from trigctl.dispatch import Dispatcher
+from trigctl.durations import format_duration
 from trigctl.events import (
     ClockStepped,
     ConfigReloaded,
@@ -465,9 +466,16 @@ class Runner:
         if self._exit_code == 0:  # not after a state error: those writes would fail again
             self._record_returned_polls(SHUTDOWN_DRAIN)
         deadline = time.monotonic() + self.grace
+        if self._signals == 1 and self.workflows.count() and self.grace > 0:
+            log.warning("%d running run(s) get --grace %s to finish; Ctrl-C again (or a second SIGTERM) stops them now",
+                        self.workflows.count(), format_duration(self.grace))
+            _flush_logs()  # at once: the user is waiting to learn what the Ctrl-C did
         while self.workflows.count() and time.monotonic() < deadline and self._signals < 2:
             self._event.wait(max(0.0, min(0.5, deadline - time.monotonic())))
             self._event.clear()
+        if self.workflows.count() and self._signals >= 2:
+            log.warning("second signal: stopping %d run(s) now", self.workflows.count())
+            _flush_logs()
         if self.workflows.count():
             self.workflows.cancel_all("cancelled")
             if not self.workflows.join(self.workflows.kill_grace + 5):

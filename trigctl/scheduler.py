@@ -285,7 +285,14 @@ class Scheduler:
             return
         slot.enabled = enabled
         if enabled:
-            if not (slot.impl and slot.impl.has_own_schedule):
+            impl = slot.impl
+            if impl is not None and impl.has_own_schedule:
+                updates = impl.resumed(now, slot.kv)  # slots that passed while disabled are skipped
+                if updates:
+                    self.store.update_kv(slot.name, updates)
+                    slot.kv.update(updates)
+                slot.due_at = slot.grid_at = impl.next_due(None, now)
+            else:
                 slot.due_at = slot.grid_at = min(max(slot.due_at, now), now + slot.config.interval)
             slot.stats.next_poll_at = slot.due_at
             self._dirty[name] = slot.stats  # `list` shows the new next poll at the next flush, not after a poll

@@ -282,6 +282,30 @@ class TaskOutcome:
     output: str | None = None  # a process task's output tail (an http task's is in its log file)
 
 
+OUTPUT_SAVE_EVERY = 1.0  # seconds: how often a running task's output so far is saved for `show`
+
+
+class _OutputSoFar:
+    """Saves a running task's output tail (first output at once, then at most every
+    OUTPUT_SAVE_EVERY), so that `show` of a running run has it (the `progress` of wait_reading)."""
+
+    def __init__(self, sink: OutputTail, save: Callable[[str], None]):
+        self.sink, self.save = sink, save
+        self._saved = 0
+        self._next = 0.0
+
+    def __call__(self) -> float | None:
+        if self.sink.total == self._saved:
+            return None  # nothing new: woken by the next output
+        now = time.monotonic()
+        if now >= self._next:
+            self._saved = self.sink.total
+            self._next = now + OUTPUT_SAVE_EVERY
+            self.save(self.sink.text())
+            return None
+        return self._next
+
+
 class RunExecution:
     """One run, on its own thread."""
 
@@ -295,6 +319,7 @@ class RunExecution:
         self._pgid: int | None = None
         self._recorded = False  # the current task's row is written
         self.started = time.monotonic()
+        self.failed_output: str | None = None  # the output tail of the task that failed the run
 
     # -- control, from other threads
     def cancel(self, status: str = "cancelled") -> None:
@@ -307,6 +332,14 @@ class RunExecution:
             threading.Thread(target=kill_group, args=(pgid, self.runner.kill_grace), daemon=True).start()
         if exchange is not None:
             exchange.abort()  # its sockets are shut down: the request ends now, not at its timeout
+
+    def _save_output(self, idx: int, text: str) -> None:
+        if not self._recorded:
+            return
+        try:
+            self.runner.store.task_output(self.run.id, idx, self.runner.redact(text) or "")
+        except StateError:
+            pass  # a full disk: `show` has the output when the task ends, if it can be written then
 
     # -- the run
     def _main(self) -> None:
@@ -330,6 +363,7 @@ class RunExecution:
                         break
                     if outcome.status == "failed" and not task.continue_on_error:
                         status, error = "failed", f"task {task.name!r} failed: {outcome.error}"
+                        self.failed_output = outcome.output
                         break
             finally:
                 tmp.remove()
@@ -449,7 +483,7 @@ class RunExecution:
             if self.cancel_event.is_set():
                 kill_group(proc.pid, self.runner.kill_grace)
             try:
-                code = wait_reading(proc, {out_r: sink}, timeout)
+                code = wait_reading(proc, {out_r: sink}, timeout, _OutputSoFar(sink, lambda text: self._save_output(idx, text)))
             except subprocess.TimeoutExpired:
                 drain({out_r: sink})
                 terminate_group(proc, self.runner.kill_grace)
@@ -631,7 +665,8 @@ class WorkflowRunner:
             self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
             self._idle_cond.notify_all()
         run = ex.run
-        event = RunFinished(run.id, run.trigger_name, run.workflow, status, time.monotonic() - ex.started, error)
+        output = self.redact(ex.failed_output) if ex.failed_output and status == "failed" else None
+        event = RunFinished(run.id, run.trigger_name, run.workflow, status, time.monotonic() - ex.started, error, output)
         if self.on_finished:
             self.on_finished(event)
         elif self.bus.wants(RunFinished):

@@ -15,7 +15,7 @@ from trigctl.bounded import TooLarge, read_at_most
 from trigctl.config.interpolate import interpolate
 from trigctl.config.model import Config, ConfigError, ConfigIssue
 from trigctl.config.schema import _schema_issues, _type_name
-from trigctl.config.validate import _semantic
+from trigctl.config.validate import _semantic, _semantic_despite_schema
 from trigctl.config.yaml_loader import MAX_FILE_BYTES, _Doc, _fast_load, _NeedMarks, load_yaml
 from trigctl.secrets import Redactor
 
@@ -80,7 +80,9 @@ def _build(data: Any, doc: _Doc, filename: str, env: Mapping[str, str], light: b
     secrets: set[str] = set()
     data = interpolate(data, doc, env, secrets)
     if not light:
-        _schema_issues(data, doc)
+        bad_triggers = _schema_issues(data, doc)
+        if doc.issues:
+            _semantic_despite_schema(data, doc, bad_triggers)
     if doc.issues:
         raise ConfigError(_redacted(doc.issues, secrets))
     workflows, triggers = _semantic(data, doc, light)

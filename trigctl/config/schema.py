@@ -59,12 +59,11 @@ def _format_checker():
     def _cron(value: object) -> bool:
         if not isinstance(value, str):
             return True
-        from croniter import croniter
+        from trigctl.cronexpr import problem
 
-        if len(value.split()) != 5:
-            raise ValueError(f'"{value}" is not a 5-field cron expression (minute hour day month weekday)')
-        if not croniter.is_valid(value):
-            raise ValueError(f'"{value}" is not a valid cron expression')
+        why = problem(value)
+        if why:
+            raise ValueError(why)
         return True
 
     @checker.checks("timezone", raises=ValueError)
@@ -188,25 +187,48 @@ def _iter_schema_errors(validator: Any, data: Any):
             yield error
 
 
-def _schema_issues(data: Any, doc: _Doc) -> None:
+def _schema_issues(data: Any, doc: _Doc) -> set[int] | None:
+    """Record the schema's complaints in ``doc``; the indices of the triggers they concern (None:
+    the trigger list itself is wrong), so that the other triggers can still be checked further."""
     from jsonschema import Draft202012Validator
 
     schema = load_schema()
     validator = Draft202012Validator(schema, format_checker=_format_checker())
     errors = sorted(_iter_schema_errors(validator, data), key=lambda e: [str(p) for p in e.absolute_path])
     bad_type_at = {tuple(e.absolute_path)[:-1] for e in errors if list(e.absolute_path)[-1:] == ["type"]}
+    # A typo'd key ("evrey") is the cause; the missing key it was meant to be ("needs one of: cron,
+    # every") only its consequence: the cause is reported, the consequence is not.
+    meant: dict[tuple, set[str]] = {}
+    explained = [(error, _explain(error, schema, data, bad_type_at, meant)) for error in errors]
     seen: set[tuple[tuple, str]] = set()
-    for error in errors:
-        if tuple(error.absolute_path) in doc.unset:
+    bad_triggers: set[int] | None = set()
+    for error, found in explained:
+        path = tuple(error.absolute_path)
+        if path[:1] == ("triggers",) and bad_triggers is not None:
+            if len(path) > 1 and isinstance(path[1], int):
+                bad_triggers.add(path[1])
+            else:
+                bad_triggers = None
+        if path in doc.unset:
             continue  # "environment variable X is not set" says it
-        for path, message, key in _explain(error, schema, data, bad_type_at):
-            if (path, message) in seen:
+        if error.validator in ("required", "oneOf") and meant.get(path, set()) & set(_missing_choices(error)):
+            continue
+        for ipath, message, key in found:
+            if (ipath, message) in seen:
                 continue
-            seen.add((path, message))
-            doc.issue(path, message, key=key, data=data)
+            seen.add((ipath, message))
+            doc.issue(ipath, message, key=key, data=data)
+    return bad_triggers
 
 
-def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
+def _missing_choices(error: Any) -> list[str]:
+    """The keys a `required` or `oneOf` error asks for."""
+    if error.validator == "required":
+        return [k for k in error.validator_value if not (isinstance(error.instance, dict) and k in error.instance)]
+    return [s["required"][0] for s in _as_list(error.validator_value) if isinstance(s, dict) and s.get("required")]
+
+
+def _explain(error, schema, data, bad_type_at, meant: dict[tuple, set[str]] | None = None) -> list[tuple[tuple, str, bool]]:
     path = tuple(error.absolute_path)
     v = error.validator
     inst = error.instance
@@ -228,6 +250,8 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
             else:
                 close = difflib.get_close_matches(str(k), allowed, n=1)
                 msg = f"unknown key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                if close and meant is not None:
+                    meant.setdefault(path, set()).add(close[0])
             out.append((path + (str(k),), msg, True))
         return out
     if v == "format":
@@ -287,7 +311,7 @@ def _explain(error, schema, data, bad_type_at) -> list[tuple[tuple, str, bool]]:
             return [(path, f"expected {kinds}, got {_type_name(inst)}", False)]
         from jsonschema.exceptions import best_match
 
-        return _explain(best_match(wrong), schema, data, bad_type_at)
+        return _explain(best_match(wrong), schema, data, bad_type_at, meant)
     if v in ("minItems", "minProperties", "maxProperties"):
         what = "list" if v == "minItems" else "mapping"
         if path and path[-1] == "source":

@@ -133,32 +133,66 @@ def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, Wor
             doc.issue(("workflows", wname, "timeout"), "timeout must be greater than 0", data=data)
         workflows[wname] = WorkflowConfig(name=wname, tasks=tuple(tasks), timeout=timeout)
 
-    defaults = data.get("defaults") or {}
+    return workflows, _triggers(data, doc, set(workflows), light)
+
+
+def _semantic_despite_schema(data: dict, doc: _Doc, bad_triggers: set[int] | None) -> None:
+    """The semantic checks of the triggers the schema found nothing wrong with, so that a file's
+    errors are reported at once (a cron that never comes due, an unknown workflow) rather than one
+    stage after the other. Checks that need what the schema refused are left out."""
+    triggers = data.get("triggers")
+    workflows = data.get("workflows")
+    if bad_triggers is None or not isinstance(triggers, list) or not isinstance(workflows, dict):
+        return
+    defaults = data.get("defaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        return
+    _triggers(data, doc, set(workflows), light=False, skip=bad_triggers)
+
+
+def _triggers(data: dict, doc: _Doc, workflows: set[str], light: bool, skip: set[int] | None = None) -> list[TriggerConfig]:
+    """The triggers' semantic checks and configs. ``skip``: the schema refused these items, check
+    the others as far as the refused parts (a bad default) allow."""
     triggers: list[TriggerConfig] = []
     first_seen: dict[str, int] = {}
     for i, item in enumerate(data.get("triggers") or []):
-        path = ("triggers", i)
-        name = item["name"]
-        if name in first_seen:
-            doc.issue(path + ("name",), f"duplicate trigger name {name!r} (first at triggers[{first_seen[name]}])", data=data)
-            continue
-        first_seen[name] = i
-        for key in ("workflow",):
-            if item[key] not in workflows:
-                close = difflib.get_close_matches(item[key], list(workflows), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else (" (no workflows are defined)" if not workflows else "")
-                doc.issue(path + (key,), f"unknown workflow {item[key]!r}{hint}", data=data)
-        on_error = item.get("on_error") or defaults.get("on_error")
-        if on_error and on_error.get("workflow") not in workflows:
-            doc.issue(path + ("on_error", "workflow"), f"unknown workflow {on_error.get('workflow')!r}", data=data)
-        on_recover = item.get("on_recover") or defaults.get("on_recover")
-        if on_recover and on_recover not in workflows:
-            where = path + ("on_recover",) if "on_recover" in item else ("defaults", "on_recover")
-            doc.issue(where, f"unknown workflow {on_recover!r}", data=data)
-        for key in item.get("dedupe_key") or []:
-            if not isinstance(key, str):
-                doc.issue(path + ("dedupe_key",), "dedupe_key entries must be strings", data=data)
-        trigger_cfg = _trigger_config(i, item, defaults, doc, data, light)
-        if trigger_cfg is not None:
-            triggers.append(trigger_cfg)
-    return workflows, triggers
+        if skip is None:
+            _trigger(i, item, data, doc, workflows, light, first_seen, triggers)
+        elif i in skip:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                first_seen.setdefault(item["name"], i)
+        else:
+            try:
+                _trigger(i, item, data, doc, workflows, light, first_seen, triggers)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass  # a default the schema refused: that error says it
+    return triggers
+
+
+def _trigger(i: int, item: dict, data: dict, doc: _Doc, workflows: set[str], light: bool,
+             first_seen: dict[str, int], triggers: list[TriggerConfig]) -> None:
+    defaults = data.get("defaults") or {}
+    path = ("triggers", i)
+    name = item["name"]
+    if name in first_seen:
+        doc.issue(path + ("name",), f"duplicate trigger name {name!r} (first at triggers[{first_seen[name]}])", data=data)
+        return
+    first_seen[name] = i
+    for key in ("workflow",):
+        if item[key] not in workflows:
+            close = difflib.get_close_matches(item[key], list(workflows), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else (" (no workflows are defined)" if not workflows else "")
+            doc.issue(path + (key,), f"unknown workflow {item[key]!r}{hint}", data=data)
+    on_error = item.get("on_error") or defaults.get("on_error")
+    if on_error and on_error.get("workflow") not in workflows:
+        doc.issue(path + ("on_error", "workflow"), f"unknown workflow {on_error.get('workflow')!r}", data=data)
+    on_recover = item.get("on_recover") or defaults.get("on_recover")
+    if on_recover and on_recover not in workflows:
+        where = path + ("on_recover",) if "on_recover" in item else ("defaults", "on_recover")
+        doc.issue(where, f"unknown workflow {on_recover!r}", data=data)
+    for key in item.get("dedupe_key") or []:
+        if not isinstance(key, str):
+            doc.issue(path + ("dedupe_key",), "dedupe_key entries must be strings", data=data)
+    trigger_cfg = _trigger_config(i, item, defaults, doc, data, light)
+    if trigger_cfg is not None:
+        triggers.append(trigger_cfg)

@@ -277,7 +277,23 @@ class _Composer:
         return out
 
 
-def _yaml_hint(problem: str, text_line: str) -> str:
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _yaml_hint(problem: str, lines: list[str], line: int) -> str:
+    text_line = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "mapping values are not allowed" in problem:
+        above = next((x for x in reversed(lines[: max(0, line - 1)]) if x.strip() and not x.lstrip().startswith("#")), "")
+        key_above = re.match(r"\s*(?:-\s+)?([^\s:#][^:#]*):\s+\S", above)
+        if key_above and _indent(text_line) > key_above.start(1):
+            return (f" (this line is indented deeper than `{key_above.group(1).strip()}:` above it, so YAML reads it as"
+                    " part of that value: indent it as far as that key)")
+        return ' (usually an unquoted value that contains ": ": quote the value, e.g. run: "echo a: b")'
+    if "expected '-' indicator" in problem or "expected <block end>" in problem:
+        return " (the indentation of this line matches no mapping above it: indent it as far as its sibling keys)"
+    if "cannot start any token" in problem and re.search(r":\s+[@`]", text_line):
+        return ' (YAML reserves @ and ` at the start of a value: quote it, e.g. cron: "@daily")'
     if "\t" in text_line and ("tab" in problem or "cannot start any token" in problem):
         return " (tabs are not allowed in YAML indentation: use spaces)"
     if ("alias" in problem or "anchor" in problem or "alphabetic or numeric" in problem) and "*" in text_line:
@@ -302,14 +318,13 @@ def load_yaml(text: str, filename: str) -> tuple[Any, _Doc]:
             mark = e.context_mark  # an unclosed quote or bracket: where it was opened
         line, col = _mark(mark)
         lines = text.splitlines()
-        src = lines[line - 1] if 0 < line <= len(lines) else ""
         problem = (e.problem or e.context or "invalid YAML").strip()
         if "maximum nesting depth" in problem:  # PyYAML >= 6.0.4's own guard, met before ours
             doc.issues.append(ConfigIssue(filename, line, col, "", f"document nested deeper than {MAX_DEPTH} levels"))
             return None, doc
         if e.context and e.problem:
             problem = f"{e.context.strip()}{', ' if problem.startswith('but ') else ': '}{problem}"
-        doc.issues.append(ConfigIssue(filename, line, col, "", f"invalid YAML: {problem}{_yaml_hint(problem, src)}"))
+        doc.issues.append(ConfigIssue(filename, line, col, "", f"invalid YAML: {problem}{_yaml_hint(problem, lines, line)}"))
         return None, doc
     except yaml.YAMLError as e:
         doc.issues.append(ConfigIssue(filename, 1, 1, "", f"invalid YAML: {e}"))

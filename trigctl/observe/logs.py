@@ -50,7 +50,7 @@ _FIELDS: dict[type, _Fields] = {
     ev.DuplicateSuppressed: lambda e: {"trigger": e.trigger, "blocked_by": e.blocked_by, "reason": e.reason},
     ev.PollFailed: lambda e: {"trigger": e.trigger, "error": e.error},
     ev.RunStarted: lambda e: {"run_id": e.run_id, "trigger": e.trigger, "workflow": e.workflow},
-    ev.RunFinished: lambda e: {"run_id": e.run_id, "status": e.status, "error": e.error},
+    ev.RunFinished: lambda e: {"run_id": e.run_id, "status": e.status, "error": e.error, "output": last_line(e.output)},
     ev.RunInterrupted: lambda e: {"trigger": e.trigger, "run_id": e.run_id, "action": e.action},
     ev.TriggerEnabled: lambda e: {"trigger": e.trigger},
     ev.TriggerDisabled: lambda e: {"trigger": e.trigger},
@@ -184,6 +184,21 @@ def _shown_context(context: Any) -> Any:
     if len(text) <= MAX_LOGGED_CONTEXT:
         return context
     return text[:MAX_LOGGED_CONTEXT] + f"...({len(text)} characters)"
+
+
+MAX_LOGGED_OUTPUT = 200  # characters of a failed task's last output line in its run_finished line
+
+
+def last_line(output: str | None, limit: int = MAX_LOGGED_OUTPUT) -> str | None:
+    """The last non-blank line of a task's output, cut to ``limit`` characters (the start is cut:
+    the end of a line says most, as in "...: No such file or directory")."""
+    if not output:
+        return None
+    for line in reversed(output.replace("\r\n", "\n").split("\n")):
+        line = line.strip()
+        if line:
+            return line if len(line) <= limit else "…" + line[-(limit - 1):]
+    return None
 
 
 def _text(v: Any) -> str:

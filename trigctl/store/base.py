@@ -327,6 +327,10 @@ class Store(ABC):
     @abstractmethod
     def task_finished(self, run_id: int, idx: int, status: str, exit_code: int | None, now: float,
                       output_tail: str, attempts: int) -> None: ...
+    def task_output(self, run_id: int, idx: int, output_tail: str) -> None:  # noqa: B027 - optional
+        """The output so far of a running task (its row from `task_started`), for `show` (optional
+        for a backend: without it, `show` has a task's output once it ended)."""
+
     @abstractmethod
     def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
                    only_if: str | None = None, take_over: bool = False) -> bool:
@@ -359,4 +363,10 @@ class Store(ABC):
     @abstractmethod
     def get_run(self, run_id: int) -> RunRow | None: ...
     @abstractmethod
-    def prune(self, before: float) -> int: ...
+    def prune(self, before: float) -> int:
+        """Delete history entries last updated before ``before`` (not the fires of active runs) and
+        ended runs completed before it, with their tasks; how many history entries went."""
+
+    def count_prunable(self, before: float) -> int:
+        """How many history entries ``prune(before)`` would delete now (`prune --dry-run`)."""
+        raise StateError("this state backend cannot count what prune would delete (--dry-run)")

@@ -213,6 +213,10 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+# A history entry prune may delete (once old enough): not the fire of a run that is still active.
+_PRUNABLE_EVENT = "(run_id IS NULL OR kind != 'fire' OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running')))"
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, *, readonly: bool = False):
         self.path = path
@@ -778,6 +782,13 @@ class SQLiteStore(Store):
                 (run_id, idx, name, now, pid, pgid, proc_start, run_id, *params),
             )
 
+    def task_output(self, run_id: int, idx: int, output_tail: str) -> None:
+        owned, params = self._owner_clause()
+        with self._tx() as c:
+            c.execute(f"UPDATE tasks SET output_tail = ? WHERE run_id = ? AND idx = ? AND status = 'running' "
+                      f"AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
+                      (safe_text(output_tail), run_id, idx, run_id, *params))
+
     def task_finished(self, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
         owned, params = self._owner_clause()
         with self._tx() as c:
@@ -912,12 +923,15 @@ class SQLiteStore(Store):
         run.tasks = self._query("SELECT * FROM tasks WHERE run_id = ? ORDER BY idx", (run_id,))
         return run
 
+    def count_prunable(self, before: float) -> int:
+        rows = self._query(f"SELECT COUNT(*) AS n FROM events WHERE updated_at < ? AND {_PRUNABLE_EVENT}", (before,))
+        return int(rows[0]["n"])
+
     def prune(self, before: float) -> int:
         """Delete old history in batches, one short transaction each, so a running loop never waits
         long for the write lock (a single DELETE of millions of rows held it for seconds)."""
         statements = (
-            ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < ? AND (run_id IS NULL OR "
-             "kind != 'fire' OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running'))) LIMIT ?)", True),
+            (f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < ? AND {_PRUNABLE_EVENT} LIMIT ?)", True),
             ("DELETE FROM tasks WHERE run_id IN (SELECT id FROM runs WHERE completed_at < ? "
              "AND status NOT IN ('queued','running') AND id IN (SELECT run_id FROM tasks) LIMIT ?)", False),
             ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE completed_at < ? "

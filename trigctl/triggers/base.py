@@ -140,6 +140,11 @@ class TriggerType(ABC):
         """Only for ``has_own_schedule`` types: the next due time after ``previous_due``."""
         raise NotImplementedError
 
+    def resumed(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Only for ``has_own_schedule`` types: the trigger was enabled again at ``now``. Return the
+        state updates that skip the slots that passed while it was disabled."""
+        return {}
+
     def clock_stepped_back(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
         """Only for ``has_own_schedule`` types: the wall clock was just set back (NTP, a VM restore)
         to ``now``. Return the state updates that let the schedule go on from ``now`` (instead of

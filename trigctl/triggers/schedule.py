@@ -108,15 +108,17 @@ class Every:
 
 
 class Cron:
-    """A 5-field cron expression on the wall clock of a time zone."""
+    """A 5-field cron expression (or a nickname such as ``@daily``) on the wall clock of a time zone."""
 
     def __init__(self, expr: str, tz: tzinfo) -> None:
-        from croniter import croniter
+        from trigctl.cronexpr import expand, problem
 
-        fields = expr.split()
-        if len(fields) != 5 or not croniter.is_valid(expr):
-            raise ValueError(f'"{expr}" is not a valid 5-field cron expression')
-        self.expr = expr
+        why = problem(expr)
+        if why:
+            raise ValueError(why)
+        fields = expand(expr).split()
+        self.expr = expr  # as written, for messages
+        self.fields = " ".join(fields)
         self.tz = tz
         # Vixie cron's rule: a job whose minute or hour field starts with * is a "wildcard" job
         # that runs by elapsed time through a repeated hour; other jobs run once.
@@ -125,7 +127,7 @@ class Cron:
     def _iter(self, start: datetime, forward: bool) -> Iterator[datetime]:
         from croniter import croniter
 
-        it = croniter(self.expr, start, ret_type=datetime)
+        it = croniter(self.fields, start, ret_type=datetime)
         step = it.get_next if forward else it.get_prev
         while True:
             try:
@@ -268,6 +270,16 @@ class ScheduleTrigger(TriggerType):
             return nxt
         # Slots went by meanwhile (downtime, a stalled loop): one poll now covers them all.
         return max(nxt, self._latest(now) or nxt)
+
+    def resumed(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
+        # Disabled means skipped: the slots up to now count as done (not fired, not caught up, also
+        # with catch_up: true, which is about downtime); the next one is the first after now.
+        self._covered = max(self._covered, now)
+        latest = self._latest(now)
+        last = state.get(STATE_KEY)
+        if latest is None or (isinstance(last, (int, float)) and not isinstance(last, bool) and last >= latest):
+            return {}
+        return {STATE_KEY: latest}
 
     def clock_stepped_back(self, now: float, state: Mapping[str, Any]) -> dict[str, Any]:
         # The last fired slot may lie "in the future" now: the slots from `now` on come round
