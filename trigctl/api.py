@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from trigctl.config import Config
+    from trigctl.events import EventBus
     from trigctl.store.base import HistoryEntry as StoredEntry
     from trigctl.store.base import RunRow, Store
 
@@ -216,13 +217,14 @@ def plan_run(file: str | None = None, *, config_path: str | None = None, state: 
     return RunPlan(cfg, project.state_location(), set(only) if only else None)
 
 
-def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0) -> int:
-    """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger."""
+def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0, bus: EventBus | None = None) -> int:
+    """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger
+    (through the events of ``bus``, if given: the caller attaches the log subscriber to it)."""
     from trigctl.runner import Runner
 
     store = open_state(plan.state_location)
     try:
-        return Runner(plan.config, store, only=plan.only, once=once, grace=grace).run()
+        return Runner(plan.config, store, only=plan.only, once=once, grace=grace, bus=bus).run()
     finally:
         store.close()
 

@@ -203,12 +203,19 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--once", is_flag=True, help="Poll each enabled trigger once, wait for the runs, exit 1 if any failed.")
 @click.option("--trigger", "only", multiple=True, metavar="NAME", help="Only these triggers (repeatable).")
 @click.option("--grace", default="30s", show_default=True, help="On SIGINT/SIGTERM, how long running runs may finish.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text or JSON (given explicitly: log lines also on a terminal, no live view).")
+@click.option("--no-live", is_flag=True, help="On a terminal too: one log line per event, no live table.")
 @_guard
-def run(file, config_path, state, once, only, grace, log_format) -> None:
+def run(file, config_path, state, once, only, grace, log_format, no_live) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
+    import contextlib
+
+    from click.core import ParameterSource
+
     from trigctl import api
     from trigctl.durations import DurationError, parse_duration
+    from trigctl.observe import live as live_view
     from trigctl.observe.logs import BatchingHandler, EventFormatter, foreign_logs
 
     try:
@@ -216,7 +223,9 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     except DurationError as e:
         raise Fatal(f"--grace: {e}") from None
     plan = api.plan_run(file, config_path=config_path, state=state, only=only)
-    handler = BatchingHandler(sys.stderr)
+    log_format_given = click.get_current_context().get_parameter_source("log_format") != ParameterSource.DEFAULT
+    live = live_view.LiveView() if live_view.wanted(once=once, opted_out=no_live or log_format_given) else None
+    handler = BatchingHandler(live.log_stream if live else sys.stderr)
     handler.setFormatter(EventFormatter(log_format, debug=_debugging()))
     root = logging.getLogger("trigctl")
     saved = (root.handlers[:], root.level, root.propagate)
@@ -225,7 +234,8 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     root.propagate = False
     try:
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
-            code = api.run(plan, once=once, grace=grace_s)
+            with live if live else contextlib.nullcontext():
+                code = api.run(plan, once=once, grace=grace_s, bus=live.bus() if live else None)
             hard_exit = _leaked_threads()
     finally:
         handler.flush()
