@@ -175,6 +175,7 @@ class LiveModel:
         self._started_at: float | None = None  # monotonic
         self._stopping: tuple[int, float] | None = None
         self._stopped = False
+        self.version = 0  # counts the events taken in: a view redraws only when it (or the clock's second) moved
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.TriggersLoaded: self._loaded, ev.LoopStarted: self._loop_started, ev.PollCompleted: self._completed,
             ev.PollFailed: self._failed, ev.FireRecorded: self._fired, ev.DuplicateSuppressed: self._duplicate,
@@ -197,6 +198,7 @@ class LiveModel:
         if handler is not None:
             with self._lock:
                 handler(event)
+                self.version += 1
 
     # ------------------------------------------------------------------ handlers (lock held)
 
@@ -425,10 +427,41 @@ def _one_line(text: str, limit: int) -> str:
     return _fit(visible(text), limit)
 
 
+def _width(text: str) -> int:
+    """Terminal cells ``text`` takes (a CJK character or an emoji takes two)."""
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
 def _fit(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` terminal cells, with an ellipsis where it was cut."""
     if limit <= 0:
         return ""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if _width(text) <= limit:
+        return text
+    if text.isascii():
+        return text[: limit - 1] + "…"
+    from rich.cells import set_cell_size
+
+    return set_cell_size(text, limit - 1).rstrip() + "…"
+
+
+def _cell(line: Any, text: str, width: int, style: str = "", right: bool = False, last: bool = False) -> None:
+    """Append one cell of ``width`` cells to ``line`` (and the space after it, unless ``last``)."""
+    text = _fit(text, width)
+    pad = " " * (width - _width(text))
+    if right:
+        line.append(pad)
+        line.append(text, style)
+    else:
+        line.append(text, style)
+        if not last:
+            line.append(pad)
+    if not last:
+        line.append(" ")
 
 
 _RESULT_STYLE = {"fired": "green", "error": "red", "duplicate": "yellow", "skipped": ""}
@@ -484,7 +517,6 @@ MIN_LAST = 12  # the LAST column keeps at least this many characters; names are 
 def render(snap: Snapshot, width: int) -> Any:
     """The view for a terminal ``width`` columns wide, as rich renderables (no line is wider)."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     width = max(width, 20)
@@ -495,7 +527,7 @@ def render(snap: Snapshot, width: int) -> Any:
 
     # Column widths from what is shown (bounded: the values are short, except the name and LAST).
     def need(values: Iterable[str], header: str, cap: int) -> int:
-        return min(cap, max([len(header), *(len(v) for v in values)]))
+        return min(cap, max([_width(header), *(_width(v) for v in values)]))
 
     state_w = need((c.state[0] for c in cells), "STATE", 16)
     next_w = need((c.next[0] for c in cells), "NEXT", 13)
@@ -510,21 +542,31 @@ def render(snap: Snapshot, width: int) -> Any:
     name_w = max(min(name_need, max(16, room * 2 // 5), room - MIN_LAST), 4)
     last_w = max(room - name_w, 4)
 
-    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0), show_edge=False,
-                  expand=False, collapse_padding=True)
-    for header, cw in zip(_HEADERS, [name_w, state_w, last_w, next_w, *counts]):
-        table.add_column(header, width=cw, no_wrap=True, overflow="crop",
-                         justify="right" if header in ("RUNS", "FIRES", "ERRS") else "left")
+    widths = [name_w, state_w, last_w, next_w, *counts]
+    right = (False, False, False, False, True, True, True)
+    header = Text(no_wrap=True)
+    for i, (title, cw) in enumerate(zip(_HEADERS, widths)):
+        _cell(header, title, cw, "bold", right[i], last=i == len(widths) - 1)
+    lines: list[Any] = [header]
+    # One Text per row, its cells padded by hand: a rich Table costs ~10x as much per redraw.
     for c in cells:
+        line = Text(no_wrap=True)
+        _cell(line, c.name, name_w)
+        _cell(line, c.state[0], state_w, c.state[1])
         head, head_style, detail = c.last
-        last = Text(_fit(head, last_w), style=head_style, no_wrap=True)
-        if detail and len(head) + 2 < last_w:
-            last.append(": " + _one_line(detail, last_w - len(head) - 2))
-        row_cells = [Text(_fit(c.name, name_w), no_wrap=True), Text(_fit(c.state[0], state_w), style=c.state[1]),
-                     last, Text(_fit(c.next[0], next_w), style=c.next[1])]
-        row_cells += [Text(_fit(n, cw)) for n, cw in zip(c.counts, counts)]
-        table.add_row(*row_cells)
-    parts: list[Any] = [table]
+        head = _fit(head, last_w)
+        line.append(head, head_style)
+        used = _width(head)
+        if detail and used + 2 < last_w:
+            tail = ": " + _one_line(detail, last_w - used - 2)
+            line.append(tail)
+            used += _width(tail)
+        line.append(" " * (last_w - used + 1))
+        _cell(line, c.next[0], next_w, c.next[1], last=not counts)
+        for i, (n, cw) in enumerate(zip(c.counts, counts)):
+            _cell(line, n, cw, "", True, last=i == len(counts) - 1)
+        lines.append(line)
+    parts: list[Any] = lines
     if snap.more:
         more = f"+{snap.more} more"
         if snap.more_erroring:
@@ -681,6 +723,8 @@ class LiveView:
         self._out = stdout if stdout is not None else sys.stdout
         self._err = stderr if stderr is not None else sys.stderr
         self.model = LiveModel(clock=clock, monotonic=monotonic)
+        self._clock = clock
+        self._drawn: tuple[Any, ...] | None = None
         # Markup, emoji codes and highlighting off: nothing shown is rich markup. NO_COLOR is honoured by rich.
         self.console = Console(file=self._out, markup=False, emoji=False, highlight=False, soft_wrap=False,
                                width=width, height=height)
@@ -793,7 +837,7 @@ class LiveView:
                 self._refresh(live)
                 if self._stop.wait(self._period):
                     break
-            self._refresh(live)  # the final state and the last log lines
+            self._refresh(live, force=True)  # the final state and the last log lines
         except Exception as e:  # noqa: BLE001 - the view must never take the loop down: lines go on
             self.error = e
             self._write_err(f"trigctl: the live view stopped ({type(e).__name__}: {visible(str(e)[:300])}); "
@@ -812,7 +856,12 @@ class LiveView:
             if text:
                 self._write_err(text)
 
-    def _refresh(self, live: Any) -> None:
+    def _refresh(self, live: Any, force: bool = False) -> None:
+        # Nothing new (no event, no log line, the same second and terminal size): nothing to redraw.
+        drawn = (self.model.version, int(self._clock()), self.console.size)
+        if not force and drawn == self._drawn and not self._pending:
+            return
+        self._drawn = drawn
         self._print_pending()
         live.update(self.renderable(), refresh=True)
         self.refreshes += 1

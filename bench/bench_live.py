@@ -1,0 +1,105 @@
+"""The live view's costs: one redraw (snapshot + rich renderables + rendering to a terminal-sized
+console) with N triggers, vs N = 10; and what the view's model costs the loop per event, vs the
+same publish with nobody listening. Median of --rounds.
+
+    python bench/bench_live.py [--n 10 1000 10000 100000] [--refreshes 200] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import median  # noqa: E402
+
+from trigctl import events as ev  # noqa: E402
+from trigctl.observe import live  # noqa: E402
+
+NOW = time.time()
+WIDTH, HEIGHT = 120, 40
+
+
+def loaded(n: int) -> tuple[live.LiveModel, ev.EventBus]:
+    """A model of ``n`` triggers, 1 % of them erroring, with a full list of recent events."""
+    model = live.LiveModel()
+    bus = ev.EventBus()
+    model.attach(bus)
+    states = tuple(ev.TriggerState(f"trigger-{i:06d}", "python", "wf", i % 50 != 7, NOW + i % 60, NOW - 3, "skipped",
+                                   "depth 3 (fires at >= 5)", 0) for i in range(n))
+    bus.publish(ev.TriggersLoaded(states, 8, ()))
+    bus.publish(ev.LoopStarted(n, n, "state.db", os.getpid()))
+    for i in range(0, n, 100):
+        bus.publish(ev.PollFailed(states[i].name, "ConnectionError: refused", 3))
+    for i in range(live.RECENT_EVENTS):
+        bus.publish(ev.FireRecorded(states[i % n].name, i, {"path": f"inbox/{i}.txt"}))
+    return model, bus
+
+
+def per_refresh(model: live.LiveModel, refreshes: int, rounds: int) -> tuple[float, float]:
+    """(seconds per redraw, of which the snapshot) rendering to a terminal console of WIDTH x HEIGHT."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=WIDTH, height=HEIGHT, force_terminal=True, color_system="256",
+                      markup=False, emoji=False, highlight=False)
+    rows, shown = live.budget(HEIGHT, live.MAX_EVENTS_SHOWN)
+    whole, snaps = [], []
+    for _ in range(rounds):
+        console.file = io.StringIO()
+        t0 = time.perf_counter()
+        snap_time = 0.0
+        for _ in range(refreshes):
+            s0 = time.perf_counter()
+            snap = model.snapshot(rows, shown)
+            snap_time += time.perf_counter() - s0
+            console.print(live.render(snap, WIDTH))
+        whole.append((time.perf_counter() - t0) / refreshes)
+        snaps.append(snap_time / refreshes)
+    return median(whole), median(snaps)
+
+
+def per_event(bus: ev.EventBus, name: str, k: int, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(k):
+            if bus.wants(ev.PollCompleted):
+                bus.publish(ev.PollCompleted(name, NOW, NOW, 0.001, "skipped", "no new files", None, NOW + i))
+        times.append((time.perf_counter() - t0) / k)
+    return median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[10, 1000, 10_000, 100_000])
+    ap.add_argument("--refreshes", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--events", type=int, default=200_000)
+    args = ap.parse_args()
+    print(f"| triggers | ms per redraw ({WIDTH}x{HEIGHT}) | of which the snapshot, ms | redraw vs {args.n[0]} triggers |")
+    print("|---|---|---|---|")
+    base = None
+    for n in args.n:
+        model, _ = loaded(n)
+        whole, snap = per_refresh(model, args.refreshes, args.rounds)
+        base = whole if base is None else base
+        print(f"| {n:,} | {whole * 1e3:.2f} | {snap * 1e3:.3f} | {whole / base:.2f} |")
+    model, bus = loaded(10_000)
+    nobody = ev.EventBus()
+    empty = per_event(nobody, "trigger-000001", args.events, args.rounds)
+    with_model = per_event(bus, "trigger-000001", args.events, args.rounds)
+    print("\n| a poll's PollCompleted | ns per poll |\n|---|---|")
+    print(f"| nobody listening (no view: the guard only) | {empty * 1e9:.0f} |")
+    print(f"| the view's model listening (10,000 triggers) | {with_model * 1e9:.0f} |")
+    print(f"\n(refreshes={args.refreshes}, median of {args.rounds}; load average {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
