@@ -447,3 +447,18 @@ def test_the_view_draws_a_final_frame_and_restores_stdout(tmp_path):
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
     assert "a print from trigger code \\x1b[31m" in text
     assert "stopped · queue 0 · runs 0/8" in text
+
+
+def test_states_polling_running_and_the_shutdown_footer():
+    model, clock, bus = loaded_model([state("due", next_poll_at=NOW), state("busy"), state("late", next_poll_at=NOW)])
+    bus.publish(ev.RunQueued(7, "busy", "wf", "fire"))
+    clock.advance(0.5)
+    bus.publish(ev.PollCompleted("late", NOW, NOW, 0.01, "skipped", "", None, NOW - 2.5))
+    out = text_of(model)
+    assert re.search(r"^due\s+polling\s+-\s+now\s", out, re.M), out
+    assert re.search(r"^busy\s+running\s+-\s+in 5s\s+1\s+0\s+0$", out, re.M), out
+    assert re.search(r"^late\s+polling 3s\s+skipped now\s+now\s", out, re.M), out
+    bus.publish(ev.LoopStopping(1, 30.0))
+    out = text_of(model)
+    assert re.search(r"^stopping \(grace 30s\) · queue 1 · runs 0/8", out, re.M), out
+    assert re.search(r"^due\s+idle\s+-\s+-\s", out, re.M), out  # no countdowns once polling stopped
