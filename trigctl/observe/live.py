@@ -649,7 +649,7 @@ def _event_text(entry: Entry) -> str:
             text += f": {_one_line(error, limit)}"
     else:
         text = " ".join(p for p in (who, run, _one_line(str(detail), limit) if detail else "") if p)
-    return " ".join(text.split(" ")).strip()
+    return " ".join(text.split())
 
 
 # ------------------------------------------------------------------------------------------- view
@@ -696,6 +696,13 @@ class _PrintStream(io.TextIOBase):
 
     def flush(self) -> None:
         pass
+
+    def end(self) -> None:
+        """The last line, even without its newline (at the view's end)."""
+        with self._lock:
+            rest, self._partial = self._partial, ""
+        if rest:
+            self._view.add_log(visible(rest, keep="\t") + "\n", self._real)
 
     def isatty(self) -> bool:
         return False  # code that checks must not start drawing on the view's terminal
@@ -817,7 +824,8 @@ class LiveView:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._saved_stdout is not None and isinstance(sys.stdout, _PrintStream):
-            sys.stdout = self._saved_stdout  # type: ignore[assignment]
+            proxy, sys.stdout = sys.stdout, self._saved_stdout  # type: ignore[assignment]
+            proxy.end()
 
     def _main(self) -> None:
         from rich.live import Live
