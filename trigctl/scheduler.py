@@ -460,6 +460,8 @@ class Scheduler:
         if slot.impl is not None and slot.impl.has_own_schedule:
             return slot.impl.next_due(poll.due_at, now)
         grid = slot.grid_at
+        if grid > now:  # polled before its slot (a watch event woke it): the grid stays where it is
+            return grid + self._jitter(tc)
         nxt = grid + tc.interval
         if nxt <= now:  # late by more than an interval: skip the missed slots, stay on the grid
             missed = int((now - grid) // tc.interval)
