@@ -223,6 +223,17 @@ def test_an_opt_out_on_a_terminal_gives_plain_lines(tmp_path, opt_out):
         assert term.exit_code() == 0
 
 
+@needs_tmux
+def test_once_on_a_terminal_gives_plain_lines_and_its_exit_code(tmp_path):
+    root = project(tmp_path, FIRE_AND_DISABLED)
+    (root / "inbox" / "a.txt").write_text("a")
+    with Screen(root, trigctl_argv("triggers.yaml", "--once"), width=80, height=24) as term:
+        assert term.exit_code() == 0
+        screen = term.capture(history=True)
+        assert re.search(r"fired trigger=inbox run_id=1 context=", screen) and "run_finished run_id=1" in screen
+        assert "TRIGGER " not in screen and "recent events" not in screen
+
+
 def test_a_pipe_gets_plain_lines(tmp_path):
     root = project(tmp_path, FIRE_AND_DISABLED)
     (root / "inbox" / "a.txt").write_text("a")
