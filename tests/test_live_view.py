@@ -473,3 +473,47 @@ def test_states_polling_running_and_the_shutdown_footer():
     out = text_of(model)
     assert re.search(r"^stopping \(grace 30s\) · queue 1 · runs 0/8", out, re.M), out
     assert re.search(r"^due\s+idle\s+-\s+-\s", out, re.M), out  # no countdowns once polling stopped
+
+
+def test_a_terminal_that_does_not_read_never_stalls_the_loop():
+    """The view's thread blocks in write() (Ctrl-S, a stuck terminal); events and log lines from the
+    loop's thread still return at once, and the log lines are bounded while they wait."""
+    import threading
+
+    release = threading.Event()
+    writing = threading.Event()
+
+    class StuckTerminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> int:
+            writing.set()
+            release.wait(60)
+            return len(text)
+
+    view = live.LiveView(stdout=StuckTerminal(), stderr=io.StringIO(), logs_above=True, width=80, height=24)
+    bus = view.bus()
+    done = threading.Event()
+    waiting: list[int] = []
+
+    def loop() -> None:
+        bus.publish(ev.TriggersLoaded(tuple(state(f"t{i}") for i in range(100)), 8, ()))
+        bus.publish(ev.LoopStarted(100, 100, "state.db", 1))
+        assert writing.wait(20), "the view never drew"
+        for i in range(10_000):
+            bus.publish(ev.PollCompleted(f"t{i % 100}", NOW, NOW, 0.001, "skipped", "x", None, NOW + 5))
+            if i % 2 == 0:
+                view.log_stream.write(f"line {i}\n")
+        waiting.append(view._pending_lines)
+        done.set()
+
+    with view:
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        finished = done.wait(60)
+        stuck = not release.is_set()
+        release.set()
+    assert finished and stuck, "the loop's thread waited for the terminal"
+    assert 0 < waiting[0] <= live.MAX_PENDING_LINES
+    assert view._pending_lines == 0 and view.model.version >= 10_002
