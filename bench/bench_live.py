@@ -4,6 +4,11 @@ the same rows are drawn, the rest fold into "+N more"); and what the view's mode
 per poll, vs the same publish with nobody listening. Median of --rounds.
 
     python bench/bench_live.py [--n 25 1000 10000 100000] [--refreshes 50] [--rounds 9]
+    python bench/bench_live.py --process 10000 [--seconds 20]   # a real `trigctl run` in tmux, view on vs off
+
+``--process N``: N python triggers (every 10 s, spread by a 10 s jitter: 1,000 polls a second) in a
+real `trigctl run` on a 120x40 tmux terminal, with the live view and with ``--no-live``, alternating;
+the process's CPU seconds per second after a warm-up, from /proc.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,13 +80,63 @@ def per_event(bus: ev.EventBus, name: str, k: int, rounds: int) -> float:
     return median(times)
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(n: int, seconds: float, warmup: float, live_on: bool, workdir: Path) -> float:
+    """CPU s/s of a real `trigctl run` of ``n`` triggers in a 120x40 tmux pane."""
+    tmux = shutil.which("tmux")
+    assert tmux, "tmux is needed for --process"
+    shutil.rmtree(workdir / ".trigctl", ignore_errors=True)
+    sock = os.path.join(tempfile.mkdtemp(prefix="bl", dir="/tmp"), "s")
+    argv = [sys.executable, "-m", "trigctl", "run", "triggers.yaml"] + ([] if live_on else ["--no-live"])
+    subprocess.run([tmux, "-S", sock, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40", "-c",
+                    str(workdir), *argv], check=True)
+    try:
+        pid = int(subprocess.run([tmux, "-S", sock, "display", "-p", "#{pane_pid}"], capture_output=True, text=True,
+                                 check=True).stdout)
+        time.sleep(warmup)  # a benchmark's warm-up: start-up and the first polls are not measured
+        c0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    finally:
+        subprocess.run([tmux, "-S", sock, "kill-server"], capture_output=True)
+
+
+def real_process(n: int, seconds: float, rounds: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="trigctl-bench-live-"))
+    (workdir / "benchtriggers.py").write_text("def skip():\n    return None\n")
+    lines = ["version: 1", "workflows:", "  wf:", "    tasks:", "      - run: 'true'", "triggers:"]
+    lines += [f"  - {{name: t{i:05d}, type: python, workflow: wf, callable: 'benchtriggers:skip', interval: 10s, "
+              "jitter: 10s}" for i in range(n)]
+    (workdir / "triggers.yaml").write_text("\n".join(lines) + "\n")
+    on, off = [], []
+    for _ in range(rounds):
+        off.append(process_cpu(n, seconds, 15, False, workdir))
+        on.append(process_cpu(n, seconds, 15, True, workdir))
+    print(f"| `trigctl run`, {n:,} triggers, 1,000 polls/s | CPU s/s | vs --no-live |\n|---|---|---|")
+    print(f"| --no-live (log lines only) | {median(off):.3f} | 1.00 |")
+    print(f"| live view | {median(on):.3f} | {median(on) / median(off):.2f} |")
+    print(f"\n(each {seconds:g} s after a 15 s warm-up, median of {rounds} alternating rounds: off {', '.join(f'{x:.3f}' for x in off)}; "
+          f"on {', '.join(f'{x:.3f}' for x in on)}; load average {os.getloadavg()[0]:.1f})")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, nargs="+", default=[25, 1000, 10_000, 100_000])
     ap.add_argument("--refreshes", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--process", type=int, default=0, metavar="N", help="a real run of N triggers, view on vs off")
+    ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
+    if args.process:
+        real_process(args.process, args.seconds, max(1, min(args.rounds, 3)))
+        return
     print(f"| triggers | ms per redraw ({WIDTH}x{HEIGHT}) | of which the snapshot, ms | redraw vs {args.n[0]} triggers |")
     print("|---|---|---|---|")
     models = {n: loaded(n)[0] for n in args.n}
