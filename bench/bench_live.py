@@ -17,6 +17,7 @@ import argparse
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,13 @@ def process_cpu(n: int, seconds: float, warmup: float, live_on: bool, workdir: P
         time.sleep(seconds)
         return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
     finally:
+        # SIGTERM first and wait: the SIGHUP of kill-server alone is a reload for trigctl, not a stop.
+        try:
+            os.kill(pid, signal.SIGTERM)
+            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+                time.sleep(0.05)
+        except (ProcessLookupError, UnboundLocalError, FileNotFoundError):
+            pass
         subprocess.run([tmux, "-S", sock, "kill-server"], capture_output=True)
 
 

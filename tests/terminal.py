@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -106,7 +107,20 @@ class Screen:
                 raise AssertionError(f"the command did not exit within {timeout}s; screen:\n{self.capture()}")
             time.sleep(0.05)
 
+    def pane_pid(self) -> int | None:
+        """The pane's process (the wrapping shell, leader of the group trigctl runs in), while alive."""
+        try:
+            out = self._tmux("display-message", "-p", "-t", "t", "#{pane_dead} #{pane_pid}").split()
+        except AssertionError:
+            return None
+        return int(out[1]) if out and out[0] == "0" else None
+
     def close(self) -> None:
+        """Stop what still runs (SIGTERM to the pane's process group, SIGKILL after a deadline), then
+        the tmux server. Killing the server alone sends SIGHUP, which trigctl takes as "reload"."""
+        pid = self.pane_pid()
+        if pid is not None:
+            _stop_group(pid)
         subprocess.run([TMUX, "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -115,6 +129,24 @@ class Screen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop_group(pgid: int, timeout: float = 30.0) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 _SGR = re.compile(r"\x1b\[([0-9;:]*)m")

@@ -208,7 +208,7 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--no-live", is_flag=True, help="On a terminal too: one log line per event, no live table.")
 @_guard
 def run(file, config_path, state, once, only, grace, log_format, no_live) -> None:
-    """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
+    """Run the polling loop in the foreground (Ctrl-C stops it gracefully); on a terminal, a live table."""
     import contextlib
 
     from click.core import ParameterSource
