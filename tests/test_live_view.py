@@ -517,3 +517,16 @@ def test_a_terminal_that_does_not_read_never_stalls_the_loop():
     assert finished and stuck, "the loop's thread waited for the terminal"
     assert 0 < waiting[0] <= live.MAX_PENDING_LINES
     assert view._pending_lines == 0 and view.model.version >= 10_002
+
+
+def test_a_fire_row_names_its_run_and_a_duplicate_row_what_held_it_back():
+    model, clock, bus = loaded_model([state("f"), state("d")])
+    bus.publish(ev.FireRecorded("f", 12, {"k": 1}))
+    bus.publish(ev.PollCompleted("f", NOW, NOW, 0.01, "fired", "", None, NOW + 5))
+    bus.publish(ev.DuplicateSuppressed("d", 3, "run 3 with this key is still active"))
+    bus.publish(ev.PollCompleted("d", NOW, NOW, 0.01, "duplicate", "", None, NOW + 5))
+    out = text_of(model, width=120)
+    assert re.search(r"^f\s+idle\s+fired now: run 12\s", out, re.M), out
+    assert re.search(r"^d\s+idle\s+duplicate now: run 3 with this key is still active\s", out, re.M), out
+    bus.publish(ev.PollCompleted("f", NOW, NOW, 0.01, "skipped", "", None, NOW + 5))
+    assert re.search(r"^f\s+idle\s+skipped now\s", text_of(model, width=120), re.M)

@@ -238,7 +238,9 @@ class LiveModel:
             return
         t.last_result = e.outcome
         t.last_at = e.started_at + e.duration
-        t.detail = _cut(e.error if e.outcome == "error" else e.reason)
+        if e.outcome == "error" or e.outcome == "skipped" or e.reason:
+            t.detail = _cut(e.error if e.outcome == "error" else e.reason)
+        # else a fire's or duplicate's detail, set by its event just before: the run, or what held it back
         if e.next_poll_at is not None:
             t.next_at = e.next_poll_at
         if e.outcome != "error":
@@ -258,9 +260,13 @@ class LiveModel:
         t = self._triggers.get(e.trigger)
         if t is not None:
             t.fires += 1
+            t.detail = f"run {e.run_id}" if e.run_id is not None else None
         self._add(Entry(self._clock(), "fired", e.trigger, e.run_id, e.context))
 
     def _duplicate(self, e: ev.DuplicateSuppressed) -> None:
+        t = self._triggers.get(e.trigger)
+        if t is not None:
+            t.detail = _cut(e.reason)
         # A key still held is offered again on every poll: one line per blocking run, with a count.
         key = (e.trigger, e.blocked_by, e.reason)
         entry = self._duplicates.get(key)
