@@ -8,6 +8,7 @@ import re
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -443,7 +444,8 @@ def test_the_view_draws_a_final_frame_and_restores_stdout(tmp_path):
     saved = sys.stdout
     view = live.LiveView(stdout=out, stderr=io.StringIO(), logs_above=True, width=80, height=24,
                          refresh_per_second=4)
-    bus = view.bus()
+    bus = ev.EventBus()
+    view.attach(types.SimpleNamespace(bus=bus))  # as api.run calls its observers with the runner
     with view:
         assert sys.stdout is not saved
         bus.publish(ev.TriggersLoaded((state("a"),), 8, ()))
@@ -493,7 +495,8 @@ def test_a_terminal_that_does_not_read_never_stalls_the_loop():
             return len(text)
 
     view = live.LiveView(stdout=StuckTerminal(), stderr=io.StringIO(), logs_above=True, width=80, height=24)
-    bus = view.bus()
+    bus = ev.EventBus()
+    view.attach(types.SimpleNamespace(bus=bus))  # as api.run calls its observers with the runner
     done = threading.Event()
     waiting: list[int] = []
 

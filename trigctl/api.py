@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from trigctl.config import Config
-    from trigctl.events import EventBus
+    from trigctl.runner import Runner
     from trigctl.store.base import HistoryEntry as StoredEntry
     from trigctl.store.base import RunRow, Store
 
@@ -217,14 +218,18 @@ def plan_run(file: str | None = None, *, config_path: str | None = None, state: 
     return RunPlan(cfg, project.state_location(), set(only) if only else None)
 
 
-def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0, bus: EventBus | None = None) -> int:
-    """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger
-    (through the events of ``bus``, if given: the caller attaches the log subscriber to it)."""
+def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0,
+        observers: Iterable[Callable[[Runner], Any]] = ()) -> int:
+    """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger.
+    Each of ``observers`` is called with the runner before it starts (to subscribe to its bus)."""
     from trigctl.runner import Runner
 
     store = open_state(plan.state_location)
     try:
-        return Runner(plan.config, store, only=plan.only, once=once, grace=grace, bus=bus).run()
+        runner = Runner(plan.config, store, only=plan.only, once=once, grace=grace)
+        for observe in observers:
+            observe(runner)
+        return runner.run()
     finally:
         store.close()
 

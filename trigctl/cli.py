@@ -235,7 +235,7 @@ def run(file, config_path, state, once, only, grace, log_format, no_live) -> Non
     try:
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
             with live if live else contextlib.nullcontext():
-                code = api.run(plan, once=once, grace=grace_s, bus=live.bus() if live else None)
+                code = api.run(plan, once=once, grace=grace_s, observers=[live.attach] if live else ())
             hard_exit = _leaked_threads()
     finally:
         handler.flush()

@@ -723,7 +723,7 @@ class _PrintStream(io.TextIOBase):
 
 class LiveView:
     """The live view on ``stdout``, from its own thread. Use as a context manager around the loop;
-    :meth:`bus` is the event bus to give the loop (log lines and the model both subscribe).
+    :meth:`attach` subscribes it to a runner's bus (``api.run(..., observers=[view.attach])``).
 
     ``logs_above``: log lines go to :attr:`log_stream` and are printed above the view; by default
     when stderr is a terminal too (with stderr redirected to a file they stay there)."""
@@ -755,16 +755,10 @@ class LiveView:
         self.refreshes = 0
         self.error: BaseException | None = None
 
-    def bus(self, extra: Iterable[Callable[[ev.EventBus], Any]] = ()) -> ev.EventBus:
-        """A bus with the log lines and this view subscribed (and ``extra`` attachers)."""
-        from trigctl.observe.logs import LogSubscriber
-
-        bus = ev.EventBus()
-        LogSubscriber().attach(bus)
-        self.model.attach(bus)
-        for attach in extra:
-            attach(bus)
-        return bus
+    def attach(self, runner: Any) -> Callable[[], None]:
+        """Subscribe the view's model to ``runner.bus`` (an observer of ``api.run``); the runner's own
+        bus writes the log lines."""
+        return self.model.attach(runner.bus)
 
     # ------------------------------------------------------------------------------ log lines
 
