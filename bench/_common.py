@@ -145,3 +145,35 @@ class CpuWindow:
         self.user = (t1.user - self.t0.user) / self.wall
         self.system = (t1.system - self.t0.system) / self.wall
         self.child_cpu = (t1.children_user - self.t0.children_user + t1.children_system - self.t0.children_system) / self.wall
+
+
+def python_triggers_project(n: int, spread: bool, prefix: str = "trigctl-bench-") -> Path:
+    """A temporary directory with a triggers.yaml of ``n`` python triggers (a no-op callable) every
+    1 s (spread by a 1 s jitter, or all due at once); returns the YAML's path."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
+    lines = ["version: 1", "workflows:", "  wf:", "    tasks:", "      - run: 'true'", "triggers:"]
+    for i in range(n):
+        lines += [f"  - name: t{i}", "    type: python", "    callable: bench_callables:noop", "    workflow: wf",
+                  "    interval: 1s"] + (["    jitter: 1s"] if spread else [])
+    (tmp / "triggers.yaml").write_text("\n".join(lines) + "\n")
+    return tmp / "triggers.yaml"
+
+
+def record_lateness() -> list[float]:
+    """Patch Scheduler.execute to append each poll's lateness (due time -> callable entered) to the
+    returned list."""
+    from trigctl.scheduler import Scheduler
+
+    lateness: list[float] = []
+    record = lateness.append
+    original = Scheduler.execute
+
+    def timed_execute(self, poll):
+        record(time.time() - poll.due_at)
+        return original(self, poll)
+
+    Scheduler.execute = timed_execute  # type: ignore[method-assign]
+    return lateness

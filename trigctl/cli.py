@@ -206,8 +206,10 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines as text or JSON (given explicitly: log lines also on a terminal, no live view).")
 @click.option("--no-live", is_flag=True, help="On a terminal too: one log line per event, no live table.")
+@click.option("--metrics", "metrics_address", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464).")
 @_guard
-def run(file, config_path, state, once, only, grace, log_format, no_live) -> None:
+def run(file, config_path, state, once, only, grace, log_format, no_live, metrics_address) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully); on a terminal, a live table."""
     import contextlib
 
@@ -223,6 +225,7 @@ def run(file, config_path, state, once, only, grace, log_format, no_live) -> Non
     except DurationError as e:
         raise Fatal(f"--grace: {e}") from None
     plan = api.plan_run(file, config_path=config_path, state=state, only=only)
+    metrics = _serve_metrics(metrics_address, plan) if metrics_address is not None else None
     log_format_given = click.get_current_context().get_parameter_source("log_format") != ParameterSource.DEFAULT
     live = live_view.LiveView() if live_view.wanted(once=once, opted_out=no_live or log_format_given) else None
     handler = BatchingHandler(live.log_stream if live else sys.stderr)
@@ -235,9 +238,12 @@ def run(file, config_path, state, once, only, grace, log_format, no_live) -> Non
     try:
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
             with live if live else contextlib.nullcontext():
-                code = api.run(plan, once=once, grace=grace_s, observers=[live.attach] if live else ())
+                observers = [view.attach for view in (metrics, live) if view is not None]
+                code = api.run(plan, once=once, grace=grace_s, observers=observers)
             hard_exit = _leaked_threads()
     finally:
+        if metrics is not None:
+            metrics.close()
         handler.flush()
         root.handlers[:], root.level, root.propagate = saved
     if hard_exit:
@@ -245,6 +251,16 @@ def run(file, config_path, state, once, only, grace, log_format, no_live) -> Non
         sys.stderr.flush()
         os._exit(code)
     raise click.exceptions.Exit(code)
+
+
+def _serve_metrics(address: str, plan):
+    """Bind --metrics before anything starts: a bad address is one line and exit 2."""
+    from trigctl.observe.metrics import MetricsError, MetricsServer
+
+    try:
+        return MetricsServer.serve(address, plan.config, plan.only, plan.state_location)
+    except MetricsError as e:
+        raise Fatal(str(e)) from None
 
 
 def _leaked_threads() -> bool:

@@ -175,6 +175,7 @@ class RunInterrupted(Event):
     run_id: int
     action: str
     rerun_id: int | None = None
+    workflow: str = ""  # the interrupted run's workflow
 
 
 # ---------------------------------------------------------------------------------------- loop

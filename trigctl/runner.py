@@ -185,17 +185,19 @@ class Runner:
             tc = self.config.trigger(run.trigger_name)
             chain = self._chain_length(run.id)
             if tc is None or tc.on_interrupt != "rerun" or run.workflow != tc.workflow:
-                self.bus.publish(RunInterrupted(run.trigger_name, run.id, "marked"))
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, "marked", workflow=run.workflow))
                 continue
             if chain >= MAX_RERUN_CHAIN:
-                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: interrupted {chain} times in a row"))
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: interrupted {chain} times in a row",
+                                                    workflow=run.workflow))
                 continue
             res = self.store.enqueue_run(run.trigger_name, run.workflow, run.context, now, rerun_of=run.id,
                                          dedupe=run.dedupe, context_hash=run.context_hash, max_attempts=tc.max_attempts)
             if res.suppressed:  # the key is active again, or (dedupe: once) succeeded or given up
-                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: {res.reason}"))
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"not rerun: {res.reason}", workflow=run.workflow))
             else:
-                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"rerun as run {res.run_id}", res.run_id))
+                self.bus.publish(RunInterrupted(run.trigger_name, run.id, f"rerun as run {res.run_id}", res.run_id,
+                                                    run.workflow))
                 if res.run_id is not None and self.bus.wants(RunQueued):
                     self.bus.publish(RunQueued(res.run_id, run.trigger_name, run.workflow, "rerun"))
 

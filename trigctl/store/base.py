@@ -337,6 +337,10 @@ class Store(ABC):
     def request_cancel(self, run_id: int, now: float) -> str | None: ...
     @abstractmethod
     def active_runs(self) -> list[RunRow]: ...
+    def queued_runs(self) -> int:
+        """How many runs wait in the queue now (``trigctl_queue_depth``; a scrape asks it on a
+        reader of its own). A backend counts them without reading the rows where it can."""
+        return sum(1 for run in self.active_runs() if run.status == "queued")
     @abstractmethod
     def orphaned_runs(self) -> list[RunRow]:
         """Running runs whose owner process is dead (with their tasks): what recovery takes over."""
