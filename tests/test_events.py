@@ -312,3 +312,66 @@ def test_publishing_with_no_listener_costs_next_to_nothing():
             bus.publish(ev.PollCompleted("a", 0.0, 0.0, 0.0, "skipped"))
     per_call = (time.perf_counter() - t0) / n
     assert per_call < 2e-6, per_call
+
+
+def test_views_get_the_loaded_triggers_the_next_poll_and_masked_reasons(write_yaml, callables, monkeypatch):
+    """TriggersLoaded at start (with the runs still queued) and after a reload; PollCompleted with
+    the next poll and the skip reason as stored (a secret masked); TriggerEnabled with the next poll."""
+    monkeypatch.setenv("API_PASSWORD", "hunter2-secret")
+    callables("from trigctl import Skip\ndef skip():\n    return Skip('login with hunter2-secret refused')\n")
+    cfg_path = write_yaml(BASE + trig("a", "mytriggers:skip", interval="1h")
+                          + trig("b", "mytriggers:skip", interval="1h", enabled="false")
+                          + "  - name: secretive\n    type: http\n    workflow: wf\n    url: http://127.0.0.1:9/\n"
+                            "    headers: {Authorization: '${API_PASSWORD}'}\n    interval: 1h\n")
+    cfg = load_config(cfg_path)
+    store = SQLiteStore(cfg.state_location())
+    queued = store.enqueue_run("a", "wf", {"left": "from before"}, time.time()).run_id
+    store.close()
+    store = SQLiteStore(cfg.state_location())
+    bus = EventBus()
+    seen: list[ev.Event] = []
+    bus.subscribe(seen.append, [ev.TriggersLoaded, ev.PollCompleted, ev.TriggerEnabled, ev.LoopStarted])
+    runner = Runner(cfg, store, install_signals=False, grace=5, bus=bus)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: any(isinstance(e, ev.PollCompleted) and e.trigger == "a" for e in seen), message="a poll")
+        loaded = seen[0]
+        assert isinstance(loaded, ev.TriggersLoaded) and isinstance(seen[1], ev.LoopStarted)
+        assert [(t.name, t.type, t.workflow, t.enabled) for t in loaded.triggers] == [
+            ("a", "python", "wf", True), ("b", "python", "wf", False), ("secretive", "http", "wf", True)]
+        assert loaded.max_concurrent_runs == cfg.max_concurrent_runs
+        assert loaded.active_runs == ((queued, "a", "queued"),)
+        poll = next(e for e in seen if isinstance(e, ev.PollCompleted) and e.trigger == "a")
+        assert poll.reason == "login with *** refused"
+        assert poll.next_poll_at == pytest.approx(poll.started_at + 3600, abs=5)
+        assert "hunter2" not in repr(seen)
+        other_shell = SQLiteStore(cfg.state_location())
+        other_shell.set_enabled(["b"], True)
+        other_shell.close()
+        enabled = wait_for(lambda: next((e for e in seen if isinstance(e, ev.TriggerEnabled)), None),
+                           message="b enabled")
+        assert enabled.trigger == "b" and enabled.next_poll_at is not None
+        runner._reload_requested = True
+        runner._event.set()
+        wait_for(lambda: sum(isinstance(e, ev.TriggersLoaded) for e in seen) == 2, message="reloaded")
+        again = [e for e in seen if isinstance(e, ev.TriggersLoaded)][1]
+        assert again.active_runs is None and [t.name for t in again.triggers] == ["a", "b", "secretive"]
+        assert [t.enabled for t in again.triggers] == [True, True, True]
+    finally:
+        runner.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+
+
+def test_nobody_listening_means_no_trigger_states_are_built(write_yaml, callables):
+    callables("def skip():\n    return None\n")
+    cfg = load_config(write_yaml(BASE + trig("a", "mytriggers:skip", interval="1h")))
+    store = SQLiteStore(cfg.state_location())
+    runner = Runner(cfg, store, install_signals=False, bus=EventBus())
+    calls = []
+    store_active = store.active_runs
+    store.active_runs = lambda: calls.append(1) or store_active()  # type: ignore[method-assign]
+    runner._publish_loaded(at_start=True)
+    assert calls == []
+    store.close()

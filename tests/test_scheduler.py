@@ -65,6 +65,24 @@ def test_due_times_stay_on_the_grid_without_drift(write_yaml, callables, clock):
     assert seen == [0, 10, 20, 30, 40]
 
 
+def test_polls_woken_by_events_do_not_move_the_interval_grid(write_yaml, callables, clock):
+    """A watch event makes the trigger due now; the backstop poll stays on its grid (it used to move
+    one interval later with every woken poll: three events in two seconds put it 18s away)."""
+    callables("def skip():\n    return None\n")
+    cfg = write_yaml(BASE + trig("t", "mytriggers:skip", interval="5s"))
+    start = clock.now
+    sched, _ = make_scheduler(cfg, start)
+    drive(sched, start)
+    for k in range(3):
+        clock.now = start + 1 + k * 0.5
+        sched.wake("t", clock.now)
+        assert len(drive(sched, clock.now)) == 1
+        assert sched.slots["t"].due_at == start + 5
+    clock.now = start + 5.2
+    assert len(drive(sched, clock.now)) == 1
+    assert sched.slots["t"].due_at == start + 10
+
+
 def test_missed_slots_are_skipped_not_burst(write_yaml, callables, clock):
     callables("def skip():\n    return None\n")
     cfg = write_yaml(BASE + trig("t", "mytriggers:skip", interval="10s"))

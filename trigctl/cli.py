@@ -229,14 +229,21 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--once", is_flag=True, help="Poll each enabled trigger once, wait for the runs, exit 1 if any failed.")
 @click.option("--trigger", "only", multiple=True, metavar="NAME", help="Only these triggers (repeatable).")
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION", help="On SIGINT/SIGTERM, how long running runs may finish.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text or JSON (given explicitly: log lines also on a terminal, no live view).")
+@click.option("--no-live", is_flag=True, help="On a terminal too: one log line per event, no live table.")
 @click.option("--metrics", "metrics_address", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464).")
 @_guard
-def run(file, config_path, state, once, only, grace, log_format, metrics_address) -> None:
-    """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
+def run(file, config_path, state, once, only, grace, log_format, no_live, metrics_address) -> None:
+    """Run the polling loop in the foreground (Ctrl-C stops it gracefully); on a terminal, a live table."""
+    import contextlib
+
+    from click.core import ParameterSource
+
     from trigctl import api
     from trigctl.durations import DurationError, parse_duration
+    from trigctl.observe import live as live_view
     from trigctl.observe.logs import BatchingHandler, EventFormatter, foreign_logs
 
     try:
@@ -245,7 +252,9 @@ def run(file, config_path, state, once, only, grace, log_format, metrics_address
         raise Fatal(f"--grace: {e}") from None
     plan = api.plan_run(file, config_path=config_path, state=state, only=only)
     metrics = _serve_metrics(metrics_address, plan) if metrics_address is not None else None
-    handler = BatchingHandler(sys.stderr)
+    log_format_given = click.get_current_context().get_parameter_source("log_format") != ParameterSource.DEFAULT
+    live = live_view.LiveView() if live_view.wanted(once=once, opted_out=no_live or log_format_given) else None
+    handler = BatchingHandler(live.log_stream if live else sys.stderr)
     handler.setFormatter(EventFormatter(log_format, debug=_debugging()))
     root = logging.getLogger("trigctl")
     saved = (root.handlers[:], root.level, root.propagate)
@@ -254,7 +263,9 @@ def run(file, config_path, state, once, only, grace, log_format, metrics_address
     root.propagate = False
     try:
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
-            code = api.run(plan, once=once, grace=grace_s, observers=[metrics.attach] if metrics else ())
+            with live if live else contextlib.nullcontext():
+                observers = [view.attach for view in (metrics, live) if view is not None]
+                code = api.run(plan, once=once, grace=grace_s, observers=observers)
             hard_exit = _leaked_threads()
     finally:
         if metrics is not None:

@@ -47,8 +47,9 @@ class PollCompleted(Event):
     started_at: float
     duration: float
     outcome: str  # fired | skipped | duplicate | error
-    reason: str = ""  # why it skipped
+    reason: str = ""  # why it skipped (secrets masked, at most 4,000 characters)
     error: str | None = None  # the recorded (redacted) error, for outcome error
+    next_poll_at: float | None = None  # wall-clock time of the trigger's next poll (its backoff, after an error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,35 @@ class LoopStopped(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TriggerState:
+    """One trigger as the loop holds it (a field of :class:`TriggersLoaded`; not an event)."""
+
+    name: str
+    type: str
+    workflow: str
+    enabled: bool
+    next_poll_at: float | None
+    last_poll_at: float | None
+    last_result: str | None  # fired | skipped | duplicate | error | None
+    last_reason: str | None  # why the last poll skipped, or its error (secrets masked)
+    consecutive_errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class TriggersLoaded(Event):
+    """The triggers this process polls, as loaded from the state: after start-up (before
+    :class:`LoopStarted`) and after each reload that was applied, so a view can be rebuilt from it.
+    ``active_runs``: ``(run_id, trigger, status)`` of the queued and running runs at start; None
+    after a reload (runs are not touched by one). Published only when someone listens (one walk
+    over every trigger)."""
+
+    name: ClassVar[str] = "triggers_loaded"
+    triggers: tuple[TriggerState, ...]
+    max_concurrent_runs: int
+    active_runs: tuple[tuple[int, str, str], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigReloaded(Event):
     """SIGHUP applied a valid file; ``changes`` like ``("changed b", "added c")``."""
 
@@ -233,6 +263,7 @@ class TriggerEnabled(Event):
 
     name: ClassVar[str] = "enabled"
     trigger: str
+    next_poll_at: float | None = None  # wall-clock time of its next poll
 
 
 @dataclass(frozen=True, slots=True)

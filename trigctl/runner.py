@@ -31,6 +31,8 @@ from trigctl.events import (
     RunQueued,
     TriggerDisabled,
     TriggerEnabled,
+    TriggersLoaded,
+    TriggerState,
 )
 from trigctl.observe.logs import BatchingHandler, EventFormatter, LogSubscriber
 from trigctl.observe.logs import flush_logs as _flush_logs
@@ -237,6 +239,7 @@ class Runner:
         self.scheduler.load(now)
         self._save_snapshot(self.config)
         self.scheduler.start_triggers(self._wake_trigger)
+        self._publish_loaded(at_start=True)
         enabled = sum(1 for s in self.scheduler.slots.values() if s.enabled)
         self.bus.publish(LoopStarted(len(self.scheduler.slots), enabled, getattr(self.store, "path", ""), os.getpid()))
         # Everything loaded so far (config, slots, modules) lives as long as the loop: keep it out of
@@ -252,6 +255,19 @@ class Runner:
         while not self._done.wait(HANDOFF_CHECK):
             self._check_handoff()
         return self._exit_code
+
+    def _publish_loaded(self, at_start: bool) -> None:
+        """The triggers as loaded, for views (a walk over every trigger: only for a listener)."""
+        if not self.bus.wants(TriggersLoaded):
+            return
+        states = tuple(
+            TriggerState(name, s.config.type, s.config.workflow, s.enabled, s.due_at, s.stats.last_poll_at,
+                         s.stats.last_result, self.scheduler.shown_reason(s.stats.last_reason),
+                         s.stats.consecutive_errors)
+            for name, s in self.scheduler.slots.items()
+        )
+        runs = tuple((r.id, r.trigger_name, r.status) for r in self.store.active_runs()) if at_start else None
+        self.bus.publish(TriggersLoaded(states, self.config.max_concurrent_runs, runs))
 
     def _save_snapshot(self, config: Config) -> None:
         from trigctl.config import trigger_summaries
@@ -409,7 +425,7 @@ class Runner:
             want = slot.config.enabled if stored is None else stored
             if want != slot.enabled:
                 self.scheduler.set_enabled(name, want, now)
-                self.bus.publish(TriggerEnabled(name) if want else TriggerDisabled(name))
+                self.bus.publish(TriggerEnabled(name, slot.due_at) if want else TriggerDisabled(name))
         for run_id in changes.cancel_requested:
             if self.workflows.cancel(run_id):
                 self.bus.publish(RunCancelling(run_id))
@@ -458,6 +474,7 @@ class Runner:
         self.scheduler.start_triggers(self._wake_trigger)
         self.config = new
         self.workflows.config = new
+        self._publish_loaded(at_start=False)
         self.bus.publish(ConfigReloaded(tuple(changes)))
 
     def _shutdown(self) -> None:

@@ -450,8 +450,10 @@ class Scheduler:
         return report
 
     def _completed(self, poll: Poll, report: PollReport, now: float) -> None:
+        # The reason as it is stored (masked, cut short): events carry what history shows.
+        reason = self.shown_reason(report.reason) or ""
         self.bus.publish(PollCompleted(report.trigger, poll.due_at, poll.started_at, now - poll.started_at,
-                                       report.result, report.reason, report.error))
+                                       report.result, reason, report.error, poll.slot.due_at))
 
     def _after_inflight(self, slot: Slot, now: float) -> None:
         if slot.waiting:
@@ -465,6 +467,8 @@ class Scheduler:
         if slot.impl is not None and slot.impl.has_own_schedule:
             return slot.impl.next_due(poll.due_at, now)
         grid = slot.grid_at
+        if grid > now:  # polled before its slot (a watch event woke it): the grid stays where it is
+            return grid + self._jitter(tc)
         nxt = grid + tc.interval
         if nxt <= now:  # late by more than an interval: skip the missed slots, stay on the grid
             missed = int((now - grid) // tc.interval)
@@ -562,7 +566,7 @@ class Scheduler:
                 req.state = st
         if contexts:
             stats.last_result = "fired"
-        stats.last_reason = self._shown_reason(stats.last_reason)
+        stats.last_reason = self.shown_reason(stats.last_reason)
         results = self.store.record_fires(slot.name, slot.config.workflow, requests, stats, now, outcome.cursor,
                                           outcome.state_updates)
         if contexts and all(r.suppressed for r in results):
@@ -653,7 +657,7 @@ class Scheduler:
         base = tc.interval if not (impl and impl.has_own_schedule) else max(tc.interval, 1.0)
         return min(base * (2 ** min(errors, 40)), cap)
 
-    def _shown_reason(self, reason: str | None) -> str | None:
+    def shown_reason(self, reason: str | None) -> str | None:
         """A skip reason as it is stored: secrets masked, cut to 4,000 characters."""
         return self.config.redactor.text(reason[:4000]) if reason else reason
 
@@ -670,7 +674,7 @@ class Scheduler:
             else:
                 dirty = [self._dirty.pop(name) for name in list(itertools.islice(self._dirty, FLUSH_BATCH))]
             for st in dirty:
-                st.last_reason = self._shown_reason(st.last_reason)
+                st.last_reason = self.shown_reason(st.last_reason)
             self.store.flush_stats(dirty)
             for st in dirty:
                 st.polls = 0
