@@ -75,6 +75,53 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
             "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
 
 
+def run_floor(n: int, seconds: float, spread: bool) -> dict:
+    """The floor on this machine: one heap of due times, the same callable (imported the same way)
+    called inline, lateness recorded the same way. What a scheduler could reach with no state,
+    no bookkeeping, no threads."""
+    import heapq
+    import random
+
+    tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-floor-"))
+    (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
+    sys.path.insert(0, str(tmp))
+    from bench_callables import noop  # type: ignore[import-not-found]
+
+    fns = [noop] * n
+    t0 = time.time() + 1.0
+    heap = [(t0 + (random.uniform(0, 1) if spread else 0.0), i) for i in range(n)]
+    heapq.heapify(heap)
+    lateness: list[float] = []
+    record = lateness.append
+    stop = threading.Event()
+
+    def loop():
+        pop, push = heapq.heappop, heapq.heappush
+        while not stop.is_set():
+            now = time.time()
+            while heap[0][0] <= now:
+                due, i = pop(heap)
+                record(time.time() - due)
+                fns[i]()
+                push(heap, (due + 1.0, i))
+            stop.wait(max(heap[0][0] - time.time(), 0.002))
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    time.sleep(max(0, t0 - time.time()) + 2.0)
+    lateness.clear()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    sample = list(lateness)
+    rss = rss_mb()
+    stop.set()
+    th.join(5)
+    return {"system": "floor (inline heap)", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
+            "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
+            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+
+
 def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
     from datetime import datetime
 
@@ -122,11 +169,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         system, n, phase = args.child.split(",")
-        fn = run_trigctl if system == "trigctl" else run_apscheduler
+        fn = {"trigctl": run_trigctl, "floor": run_floor, "apscheduler": run_apscheduler}[system]
         print(json.dumps(fn(int(n), args.seconds, phase == "spread")))
         return
     rows = []
-    systems = ["trigctl"] + (["apscheduler"] if args.peer else [])
+    floor: dict | None = None
+    systems = ["floor", "trigctl"] + (["apscheduler"] if args.peer else [])
     for n in args.n:
         for phase in ("at once", "spread"):
             for system in systems:
@@ -138,12 +186,15 @@ def main() -> None:
                     continue
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 r = rows[-1]
-                print(f"| {r['system']} | {r['n']} | {r['phase']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-                      f"{r['executed']}/{r['due']} ({100 * r['executed'] / r['due']:.0f}%) | {r['cpu']:.2f} | {r['rss_mb']:.0f} |",
-                      flush=True)
+                if system == "floor":
+                    floor = r
+                ratio = r["p99_ms"] / floor["p99_ms"] if floor and floor["p99_ms"] > 0 else float("nan")
+                print(f"| {r['system']} | {r['n']} | {r['phase']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio:.2f} | "
+                      f"{r['max_ms']:.1f} | {r['executed']}/{r['due']:.0f} ({100 * r['executed'] / r['due']:.0f}%) | "
+                      f"{r['cpu']:.2f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
-    print("| system | N | phase | p50 ms | p99 ms | max ms | polls executed/due | CPU s/s | RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| system | N | phase | p50 ms | p99 ms | p99 / floor | max ms | polls executed/due | CPU s/s | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     main()

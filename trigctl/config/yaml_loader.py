@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import yaml
@@ -33,6 +34,7 @@ class _Doc:
         self.nodes = 0
         self.unset: set[tuple] = set()  # values that used an unset ${VAR}: already explained
         self.fast = False
+        self.base_dir: Path | None = None  # the file's folder, resolved once (validate.doc_base_dir)
 
     def mark(self, path: tuple, key: bool = False) -> tuple[int, int]:
         marks = self.key_marks if key else self.value_marks
