@@ -66,6 +66,7 @@ class Slot:
     error_alerted: bool = False
     generation: int = 0
     started: bool = False
+    skip_report: PollReport | None = None  # the last skipped poll's report, reused (see _success)
 
     @property
     def name(self) -> str:
@@ -89,7 +90,7 @@ class Awaited:
     value: Any
 
 
-@dataclass
+@dataclass(slots=True)
 class PollReport:
     """What one completed poll did, for logs and `run --once`."""
 
@@ -99,6 +100,9 @@ class PollReport:
     error: str | None = None
     late: bool = False
     reason: str = ""  # why it skipped
+
+
+_NO_FIRES: list = []  # a skipped poll's report.fires: one shared empty list (never appended to)
 
 
 class Scheduler:
@@ -334,12 +338,42 @@ class Scheduler:
         leaves the rest in the heap for whichever thread carries on. ``stop()`` true (a signal) ends
         it before the next poll is marked in flight (shutting down: the rest is not polled)."""
         if force:
-            candidates: Iterator[Slot] = iter(list(self.slots.values()))
-            self._heap.clear()
-        else:
-            candidates = self._pop_due(now)
+            yield from self._start_all(now, stop)
+            return
+        # The hot path (10,000 polls due at once: every 0.1 µs here is 1 ms of the last one's
+        # lateness): one loop, locals only, the heap popped inline.
+        heap, slots, pop = self._heap, self.slots, heapq.heappop
         deadlines = self._deadlines
         in_flight = self.in_flight
+        last_timeout, queue = None, None
+        while heap and heap[0][0] <= now:
+            _, _, name, gen = pop(heap)
+            slot = slots.get(name)
+            if slot is None or slot.generation != gen:
+                continue
+            if stop is not None and stop():
+                return
+            if not slot.enabled:
+                continue
+            if slot.in_flight is not None:
+                slot.waiting = True
+                continue
+            timeout = slot.config.timeout
+            poll = Poll(slot, slot.due_at, now, now + timeout)
+            slot.in_flight = poll
+            in_flight[name] = poll
+            if timeout != last_timeout:
+                queue = deadlines.get(timeout)
+                if queue is None:
+                    queue = deadlines[timeout] = deque()
+                last_timeout = timeout
+            queue.append(poll)  # type: ignore[union-attr] - set with last_timeout
+            yield poll
+
+    def _start_all(self, now: float, stop: Callable[[], bool] | None) -> Iterator[Poll]:
+        """Every enabled trigger, now (``--once``'s first tick)."""
+        candidates = list(self.slots.values())
+        self._heap.clear()
         for slot in candidates:
             if stop is not None and stop():
                 return
@@ -349,26 +383,25 @@ class Scheduler:
                 slot.waiting = True
                 continue
             timeout = slot.config.timeout
-            poll = Poll(slot, slot.due_at if not force else now, now, now + timeout)
+            poll = Poll(slot, now, now, now + timeout)
             slot.in_flight = poll
-            in_flight[slot.name] = poll
-            queue = deadlines.get(timeout)
+            self.in_flight[slot.name] = poll
+            queue = self._deadlines.get(timeout)
             if queue is None:
-                queue = deadlines[timeout] = deque()
+                queue = self._deadlines[timeout] = deque()
             queue.append(poll)
             yield poll
 
-    def _pop_due(self, now: float):
-        heap, slots, pop = self._heap, self.slots, heapq.heappop
-        while heap and heap[0][0] <= now:
-            _, _, name, gen = pop(heap)
-            slot = slots.get(name)
-            if slot is not None and slot.generation == gen:
-                yield slot
-
     def execute(self, poll: Poll) -> Any:
-        """Run one poll (on whatever thread the runner chose)."""
-        return execute_poll(poll)
+        """Run one poll (on whatever thread the runner chose): execute_poll, inlined (the hot path)."""
+        slot = poll.slot
+        impl = slot.impl
+        if impl is None:
+            raise RuntimeError(slot.load_error or "trigger is not set up")
+        bare = impl.poll_bare
+        if bare is not None:
+            return bare()
+        return impl.poll(PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout))
 
     # --------------------------------------------------------------------------------- completion
 
@@ -455,15 +488,16 @@ class Scheduler:
 
     def _next_due(self, slot: Slot, poll: Poll, now: float) -> float:
         tc = slot.config
-        if slot.impl is not None and slot.impl.has_own_schedule:
-            return slot.impl.next_due(poll.due_at, now)
+        impl = slot.impl
+        if impl is not None and impl.has_own_schedule:
+            return impl.next_due(poll.due_at, now)
         grid = slot.grid_at
         nxt = grid + tc.interval
         if nxt <= now:  # late by more than an interval: skip the missed slots, stay on the grid
             missed = int((now - grid) // tc.interval)
             nxt = grid + (missed + 1) * tc.interval
         slot.grid_at = nxt
-        return nxt + self._jitter(tc)
+        return nxt + self.rng.uniform(0, tc.jitter) if tc.jitter > 0 else nxt
 
     def _success(self, slot: Slot, poll: Poll, outcome: PollOutcome, now: float) -> PollReport:
         tc = slot.config
@@ -474,7 +508,8 @@ class Scheduler:
         stats.consecutive_errors = 0
         slot.due_at = self._next_due(slot, poll, now)
         stats.next_poll_at = slot.due_at
-        outcome = self.apply_cooldown(slot, outcome, now)
+        if tc.cooldown > 0:
+            outcome = self.apply_cooldown(slot, outcome, now)
         since = self._recovered(slot, errors_before, now) if errors_before else None
         # Kept as the trigger said it; masked once when it is written (flush), not at every poll.
         stats.last_reason = None if outcome.fires or not outcome.skip_reason else outcome.skip_reason
@@ -484,7 +519,11 @@ class Scheduler:
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
-            report = PollReport(tc.name, "skipped", reason=outcome.skip_reason)
+            report = slot.skip_report
+            if report is None or report.reason is not outcome.skip_reason:
+                # One report per trigger while its reason stays the same object (a shared outcome's):
+                # reports are read, never changed, so a skipped poll need not build one.
+                report = slot.skip_report = PollReport(tc.name, "skipped", _NO_FIRES, None, False, outcome.skip_reason)
         else:
             results = self._record(slot, outcome.fires, outcome, now)
             fired = any(not r.suppressed for r in results)
@@ -681,6 +720,9 @@ def execute_poll(poll: Poll) -> Any:
     slot = poll.slot
     if slot.impl is None:
         raise RuntimeError(slot.load_error or "trigger is not set up")
+    bare = slot.impl.poll_bare
+    if bare is not None:
+        return bare()
     return slot.impl.poll(_poll_context(poll))
 
 
