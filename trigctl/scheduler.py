@@ -345,7 +345,8 @@ class Scheduler:
         heap, slots, pop = self._heap, self.slots, heapq.heappop
         deadlines = self._deadlines
         in_flight = self.in_flight
-        last_timeout, queue = None, None
+        last_timeout: float | None = None
+        queue: deque[Poll] = deque()  # replaced at the first poll (timeout differs from None)
         while heap and heap[0][0] <= now:
             _, _, name, gen = pop(heap)
             slot = slots.get(name)
@@ -367,7 +368,7 @@ class Scheduler:
                 if queue is None:
                     queue = deadlines[timeout] = deque()
                 last_timeout = timeout
-            queue.append(poll)  # type: ignore[union-attr] - set with last_timeout
+            queue.append(poll)
             yield poll
 
     def _start_all(self, now: float, stop: Callable[[], bool] | None) -> Iterator[Poll]:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.dotted import ResolveError, resolve
-from trigctl.triggers.base import SKIPPED_NONE, PollContext, PollOutcome, TriggerType, normalize_result, register
+from trigctl.triggers.base import (
+    SKIPPED_NONE,
+    PollContext,
+    PollOutcome,
+    TriggerType,
+    normalize_result,
+    register,
+)
 
 _PLAIN = (bool, dict, tuple, list)
 
