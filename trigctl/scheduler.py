@@ -364,10 +364,10 @@ class Scheduler:
             slot.in_flight = poll
             in_flight[name] = poll
             if timeout != last_timeout:
-                queue = deadlines.get(timeout)
-                if queue is None:
-                    queue = deadlines[timeout] = deque()
-                last_timeout = timeout
+                found = deadlines.get(timeout)
+                if found is None:
+                    found = deadlines[timeout] = deque()
+                queue, last_timeout = found, timeout
             queue.append(poll)
             yield poll
 
