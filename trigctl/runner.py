@@ -397,7 +397,7 @@ class Runner:
         if self._pump_needed:
             self._pump_needed = False
             self.workflows.pump(stop=self._stopping)  # publishes RunStarted
-        sched.flush(now, stop=self._stopping)
+        sched.flush(now, stop=self._stopping, yield_to=self._polls_due)
         if self.once:  # only --once's exit code needs them; a long run must not keep every id
             self._my_runs.update(sched.alerts)
         sched.alerts.clear()
@@ -418,8 +418,15 @@ class Runner:
             if self.workflows.cancel(run_id):
                 self.bus.publish(RunCancelling(run_id))
 
+    def _polls_due(self) -> bool:
+        """Polls have come due (a long flush lets them go first)."""
+        due = self.scheduler.next_due()
+        return due is not None and due <= self.clock()
+
     def _wait_for(self, now: float) -> float:
         candidates = [DB_WATCH_EVERY]
+        if self.scheduler.flush_pending():
+            return 0.0
         for t in (self.scheduler.next_due(), self.scheduler.next_deadline()):
             if t is not None:
                 candidates.append(t - now)

@@ -36,6 +36,7 @@ log = logging.getLogger("trigctl.scheduler")
 
 MAX_MESSAGE = 20_000  # characters of an error message kept before masking (4,000 are stored)
 FLUSH_BATCH = 2000  # counters per transaction: under load, a signal is looked at between batches
+YIELDING_FLUSH_BATCH = 250  # counters per transaction when due polls may cut in (a few ms each)
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late
 # Kept in the trigger's key/value state, so they survive a restart. The scheduler's own keys start
 # with "/", which no trigger type's key does (a file trigger's keys are relative paths), and a poll
@@ -122,6 +123,7 @@ class Scheduler:
         # Polls in flight by timeout: each deque is in start order, so also in deadline order.
         self._deadlines: dict[float, deque[Poll]] = {}
         self._dirty: dict[str, PollStats] = {}
+        self._flushing = False  # a flush started and not finished (cut short for due polls)
 
     # ------------------------------------------------------------------------------------- set-up
 
@@ -690,25 +692,41 @@ class Scheduler:
         """A skip reason as it is stored: secrets masked, cut to 4,000 characters."""
         return self.config.redactor.text(reason[:4000]) if reason else reason
 
-    def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None) -> None:
+    def flush_pending(self) -> bool:
+        """A flush was cut short to let due polls go first: the loop should carry on with it now."""
+        return self._flushing and bool(self._dirty)
+
+    def flush(self, now: float, force: bool = False, stop: Callable[[], bool] | None = None,
+              yield_to: Callable[[], bool] | None = None) -> None:
         """Write the skipped polls' counters, at most every STATS_FLUSH_EVERY seconds, in batches of
-        FLUSH_BATCH; between batches ``stop()`` may end it early (the rest is written next time)."""
-        if not force and now - self._last_flush < STATS_FLUSH_EVERY:
-            return
-        self._last_flush = now
+        FLUSH_BATCH; between batches ``stop()`` may end it early (the rest is written next time).
+
+        ``yield_to()`` true between batches (polls have come due) ends it early too, but the flush
+        stays pending (:meth:`flush_pending`) and the next call goes on with it at once: writing
+        20,000 counters takes 100+ ms, which spread triggers due meanwhile must not wait for."""
+        if not self._flushing:
+            if not force and now - self._last_flush < STATS_FLUSH_EVERY:
+                return
+            self._last_flush = now
+            self._flushing = True
+        batch = FLUSH_BATCH if yield_to is None else YIELDING_FLUSH_BATCH
         while self._dirty:
-            if len(self._dirty) <= FLUSH_BATCH:
+            if yield_to is not None and yield_to():
+                return
+            if len(self._dirty) <= batch:
                 dirty = list(self._dirty.values())
                 self._dirty.clear()
             else:
-                dirty = [self._dirty.pop(name) for name in list(itertools.islice(self._dirty, FLUSH_BATCH))]
+                dirty = [self._dirty.pop(name) for name in list(itertools.islice(self._dirty, batch))]
             for st in dirty:
                 st.last_reason = self._shown_reason(st.last_reason)
             self.store.flush_stats(dirty)
             for st in dirty:
                 st.polls = 0
             if stop is not None and stop():
+                self._flushing = False
                 return
+        self._flushing = False
 
 
 def _poll_context(poll: Poll) -> PollContext:
