@@ -17,7 +17,9 @@ import yaml
 from trigctl.bounded import MAX_FILE_BYTES as MAX_FILE_BYTES
 from trigctl.config.model import ConfigIssue
 
-MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
+# Alias expansion budget: a "billion laughs" file stops here. A plain file within MAX_FILE_BYTES
+# holds at most ~1.7 M values (2 bytes each); 50,000 triggers of 5 keys are ~550,000.
+MAX_NODES = 1_000_000
 MAX_DEPTH = 100
 
 
