@@ -449,6 +449,13 @@ class Scheduler:
             log.info("trigger %s: a timed-out poll returned after %.1fs; result dropped", slot.name, now - poll.started_at)
             self._after_inflight(slot, now)
             return None
+        if (error is None and type(result) is PollOutcome and not result.fires and not result.state_updates
+                and result.cursor is None and not slot.error_alerted and slot.stats.consecutive_errors == 0):
+            report = self._skipped(slot, poll, result.skip_reason, now)  # most polls: the short way
+            self._after_inflight(slot, now)
+            if self.bus.wants(PollCompleted):
+                self._completed(poll, report, now)
+            return report
         outcome: PollOutcome | None = None
         message = ""
         if error is None:
@@ -522,11 +529,7 @@ class Scheduler:
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
-            report = slot.skip_report
-            if report is None or report.reason is not outcome.skip_reason:
-                # One report per trigger while its reason stays the same object (a shared outcome's):
-                # reports are read, never changed, so a skipped poll need not build one.
-                report = slot.skip_report = PollReport(tc.name, "skipped", _NO_FIRES, None, False, outcome.skip_reason)
+            report = self._skip_report(slot, outcome.skip_reason)
         else:
             results = self._record(slot, outcome.fires, outcome, now)
             fired = any(not r.suppressed for r in results)
@@ -536,6 +539,27 @@ class Scheduler:
             report = PollReport(tc.name, "fired" if fired else "duplicate", list(zip(outcome.fires, results)))
         if errors_before and self.bus.wants(ErrorStreakEnded):
             self.bus.publish(ErrorStreakEnded(tc.name, errors_before, since, errors_before >= (tc.on_error_after or 3)))
+        return report
+
+    def _skipped(self, slot: Slot, poll: Poll, reason: str, now: float) -> PollReport:
+        """What _success does for a skip that changes no state, of a trigger not in an error streak
+        (no cooldown applies, no streak ends, nothing is recorded but the counters)."""
+        stats = slot.stats
+        stats.polls += 1
+        stats.last_poll_at = now
+        slot.due_at = stats.next_poll_at = self._next_due(slot, poll, now)
+        stats.last_reason = reason or None
+        stats.last_result = "skipped"
+        self._dirty[slot.config.name] = stats
+        return self._skip_report(slot, reason)
+
+    @staticmethod
+    def _skip_report(slot: Slot, reason: str) -> PollReport:
+        report = slot.skip_report
+        if report is None or report.reason is not reason:
+            # One report per trigger while its reason stays the same object (a shared outcome's):
+            # reports are read, never changed, so a skipped poll need not build one.
+            report = slot.skip_report = PollReport(slot.config.name, "skipped", _NO_FIRES, None, False, reason)
         return report
 
     @staticmethod
@@ -710,9 +734,12 @@ class Scheduler:
             self._last_flush = now
             self._flushing = True
         batch = FLUSH_BATCH if yield_to is None else YIELDING_FLUSH_BATCH
+        first = True
         while self._dirty:
-            if yield_to is not None and yield_to():
+            # One batch at least per call: a loop that is always behind still writes its counters.
+            if not first and yield_to is not None and yield_to():
                 return
+            first = False
             if len(self._dirty) <= batch:
                 dirty = list(self._dirty.values())
                 self._dirty.clear()
