@@ -138,8 +138,7 @@ def generated(directory: Path, only: str | None = None) -> list[Path]:
     files["huge"] = "version: 1\n# " + "x" * (MAX_FILE_BYTES + 1) + "\n"
     # Just under the size limit, with values far over the budget.
     files["many_values"] = "version: 1\nworkflows:\n" + "  - 1\n" * ((MAX_FILE_BYTES - 100) // 6)
-    # (a key and its value are two values: within the size limit, over the budget)
-    files["wide_mapping"] = "version: 1\nx: {" + ", ".join(f"k{i}: 1" for i in range(MAX_NODES // 2 + 10)) + "}\n"
+    files["wide_mapping"] = "version: 1\nx: {" + ", ".join(f"k{i}: {i}" for i in range(MAX_NODES + 10)) + "}\n"
     files["deep_flow"] = "version: 1\nx: " + "[" * 1_000_000 + "]" * 1_000_000 + "\n"
     files["deep_flow_mapping"] = "version: 1\nx: " + "{a: " * 200_000 + "1" + "}" * 200_000 + "\n"
     files["deep_block"] = "version: 1\nx:\n  " + "- " * 1_000_000 + "a\n"

@@ -140,3 +140,19 @@ def test_a_callable_without_a_cursor_is_called_without_a_context(write_yaml, cal
     # The shared outcome of None is what normalize_result gives, and is never changed by a poll.
     assert normalize_result(None) is SKIPPED_NONE
     assert SKIPPED_NONE.fires == [] and SKIPPED_NONE.state_updates == {} and SKIPPED_NONE.cursor is None
+
+
+def test_a_file_over_the_alias_budget_without_aliases_loads(write_yaml, callables):
+    # 4 keys a trigger: 9 values each, so 23,000 triggers are ~207,000 values, over MAX_NODES (the
+    # alias-expansion budget of the careful parse) and within FAST_MAX_VALUES (the fast parse's).
+    from trigctl.config import MAX_NODES
+    from trigctl.config.yaml_loader import FAST_MAX_VALUES
+
+    callables("def skip():\n    return None\n")
+    n = 23_000
+    assert MAX_NODES < 9 * n < FAST_MAX_VALUES
+    body = "".join(f"  - name: t{i}\n    type: python\n    callable: mytriggers:skip\n    workflow: wf\n" for i in range(n))
+    path = write_yaml(BASE + body)
+    config = load_config(path, light=True)
+    assert len(config.triggers) == n and config.triggers[-1].name == f"t{n - 1}"
+    assert config.triggers[5].interval == 30.0 and config.triggers[5].jitter == 0.25  # defaults applied

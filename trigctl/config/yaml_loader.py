@@ -17,9 +17,12 @@ import yaml
 from trigctl.bounded import MAX_FILE_BYTES as MAX_FILE_BYTES
 from trigctl.config.model import ConfigIssue
 
-# Alias expansion budget: a "billion laughs" file stops here. A plain file within MAX_FILE_BYTES
-# holds at most ~1.7 M values (2 bytes each); 50,000 triggers of 5 keys are ~550,000.
-MAX_NODES = 1_000_000
+MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
+# A file without anchors or aliases has no expansion: the fast, position-free parse takes it up to
+# this many values (counted from above, cheaply, before parsing), 50,000 triggers of five keys
+# (~550,000). A file that must be parsed again with positions (it has a problem to report) is held
+# to MAX_NODES, as every file is where aliases can expand.
+FAST_MAX_VALUES = 600_000
 MAX_DEPTH = 100
 
 
@@ -342,9 +345,9 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
 def _may_exceed_budgets(text: str) -> bool:
     """Cheap upper bounds of a file's nesting depth and number of values (quotes only inflate them):
     flow brackets, plus two levels per column of block indentation; one value per line, comma,
-    bracket or `- `."""
+    bracket or `- ` (against FAST_MAX_VALUES: the file has no aliases)."""
     flow = text.count("[") + text.count("{")
-    if flow + 2 > MAX_DEPTH or text.count("\n") + text.count(",") + flow + text.count("- ") + 1 > MAX_NODES:
+    if flow + 2 > MAX_DEPTH or text.count("\n") + text.count(",") + flow + text.count("- ") + 1 > FAST_MAX_VALUES:
         return True
     indent = (MAX_DEPTH - flow - 2) // 2 + 1  # an indentation this deep could nest too deep
     return re.search(rf"^[ ?:-]{{{indent}}}", text, re.M) is not None
