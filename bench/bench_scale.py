@@ -116,18 +116,23 @@ def run_floor(n: int, seconds: float, spread: bool) -> dict:
 
     th = threading.Thread(target=loop, daemon=True)
     th.start()
-    time.sleep(max(0, t0 - time.time()) + 2.0)
+    out = _measured("floor (inline heap)", n, spread, seconds, lateness, t0 + 2.0)
+    stop.set()
+    th.join(5)
+    return out
+
+
+def _measured(system: str, n: int, spread: bool, seconds: float, lateness: list[float], start: float) -> dict:
+    """From wall-clock ``start`` on, ``seconds`` of lateness samples, CPU and RSS, as a result row."""
+    time.sleep(max(0, start - time.time()))
     lateness.clear()
     cpu0, wall0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
     cpu1, wall1 = time.process_time(), time.monotonic()
     sample = list(lateness)
-    rss = rss_mb()
-    stop.set()
-    th.join(5)
-    return {"system": "floor (inline heap)", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
+    return {"system": system, "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
             "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
-            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss_mb()}
 
 
 def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
@@ -155,17 +160,9 @@ def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
         sched.add_job(make(offset), "interval", seconds=1, next_run_time=datetime.fromtimestamp(t0 + offset),
                       id=f"j{i}")
     sched.start()
-    time.sleep(max(0, t0 - time.time()) + 1.0)
-    lateness.clear()
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    time.sleep(seconds)
-    cpu1, wall1 = time.process_time(), time.monotonic()
-    sample = list(lateness)
-    rss = rss_mb()
+    out = _measured("apscheduler", n, spread, seconds, lateness, t0 + 1.0)
     sched.shutdown(wait=False)
-    return {"system": "apscheduler", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
-            "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
-            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+    return out
 
 
 def _startup(r: dict) -> str:
