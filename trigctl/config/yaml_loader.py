@@ -347,7 +347,10 @@ def _may_exceed_budgets(text: str) -> bool:
     flow brackets, plus two levels per column of block indentation; one value per line, comma,
     bracket or `- ` (against FAST_MAX_VALUES: the file has no aliases)."""
     flow = text.count("[") + text.count("{")
-    if flow + 2 > MAX_DEPTH or text.count("\n") + text.count(",") + flow + text.count("- ") + 1 > FAST_MAX_VALUES:
+    commas = text.count(",")
+    if flow + 2 > MAX_DEPTH or commas + flow > MAX_NODES:  # flow-style values: the careful budget
+        return True
+    if text.count("\n") + commas + flow + text.count("- ") + 1 > FAST_MAX_VALUES:
         return True
     indent = (MAX_DEPTH - flow - 2) // 2 + 1  # an indentation this deep could nest too deep
     return re.search(rf"^[ ?:-]{{{indent}}}", text, re.M) is not None
