@@ -3,7 +3,9 @@
     python bench/bench_scale.py --n 1000 10000 20000 --seconds 10 [--peer]
 
 Each (system, N, phase) runs in its own subprocess so RSS is its own. Lateness is due time ->
-callable entered. Prints a markdown table.
+callable entered. The floor is one heap of due times calling the same function inline (what any
+scheduler in Python could reach on this machine); p99 / floor is the ratio to it in the same run.
+Start-up is the YAML (loaded as `trigctl run` does) to the first poll. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -38,13 +40,19 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
         lines += [f"  - name: t{i}", "    type: python", "    callable: bench_callables:noop", "    workflow: wf",
                   "    interval: 1s"] + (["    jitter: 1s"] if spread else [])
     (tmp / "triggers.yaml").write_text("\n".join(lines) + "\n")
-    cfg = load_config(tmp / "triggers.yaml", light=True)
+    # Start-up, as `trigctl run` does it: the full load (schema, callables imported), the state
+    # opened, every trigger's row written, the loop started; until the first poll is called.
+    t_start = time.monotonic()
+    cfg = load_config(tmp / "triggers.yaml")
     store = SQLiteStore(str(tmp / "state.db"))
     lateness: list[float] = []
     record = lateness.append
     original = Scheduler.execute
+    first: list[float] = []
 
     def timed_execute(self, poll):
+        if not first:
+            first.append(time.monotonic())
         record(time.time() - poll.due_at)
         return original(self, poll)
 
@@ -57,7 +65,7 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
     t.start()
     # Warm-up: start-up (config, one state row per trigger) is not polling; measure once the loop
     # runs, after two more seconds.
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while runner._owner is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(2.0)
@@ -72,7 +80,59 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
     due = n * seconds
     return {"system": "trigctl", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample), "due": due,
             "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000, "max_ms": max(sample) * 1000 if sample else 0,
-            "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+            "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss, "startup_s": first[0] - t_start if first else None}
+
+
+def run_floor(n: int, seconds: float, spread: bool) -> dict:
+    """The floor on this machine: one heap of due times, the same callable (imported the same way)
+    called inline, lateness recorded the same way. What a scheduler could reach with no state,
+    no bookkeeping, no threads."""
+    import heapq
+    import random
+
+    tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-floor-"))
+    (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
+    sys.path.insert(0, str(tmp))
+    from bench_callables import noop  # type: ignore[import-not-found]
+
+    fns = [noop] * n
+    t0 = time.time() + 1.0
+    heap = [(t0 + (random.uniform(0, 1) if spread else 0.0), i) for i in range(n)]
+    heapq.heapify(heap)
+    lateness: list[float] = []
+    record = lateness.append
+    stop = threading.Event()
+
+    def loop():
+        pop, push = heapq.heappop, heapq.heappush
+        while not stop.is_set():
+            now = time.time()
+            while heap[0][0] <= now:
+                due, i = pop(heap)
+                record(time.time() - due)
+                fns[i]()
+                push(heap, (due + 1.0, i))
+            stop.wait(max(heap[0][0] - time.time(), 0.002))
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    out = _measured("floor (inline heap)", n, spread, seconds, lateness, t0 + 2.0)
+    stop.set()
+    th.join(5)
+    return out
+
+
+def _measured(system: str, n: int, spread: bool, seconds: float, lateness: list[float], start: float) -> dict:
+    """From wall-clock ``start`` on, ``seconds`` of lateness samples, CPU and RSS, as a result row."""
+    time.sleep(max(0, start - time.time()))
+    lateness.clear()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    sample = list(lateness)
+    return {"system": system, "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
+            "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
+            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss_mb()}
 
 
 def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
@@ -100,17 +160,13 @@ def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
         sched.add_job(make(offset), "interval", seconds=1, next_run_time=datetime.fromtimestamp(t0 + offset),
                       id=f"j{i}")
     sched.start()
-    time.sleep(max(0, t0 - time.time()) + 1.0)
-    lateness.clear()
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    time.sleep(seconds)
-    cpu1, wall1 = time.process_time(), time.monotonic()
-    sample = list(lateness)
-    rss = rss_mb()
+    out = _measured("apscheduler", n, spread, seconds, lateness, t0 + 1.0)
     sched.shutdown(wait=False)
-    return {"system": "apscheduler", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
-            "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
-            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
+    return out
+
+
+def _startup(r: dict) -> str:
+    return "-" if r.get("startup_s") is None else f"{r['startup_s']:.1f}"
 
 
 def main() -> None:
@@ -122,11 +178,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         system, n, phase = args.child.split(",")
-        fn = run_trigctl if system == "trigctl" else run_apscheduler
+        fn = {"trigctl": run_trigctl, "floor": run_floor, "apscheduler": run_apscheduler}[system]
         print(json.dumps(fn(int(n), args.seconds, phase == "spread")))
         return
     rows = []
-    systems = ["trigctl"] + (["apscheduler"] if args.peer else [])
+    floor: dict | None = None
+    systems = ["floor", "trigctl"] + (["apscheduler"] if args.peer else [])
     for n in args.n:
         for phase in ("at once", "spread"):
             for system in systems:
@@ -138,12 +195,15 @@ def main() -> None:
                     continue
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 r = rows[-1]
-                print(f"| {r['system']} | {r['n']} | {r['phase']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-                      f"{r['executed']}/{r['due']} ({100 * r['executed'] / r['due']:.0f}%) | {r['cpu']:.2f} | {r['rss_mb']:.0f} |",
-                      flush=True)
+                if system == "floor":
+                    floor = r
+                ratio = r["p99_ms"] / floor["p99_ms"] if floor and floor["p99_ms"] > 0 else float("nan")
+                print(f"| {r['system']} | {r['n']} | {r['phase']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio:.2f} | "
+                      f"{r['max_ms']:.1f} | {r['executed']}/{r['due']:.0f} ({100 * r['executed'] / r['due']:.0f}%) | "
+                      f"{r['cpu']:.2f} | {r['rss_mb']:.0f} | {_startup(r)} |", flush=True)
 
 
 if __name__ == "__main__":
-    print("| system | N | phase | p50 ms | p99 ms | max ms | polls executed/due | CPU s/s | RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| system | N | phase | p50 ms | p99 ms | p99 / floor | max ms | polls executed/due | CPU s/s | RSS MB | YAML → first poll s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     main()

@@ -22,12 +22,21 @@ def is_duration(value: object) -> bool:
     return True
 
 
+_PARSED: dict[str, float] = {}  # text -> seconds: a big config repeats a few durations thousands of times
+
+
 def parse_duration(value: object) -> float:
     """Return seconds. Raises DurationError with a message naming the value."""
+    if type(value) is str:
+        seconds = _PARSED.get(value)
+        if seconds is not None:
+            return seconds
     seconds = _parse(value)
     if seconds > MAX_SECONDS:
         shown = f'"{value}"' if isinstance(value, str) else repr(value)
         raise DurationError(f"{shown} is not a duration (at most 100 years)")
+    if type(value) is str and len(_PARSED) < 1024:
+        _PARSED[value] = seconds
     return seconds
 
 

@@ -67,6 +67,9 @@ def _release_free_memory() -> None:
         pass
 
 
+_monotonic = time.monotonic  # bound once: read twice per inline poll
+
+
 class _HandedOff(Exception):
     """Unwinds a loop thread whose call outlived HANDOFF_AFTER: another thread owns the loop now."""  # a run interrupted this many times in a row is not rerun again
 
@@ -335,19 +338,22 @@ class Runner:
                 self._exit_code = 1 if (self.poll_errors or self.failed_runs) else 0
             self._done.set()
 
-    def _execute_inline(self, poll: Poll) -> None:
+    def _execute_inline(self, poll: Poll, me: threading.Thread | None = None) -> None:
         """Call a Python trigger on the loop thread; give up ownership if the watchdog took it."""
-        me = threading.current_thread()
-        token = (poll, time.monotonic())
+        if me is None:
+            me = threading.current_thread()
+        token = (poll, _monotonic())
         self._current = token
         try:
             result, error = self.scheduler.execute(poll), None
         except BaseException as e:  # noqa: BLE001 - a user callable may raise anything
             result, error = None, e
-        with self._handoff_lock:
-            if self._current is token:  # not another owner's call, started after a hand-off
-                self._current = None
-            still_owner = self._owner is me
+        lock = self._handoff_lock
+        lock.acquire()
+        if self._current is token:  # not another owner's call, started after a hand-off
+            self._current = None
+        still_owner = self._owner is me
+        lock.release()
         if error is None and type(result) is not PollOutcome and inspect.isawaitable(result):
             self.dispatcher.run_awaitable(poll, result)
         else:
@@ -380,12 +386,13 @@ class Runner:
         if not (self.once and not force):
             # Due polls first (lateness is what users feel), their bookkeeping after.
             # Thousands due at once: a signal is looked at between polls (before the next is taken).
+            me = threading.current_thread()
             for poll in sched.iter_tick(now, force=force, stop=self._stopping):
                 impl = poll.slot.impl
                 if impl is not None and impl.blocking:
                     self.dispatcher.submit(poll)
                 else:
-                    self._execute_inline(poll)
+                    self._execute_inline(poll, me)
         completed_at = self.clock()
         # The drain looks at signals too: under load, results arrive as fast as they are recorded.
         while self._results and not self._signals:
@@ -409,7 +416,7 @@ class Runner:
         if self._pump_needed:
             self._pump_needed = False
             self.workflows.pump(stop=self._stopping)  # publishes RunStarted
-        sched.flush(now, stop=self._stopping)
+        sched.flush(now, stop=self._stopping, yield_to=self._polls_due)
         if self.once:  # only --once's exit code needs them; a long run must not keep every id
             self._my_runs.update(sched.alerts)
         sched.alerts.clear()
@@ -430,8 +437,15 @@ class Runner:
             if self.workflows.cancel(run_id):
                 self.bus.publish(RunCancelling(run_id))
 
+    def _polls_due(self) -> bool:
+        """Polls have come due (a long flush lets them go first)."""
+        due = self.scheduler.next_due()
+        return due is not None and due <= self.clock()
+
     def _wait_for(self, now: float) -> float:
         candidates = [DB_WATCH_EVERY]
+        if self.scheduler.flush_pending():
+            return 0.0
         for t in (self.scheduler.next_due(), self.scheduler.next_deadline()):
             if t is not None:
                 candidates.append(t - now)

@@ -7,6 +7,7 @@ The trigger types are imported only here, lazily, where a trigger's type is chec
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
     path = ("triggers", i)
     ttype = item["type"]
     cls = None if light else trigger_class(ttype)
-    type_keys = set(load_schema()["$defs"].get(ttype, {}).get("properties", {}))
+    type_keys = _type_keys(ttype)
     merged = {k: v for k, v in defaults.items() if k in COMMON_KEYS or k in type_keys}
     merged.update(item)
     options = {k: v for k, v in merged.items() if k in type_keys}
@@ -82,8 +83,17 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _type_keys(ttype: str) -> frozenset[str]:
+    """The option keys of a trigger type (its schema properties): read once per type, not per trigger."""
+    return frozenset(load_schema()["$defs"].get(ttype, {}).get("properties", {}))
+
+
 def doc_base_dir(doc: _Doc) -> Path:
-    return Path(doc.filename).resolve().parent
+    base = doc.base_dir
+    if base is None:  # resolved once per document: a resolve() is a few system calls
+        base = doc.base_dir = Path(doc.filename).resolve().parent
+    return base
 
 
 def _env_text(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import yaml
@@ -17,6 +18,11 @@ from trigctl.bounded import MAX_FILE_BYTES as MAX_FILE_BYTES
 from trigctl.config.model import ConfigIssue
 
 MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
+# A file without anchors or aliases has no expansion: the fast, position-free parse takes it up to
+# this many values (counted from above, cheaply, before parsing), 50,000 triggers of five keys
+# (~550,000). A file that must be parsed again with positions (it has a problem to report) is held
+# to MAX_NODES, as every file is where aliases can expand.
+FAST_MAX_VALUES = 600_000
 MAX_DEPTH = 100
 
 
@@ -33,6 +39,7 @@ class _Doc:
         self.nodes = 0
         self.unset: set[tuple] = set()  # values that used an unset ${VAR}: already explained
         self.fast = False
+        self.base_dir: Path | None = None  # the file's folder, resolved once (validate.doc_base_dir)
 
     def mark(self, path: tuple, key: bool = False) -> tuple[int, int]:
         marks = self.key_marks if key else self.value_marks
@@ -353,9 +360,12 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
 def _may_exceed_budgets(text: str) -> bool:
     """Cheap upper bounds of a file's nesting depth and number of values (quotes only inflate them):
     flow brackets, plus two levels per column of block indentation; one value per line, comma,
-    bracket or `- `."""
+    bracket or `- ` (against FAST_MAX_VALUES: the file has no aliases)."""
     flow = text.count("[") + text.count("{")
-    if flow + 2 > MAX_DEPTH or text.count("\n") + text.count(",") + flow + text.count("- ") + 1 > MAX_NODES:
+    commas = text.count(",")
+    if flow + 2 > MAX_DEPTH or commas + flow > MAX_NODES:  # flow-style values: the careful budget
+        return True
+    if text.count("\n") + commas + flow + text.count("- ") + 1 > FAST_MAX_VALUES:
         return True
     indent = (MAX_DEPTH - flow - 2) // 2 + 1  # an indentation this deep could nest too deep
     return re.search(rf"^[ ?:-]{{{indent}}}", text, re.M) is not None

@@ -111,6 +111,9 @@ class TriggerType(ABC):
     default_dedupe_key: ClassVar[tuple[str, ...] | None] = None
     #: schedule-like types compute their own due times instead of the interval grid.
     has_own_schedule: ClassVar[bool] = False
+    #: A poll that needs no PollContext (a Python callable that takes no cursor): the scheduler calls
+    #: it instead of ``poll(ctx)``, so the hot path builds no context. Same contract as ``poll``.
+    poll_bare: Callable[[], Any] | None = None
 
     def __init__(self, config: TriggerConfig, base_dir: Path) -> None:
         self.config = config
@@ -238,15 +241,23 @@ def _refuse(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not a JSON value")
 
 
+#: What a callable's ``None`` / ``False`` becomes: one shared outcome each, not a new one per poll
+#: (building a PollOutcome costs more than the rest of a skipped poll's dispatch). Outcomes are never
+#: changed once returned (the scheduler and the stores copy what they keep), so sharing is safe.
+SKIPPED_NONE = PollOutcome([], "the callable returned None")
+SKIPPED_FALSE = PollOutcome([], "the callable returned False")
+
+
 def normalize_result(value: Any) -> PollOutcome:
     """Turn whatever a Python trigger returned into a PollOutcome (SPEC §1, "It may return").
 
     Raises TypeError for a value that is none of the accepted forms.
     """
+    if value is None:  # the common case first: nothing to do (one shared outcome, see SKIPPED_NONE)
+        return SKIPPED_NONE
+    if value is False:
+        return SKIPPED_FALSE
     out = PollOutcome()
-    if value is None or value is False:  # the common case first: nothing to do
-        out.skip_reason = f"the callable returned {value}"
-        return out
     items: Iterable[Any]
     if isinstance(value, (list, Iterable)) and not isinstance(value, (tuple, dict, str, bytes, Mapping)):
         # At most MAX_FIRES (+1 to tell): an endless generator is an error, not the end of memory.

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from trigctl.dotted import ResolveError, resolve
-from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, normalize_result, register
+from trigctl.triggers.base import (
+    SKIPPED_NONE,
+    PollContext,
+    PollOutcome,
+    TriggerType,
+    normalize_result,
+    register,
+)
 
 _PLAIN = (bool, dict, tuple, list)
 
@@ -39,6 +46,19 @@ class PythonTrigger(TriggerType):
         except (TypeError, ValueError):
             params = {}
         self._wants_cursor = "cursor" in params
+        if not self._wants_cursor:
+            self.poll_bare = self._poll_bare
+
+    def _poll_bare(self) -> Any:
+        """poll() for a callable that takes no cursor: the context is not needed, so not built."""
+        value = self._fn(**self._kwargs) if self._kwargs else self._fn()
+        if value is None:
+            return SKIPPED_NONE
+        if value is False or type(value) in _PLAIN:
+            return normalize_result(value)
+        if inspect.isawaitable(value):
+            return value
+        return normalize_result(value)
 
     @classmethod
     def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
@@ -53,9 +73,13 @@ class PythonTrigger(TriggerType):
     def poll(self, ctx: PollContext) -> Any:
         if self._wants_cursor:
             value = self._fn(**self._kwargs, cursor=ctx.cursor)
-        else:
+        elif self._kwargs:
             value = self._fn(**self._kwargs)
-        if value is None or value is False or type(value) in _PLAIN:
+        else:
+            value = self._fn()
+        if value is None:
+            return SKIPPED_NONE  # normalize_result(None), without the call
+        if value is False or type(value) in _PLAIN:
             return normalize_result(value)  # the common answers, without the awaitable check
         if inspect.isawaitable(value):
             return value  # the scheduler runs it on its event loop and calls finish()
