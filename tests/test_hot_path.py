@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 from helpers import drive, make_scheduler
 
 from trigctl.config import load_config
@@ -156,3 +157,18 @@ def test_a_file_over_the_alias_budget_without_aliases_loads(write_yaml, callable
     config = load_config(path, light=True)
     assert len(config.triggers) == n and config.triggers[-1].name == f"t{n - 1}"
     assert config.triggers[5].interval == 30.0 and config.triggers[5].jitter == 0.25  # defaults applied
+
+
+def test_a_big_file_without_aliases_with_one_mistake_hears_of_its_mistake(write_yaml, callables):
+    # Over MAX_NODES and without anchors, it is parsed again with positions to report the mistake:
+    # the mistake, at its line, not "document too large".
+    from trigctl.config import ConfigError
+
+    callables("def skip():\n    return None\n")
+    n = 23_000
+    body = "".join(f"  - name: t{i}\n    type: python\n    callable: mytriggers:skip\n    workflow: wf\n" for i in range(n))
+    path = write_yaml(BASE + body + "    evrey: 5s\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    line = path.read_text().splitlines().index("    evrey: 5s") + 1
+    assert f":{line}:5:" in str(e.value) and "evrey" in str(e.value) and "too large" not in str(e.value), str(e.value)[:300]

@@ -20,8 +20,8 @@ from trigctl.config.model import ConfigIssue
 MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
 # A file without anchors or aliases has no expansion: the fast, position-free parse takes it up to
 # this many values (counted from above, cheaply, before parsing), 50,000 triggers of five keys
-# (~550,000). A file that must be parsed again with positions (it has a problem to report) is held
-# to MAX_NODES, as every file is where aliases can expand.
+# (~550,000). The careful parse (positions, for a file with a problem to report) holds a file to
+# MAX_NODES once it has defined an anchor, and to FAST_MAX_VALUES while it has none.
 FAST_MAX_VALUES = 600_000
 MAX_DEPTH = 100
 
@@ -128,8 +128,11 @@ class _Composer:
 
     def count(self, n: int, height: int) -> None:
         self.doc.nodes += n
-        if self.doc.nodes > MAX_NODES:
-            raise _Budget(f"document too large: more than {MAX_NODES} values (alias expansion?)")
+        # With an anchor, aliases can expand: the tight budget. Without one, the file is as big as it
+        # looks and gets the fast parse's budget, so a big file with one mistake hears of its mistake.
+        limit = MAX_NODES if self.anchors else FAST_MAX_VALUES
+        if self.doc.nodes > limit:
+            raise _Budget(f"document too large: more than {limit} values" + (" (alias expansion?)" if self.anchors else ""))
         if len(self.stack) + height > MAX_DEPTH:
             raise _Budget(f"document nested deeper than {MAX_DEPTH} levels")
 
