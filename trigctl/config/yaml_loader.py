@@ -20,8 +20,8 @@ from trigctl.config.model import ConfigIssue
 MAX_NODES = 200_000  # alias expansion budget: a "billion laughs" file stops here
 # A file without anchors or aliases has no expansion: the fast, position-free parse takes it up to
 # this many values (counted from above, cheaply, before parsing), 50,000 triggers of five keys
-# (~550,000). The careful parse (positions, for a file with a problem to report) holds a file to
-# MAX_NODES once it has defined an anchor, and to FAST_MAX_VALUES while it has none.
+# (~550,000). The careful parse (positions, for a file with a problem to report) holds a file the
+# fast parse would take to FAST_MAX_VALUES too, and every other file (aliases, flow style) to MAX_NODES.
 FAST_MAX_VALUES = 600_000
 MAX_DEPTH = 100
 
@@ -37,6 +37,7 @@ class _Doc:
         self.key_marks: dict[tuple, tuple[int, int]] = {}
         self.issues: list[ConfigIssue] = []
         self.nodes = 0
+        self.max_nodes = MAX_NODES  # FAST_MAX_VALUES for a file the fast parse would take (load_yaml)
         self.unset: set[tuple] = set()  # values that used an unset ${VAR}: already explained
         self.fast = False
         self.base_dir: Path | None = None  # the file's folder, resolved once (validate.doc_base_dir)
@@ -128,11 +129,9 @@ class _Composer:
 
     def count(self, n: int, height: int) -> None:
         self.doc.nodes += n
-        # With an anchor, aliases can expand: the tight budget. Without one, the file is as big as it
-        # looks and gets the fast parse's budget, so a big file with one mistake hears of its mistake.
-        limit = MAX_NODES if self.anchors else FAST_MAX_VALUES
-        if self.doc.nodes > limit:
-            raise _Budget(f"document too large: more than {limit} values" + (" (alias expansion?)" if self.anchors else ""))
+        if self.doc.nodes > self.doc.max_nodes:
+            raise _Budget(f"document too large: more than {self.doc.max_nodes} values"
+                          + (" (alias expansion?)" if self.doc.max_nodes == MAX_NODES else ""))
         if len(self.stack) + height > MAX_DEPTH:
             raise _Budget(f"document nested deeper than {MAX_DEPTH} levels")
 
@@ -315,6 +314,10 @@ def _yaml_hint(problem: str, lines: list[str], line: int) -> str:
 
 def load_yaml(text: str, filename: str) -> tuple[Any, _Doc]:
     doc = _Doc(filename)
+    if _fast_parse_applies(text):
+        # Block style, no anchors: as big as it looks, so the fast parse's budget. A big file with
+        # one mistake (the reason it is parsed again here) hears of its mistake, not of its size.
+        doc.max_nodes = FAST_MAX_VALUES
     # libyaml's parser when present (10x faster on big files); its events carry the same marks.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
@@ -374,16 +377,21 @@ def _may_exceed_budgets(text: str) -> bool:
     return re.search(rf"^[ ?:-]{{{indent}}}", text, re.M) is not None
 
 
+def _fast_parse_applies(text: str) -> bool:
+    """No anchors or aliases, and within the fast parse's depth and size bounds."""
+    return not ("&" in text or "*" in text or "<<" in text) and not _may_exceed_budgets(text)
+
+
 def _fast_load(text: str) -> Any:
     """Plain, position-free parsing for the common case: a valid file without anchors or aliases.
 
     Keeping a line:col for every value costs memory (~100 MB at 20,000 triggers); positions are
     only needed to report problems, so a file with any problem is parsed again, slowly, with them.
     """
-    if "&" in text or "*" in text or "<<" in text:
-        raise _NeedMarks  # aliases need the guarded, budgeted loader
-    if _may_exceed_budgets(text):
-        raise _NeedMarks  # libyaml's composer recurses (100,000 levels crash it) and has no size budget
+    if not _fast_parse_applies(text):
+        # aliases need the guarded, budgeted loader; libyaml's composer recurses (100,000 levels
+        # crash it) and has no size budget
+        raise _NeedMarks
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except Exception:  # any trouble at all: the careful loader explains it
