@@ -125,6 +125,7 @@ class TriggerRow:
     last_error: str | None
     active_runs: int = 0
     last_reason: str | None = None
+    holder: str | None = None  # the process holding its lease (PostgreSQL; None: none, or SQLite)
 
 
 @dataclass
@@ -225,6 +226,9 @@ class Store(ABC):
     """
 
     process: ProcessInfo | None = None
+    #: Several processes share this state (PostgreSQL): the loop leases its triggers through
+    #: :mod:`trigctl.scaleout` rather than holding them all, and recovers only dead processes' runs.
+    shared: bool = False
 
     # -- lifecycle
     @abstractmethod
