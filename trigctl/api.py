@@ -127,7 +127,7 @@ class Project:
         return open_state(self.state_location(need_config), readonly=readonly)
 
 
-def open_state(location: str, *, readonly: bool = False) -> Store:
+def open_state(location: str, *, readonly: bool = False, lease_seconds: float | None = None) -> Store:
     """The store at ``location``, once the path is something a SQLite file can be: SQLite itself
     says "unable to open database file" of a directory and "disk I/O error" of a FIFO or a device."""
     import stat
@@ -145,7 +145,7 @@ def open_state(location: str, *, readonly: bool = False) -> Store:
             raise UsageError(f"state {location} is a directory, not a state file (give a file path such as {location}/state.db)")
         if mode is not None and not stat.S_ISREG(mode):
             raise UsageError(f"state {location} is not a regular file (a FIFO, a socket or a device): give the path of a state file")
-    return open_store(location, readonly=readonly)
+    return open_store(location, readonly=readonly, lease_seconds=lease_seconds)
 
 
 # ------------------------------------------------------------------------------------------- init
@@ -214,13 +214,15 @@ def plan_run(file: str | None = None, *, config_path: str | None = None, state: 
     return RunPlan(cfg, project.state_location(), set(only) if only else None)
 
 
-def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0) -> int:
-    """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger."""
+def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0, labels: tuple[str, ...] = (),
+        lease: float | None = None) -> int:
+    """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger.
+    ``labels`` and ``lease`` matter with a PostgreSQL state (docs/scale-out.md)."""
     from trigctl.runner import Runner
 
-    store = open_state(plan.state_location)
+    store = open_state(plan.state_location, lease_seconds=lease)
     try:
-        return Runner(plan.config, store, only=plan.only, once=once, grace=grace).run()
+        return Runner(plan.config, store, only=plan.only, once=once, grace=grace, labels=tuple(labels)).run()
     finally:
         store.close()
 

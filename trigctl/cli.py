@@ -204,8 +204,12 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--trigger", "only", multiple=True, metavar="NAME", help="Only these triggers (repeatable).")
 @click.option("--grace", default="30s", show_default=True, help="On SIGINT/SIGTERM, how long running runs may finish.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--label", "labels", multiple=True, metavar="NAME",
+              help="PostgreSQL state: this process may lease triggers whose labels: it carries (repeatable).")
+@click.option("--lease", default="10s", show_default=True,
+              help="PostgreSQL state: the lease period (a dead process's triggers move within it).")
 @_guard
-def run(file, config_path, state, once, only, grace, log_format) -> None:
+def run(file, config_path, state, once, only, grace, log_format, labels, lease) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully)."""
     from trigctl import api
     from trigctl.durations import DurationError, parse_duration
@@ -215,6 +219,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
         grace_s = parse_duration(grace)
     except DurationError as e:
         raise Fatal(f"--grace: {e}") from None
+    lease_s = _lease_option(lease, labels)
     plan = api.plan_run(file, config_path=config_path, state=state, only=only)
     handler = BatchingHandler(sys.stderr)
     handler.setFormatter(EventFormatter(log_format, debug=_debugging()))
@@ -225,7 +230,7 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
     root.propagate = False
     try:
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
-            code = api.run(plan, once=once, grace=grace_s)
+            code = api.run(plan, once=once, grace=grace_s, labels=labels, lease=lease_s)
             hard_exit = _leaked_threads()
     finally:
         handler.flush()
@@ -235,6 +240,23 @@ def run(file, config_path, state, once, only, grace, log_format) -> None:
         sys.stderr.flush()
         os._exit(code)
     raise click.exceptions.Exit(code)
+
+
+def _lease_option(lease: str, labels: tuple[str, ...]) -> float:
+    import re
+
+    from trigctl.durations import DurationError, parse_duration
+
+    try:
+        seconds = parse_duration(lease)
+    except DurationError as e:
+        raise Fatal(f"--lease: {e}") from None
+    if not 1 <= seconds <= 3600:
+        raise Fatal(f"--lease: {lease!r} is outside 1s..1h")
+    for label in labels:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", label):
+            raise Fatal(f"--label: {label!r} is not a label name ([a-z0-9][a-z0-9_-]*)")
+    return seconds
 
 
 def _leaked_threads() -> bool:

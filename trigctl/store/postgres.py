@@ -445,6 +445,8 @@ class PostgresStore(Store):
             try:
                 def stop(c):
                     c.execute("UPDATE triggers SET holder = NULL, lease_expires = NULL WHERE holder = %s", (me,))
+                    # Its queued runs go to whoever holds their trigger next (as a dead process's do).
+                    c.execute("UPDATE runs SET fired_by = NULL WHERE status = 'queued' AND fired_by = %s", (me,))
                     c.execute("UPDATE processes SET status = 'stopped', ended_at = now() WHERE id = %s AND status = 'alive'",
                               (me,))
                 self._with(self._lease, stop, retry_for=2.0)
@@ -588,6 +590,15 @@ class PostgresStore(Store):
         """The monotonic time the leases held lapse unless renewed (None: none held)."""
         with self._held_lock:
             return min((d for _, d in self._held.values()), default=None)
+
+    def free_triggers(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that no process holds (never held, released, or expired)."""
+        names = list(names)
+        if not names:
+            return []
+        return [r["name"] for r in self._query(
+            "SELECT name FROM triggers WHERE name = ANY(%s) AND (holder IS NULL OR lease_expires IS NULL "
+            "OR lease_expires <= now())", (names,), which=self._lease)]
 
     def holders(self) -> dict[str, str]:
         """Trigger -> the process holding its lease now (for `list`)."""
