@@ -127,3 +127,13 @@ def pg_cluster():
 def pg_url(pg_cluster) -> str:
     """The URL of a fresh, empty database of its own for this test."""
     return pg_cluster.new_database()
+
+
+@pytest.fixture
+def fleet(tmp_path, pg_url, pg_cluster):
+    """`trigctl run` processes on one fresh PostgreSQL database (tests/pg.py: Fleet), stopped at the end."""
+    from pg import Fleet
+
+    f = Fleet(tmp_path, pg_url, pg_cluster)
+    yield f
+    f.cleanup()

@@ -16,10 +16,14 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+from realproc import RunProc
 
 SERVER_USER = "postgres"  # used only when the tests run as root
 
@@ -133,3 +137,104 @@ class Cluster:
         with psycopg.connect(url, autocommit=True) as conn:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
+
+
+# ------------------------------------------------------------ `trigctl run` processes on one state
+
+LEASE = "2s"  # short, so failovers take seconds; the default (10s) is for production
+
+SEQ = """
+import trigctl
+
+def seq(cursor=None):
+    n = int(cursor or 0) + 1
+    return trigctl.Fire({"seq": n}, cursor=str(n))
+"""
+
+
+def project(tmp_path: Path, n: int = 12, interval: str = "100ms", task: str = '{argv: ["true"]}',
+            extra: str = "", triggers: str = "") -> Path:
+    """A triggers.yaml of ``n`` counting triggers t00... into workflow ``w`` (plus ``extra`` workflows
+    and ``triggers``, YAML lines)."""
+    lines = triggers + "\n".join(
+        f'  - {{name: t{i:02d}, type: python, callable: "seqs:seq", workflow: w, interval: {interval}, dedupe: none}}'
+        for i in range(n))
+    (tmp_path / "seqs.py").write_text(SEQ)
+    yaml = tmp_path / "triggers.yaml"
+    yaml.write_text(f"version: 1\nmax_concurrent_runs: 50\nworkflows:\n  w: {{tasks: [{task}]}}\n{extra}triggers:\n"
+                    + lines + "\n")
+    return yaml
+
+
+class Fleet:
+    """`trigctl run` processes on one state; stopped (or killed) at the end of the test."""
+
+    def __init__(self, tmp_path: Path, url: str, cluster):
+        self.tmp_path, self.url, self.cluster = tmp_path, url, cluster
+        self.procs: list[RunProc] = []
+
+    def start(self, *args: str) -> RunProc:
+        i = len(self.procs)
+        p = RunProc(self.tmp_path, "triggers.yaml", "--state", self.url, "--lease", LEASE, *args,
+                    log=self.tmp_path / f"run{i}.log")
+        self.procs.append(p)
+        p.wait_line("start triggers=", timeout=30)
+        return p
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        return self.cluster.sql(self.url, statement, params)
+
+    def process_id(self, proc: RunProc) -> str:
+        rows = self.sql("SELECT id FROM processes WHERE pid = %s AND status = 'alive'", (proc.pid,))
+        assert rows, f"no alive process row for pid {proc.pid}"
+        return rows[0][0]
+
+    def held(self) -> dict[str, int]:
+        """Process id -> leases held now."""
+        return dict(self.sql("SELECT holder, count(*) FROM triggers WHERE holder IS NOT NULL AND lease_expires > now() "
+                             "GROUP BY holder"))
+
+    def runs(self) -> int:
+        return self.sql("SELECT count(*) FROM runs")[0][0]
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- run{i}\n" + p.stderr[-1500:] for i, p in enumerate(self.procs))
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+            time.sleep(0.05)
+
+    def assert_exactly_once(self) -> int:
+        """Every trigger's fires are seq 1..N, each once, and each run ran its task once. (A rerun of
+        a run interrupted by a dead process repeats its seq, as on_interrupt: rerun says.)"""
+        bad_reruns = self.sql("SELECT r.id FROM runs r JOIN runs o ON o.id = r.rerun_of WHERE o.status <> 'interrupted' "
+                              "OR o.context <> r.context")
+        assert bad_reruns == [], bad_reruns
+        rows = self.sql("SELECT trigger_name, array_agg((context::json->>'seq')::int ORDER BY (context::json->>'seq')::int) "
+                        "FROM runs WHERE rerun_of IS NULL GROUP BY trigger_name")
+        total = 0
+        for name, seqs in rows:
+            if seqs != list(range(1, len(seqs) + 1)):
+                detail = self.sql("SELECT id, context, fired_by, queued_at, status FROM runs WHERE trigger_name = %s "
+                                  "ORDER BY id", (name,))
+                procs = self.sql("SELECT id, pid, status, ended_by FROM processes")
+                raise AssertionError(f"{name}: seqs {seqs} are not 1..{len(seqs)} exactly once:\n{detail}\n{procs}")
+            total += len(seqs)
+        tasks = self.sql("SELECT run_id, count(*) FROM tasks GROUP BY run_id HAVING count(*) > 1")
+        assert tasks == [], f"runs whose task ran more than once: {tasks}"
+        return total
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.signal(signal.SIGCONT)
+                p.signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except AssertionError:
+                p.kill()

@@ -376,16 +376,21 @@ class TriggerStatus:
     fires: int
     consecutive_errors: int
     last_reason: str | None = None  # why the last poll skipped, or its error's message
+    holder: str | None = None  # PostgreSQL: the process holding its lease (None: nobody now)
+    shared: bool = False  # the state is shared by several processes (PostgreSQL): `holder` is shown
 
     def as_dict(self) -> dict[str, Any]:
         from trigctl.render import iso
 
-        return {
+        doc = {
             "name": self.name, "type": self.type, "workflow": self.workflow, "interval": self.interval,
             "enabled": self.enabled, "dedupe": self.dedupe, "last_poll_at": iso(self.last_poll_at),
             "last_result": self.last_result, "next_poll_at": iso(self.next_poll_at), "active_runs": self.active_runs,
             "fires": self.fires, "consecutive_errors": self.consecutive_errors, "last_reason": self.last_reason,
         }
+        if self.shared:
+            doc["holder"] = self.holder
+        return doc
 
 
 def list_triggers(*, config_path: str | None = None, state: str | None = None) -> list[TriggerStatus]:
@@ -394,6 +399,7 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
     summaries, store = _listing_source(project)
     try:
         rows = store.trigger_rows()
+        shared = store.shared
     finally:
         store.close()
     out = []
@@ -408,8 +414,20 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
             active_runs=row.active_runs if row else 0, fires=row.fires if row else 0,
             consecutive_errors=row.consecutive_errors if row else 0,
             last_reason=row.last_reason if row else None,
+            holder=row.holder if row else None, shared=shared,
         ))
     return out
+
+
+def list_processes(*, config_path: str | None = None, state: str | None = None) -> list[Any]:
+    """The live `trigctl run` processes of a PostgreSQL state (trigctl.store.postgres.ProcessRow)."""
+    store = Project(config_path, state).store(readonly=True, need_config=False)
+    try:
+        if not store.shared:
+            raise UsageError("`trigctl processes` needs a PostgreSQL state (a SQLite state has one `trigctl run` at a time)")
+        return store.processes()  # type: ignore[attr-defined]
+    finally:
+        store.close()
 
 
 def _listing_source(project: Project) -> tuple[list[dict[str, Any]], Store]:
@@ -580,6 +598,11 @@ def cancel_run(run_id: int, *, config_path: str | None = None, state: str | None
             if run is None or run.status != "running":
                 raise Conflict(f"run {run_id} already ended ({run.status if run else 'gone'}); nothing to cancel")
         store.request_cancel(run_id, time.time())
+        if store.shared:  # PostgreSQL: the owner, on whichever host, stops it; a dead owner's run is ended here
+            if store.owner_alive(run):
+                return CancelResult(run_id, "requested")
+            store.finish_run(run_id, "cancelled", time.time(), CANCELLED_BY, take_over=True)
+            return CancelResult(run_id, "killed")
         try:
             store.start_process()  # no `trigctl run` alive: this process ends the run itself
         except StateLocked:

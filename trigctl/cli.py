@@ -319,6 +319,21 @@ def list_(config_path, state, as_json) -> None:
         render.trigger_table(triggers)
 
 
+@main.command()
+@config_option
+@json_option
+@_guard
+def processes(config_path, state, as_json) -> None:
+    """PostgreSQL state: each live `trigctl run` process, its host, labels, leases held, last heartbeat."""
+    from trigctl import api
+
+    rows = api.list_processes(config_path=config_path, state=state)
+    if as_json:
+        render.print_json([render.process_doc(p) for p in rows])
+    else:
+        render.process_table(rows)
+
+
 # ------------------------------------------------------------------------------- enable / disable
 
 

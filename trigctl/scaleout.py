@@ -72,7 +72,7 @@ class LeaseKeeper:
         runner = self.runner
         only = runner.scheduler.only
         return [tc.name for tc in runner.config.triggers
-                if (only is None or tc.name in only) and set(getattr(tc, "labels", ())) <= self.labels]
+                if (only is None or tc.name in only) and set(tc.labels) <= self.labels]
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -81,6 +81,22 @@ class LeaseKeeper:
         self._round()
         self._thread = threading.Thread(target=self._main, name="trigctl-leases", daemon=True)
         self._thread.start()
+        if self.store.run_on_any:
+            threading.Thread(target=self._listen, name="trigctl-notify", daemon=True).start()
+
+    def _listen(self) -> None:
+        """`run_on: any` runs: wake the loop as soon as another process queues one (LISTEN/NOTIFY);
+        each round also makes the loop look (the backstop, if a notification is missed)."""
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                for _ in self.store.notifications("trigctl_runs", self._stop):
+                    self.runner._pump_needed = True
+                    self.runner._event.set()
+                delay = 0.1
+            except StateError:
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.period)
 
     def stop(self) -> None:
         self._stop.set()
@@ -132,6 +148,10 @@ class LeaseKeeper:
         # Held in the database but dropped here (a renewal came too late, the database was away):
         # still ours, nobody wrote meanwhile; taken up again from the stored state.
         regained = held - before
+        config = self.runner.config
+        store.run_on_any = frozenset(w.name for w in config.workflows.values() if w.run_on == "any")
+        if store.run_on_any:
+            self.runner._pump_needed = True  # the backstop of LISTEN/NOTIFY
         candidates = self.candidates()
         wanted = set(candidates)
         live = max(1, store.live_processes())

@@ -348,12 +348,14 @@ class PostgresStore(Store):
                 except psycopg.Error as e:
                     raise StateError(f"state {self.path}: {self._first_line(e)}") from None
             now = time.monotonic()
+            if now + delay > deadline or self._closed:
+                if isinstance(error, StateError):
+                    raise error
+                raise StateError(f"state {self.path}: no connection to PostgreSQL ({self._first_line(error)})")
             if which.broken_since is None:
                 which.broken_since = now
                 log.warning("state: lost the connection to PostgreSQL (%s: %s); retrying with backoff", which.role,
                             self._first_line(error))
-            if now + delay > deadline or self._closed:
-                raise StateError(f"state {self.path}: no connection to PostgreSQL ({self._first_line(error)})")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -599,6 +601,26 @@ class PostgresStore(Store):
         return [r["name"] for r in self._query(
             "SELECT name FROM triggers WHERE name = ANY(%s) AND (holder IS NULL OR lease_expires IS NULL "
             "OR lease_expires <= now())", (names,), which=self._lease)]
+
+    def notifications(self, channel: str, stop: threading.Event):
+        """Yield each NOTIFY on ``channel`` (on a connection of its own) until ``stop`` is set; a
+        lost connection raises StateError (the caller reconnects)."""
+        try:
+            conn = self._connect({})
+        except StateError:
+            raise
+        try:
+            conn.execute(f"LISTEN {channel}")
+            while not stop.is_set():
+                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    yield True
+        except psycopg.Error as e:
+            raise StateError(f"state {self.path}: {self._first_line(e)}") from None
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close
+                pass
 
     def holders(self) -> dict[str, str]:
         """Trigger -> the process holding its lease now (for `list`)."""
