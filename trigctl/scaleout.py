@@ -63,6 +63,7 @@ class LeaseKeeper:
         self._free_last_round: set[str] = set()
         self._stalled = False
         self._failing = False
+        self._wait = self.period
         self.rounds = 0
 
     # ------------------------------------------------------------------------ which triggers
@@ -117,7 +118,7 @@ class LeaseKeeper:
                 log.error("leases: internal error (%s: %s); retrying", type(e).__name__, e)
 
     def _next_wait(self) -> float:
-        return self.period
+        return self._wait
 
     # ---------------------------------------------------------------------------------- round
 
@@ -148,6 +149,10 @@ class LeaseKeeper:
         # Held in the database but dropped here (a renewal came too late, the database was away):
         # still ours, nobody wrote meanwhile; taken up again from the stored state.
         regained = held - before
+        # Dead processes first: their leases are freed and they no longer count in the share.
+        reaped = store.reap_dead(self._policy)
+        if reaped:
+            self._post("reaped", reaped)
         config = self.runner.config
         store.run_on_any = frozenset(w.name for w in config.workflows.values() if w.run_on == "any")
         if store.run_on_any:
@@ -174,9 +179,10 @@ class LeaseKeeper:
         if gained:
             names = sorted(gained)
             self._post("gained", (store.trigger_rows(names), store.load_all_kv(names)))
-        reaped = store.reap_dead(self._policy)
-        if reaped:
-            self._post("reaped", reaped)
+        # The next round at the latest when another process's lease on one of our candidates lapses:
+        # a process that stopped renewing (killed, stalled) is replaced within its lease, not a round later.
+        soonest = store.next_foreign_expiry(candidates)
+        self._wait = self.period if soonest is None else min(self.period, max(0.05, soonest + 0.05))
 
     def _policy(self, run: RunRow, chain: int) -> tuple[bool, int]:
         """on_interrupt of a dead process's run: rerun it (with its trigger's max_attempts) or mark it."""

@@ -622,6 +622,17 @@ class PostgresStore(Store):
             except Exception:  # noqa: BLE001 - a broken connection may fail to close
                 pass
 
+    def next_foreign_expiry(self, names: Iterable[str]) -> float | None:
+        """Seconds until the soonest lease of another process on one of ``names`` lapses (None: none held)."""
+        names = list(names)
+        if not names:
+            return None
+        rows = self._query("SELECT extract(epoch FROM min(lease_expires) - now()) AS s FROM triggers WHERE "
+                           "name = ANY(%s) AND holder IS NOT NULL AND holder IS DISTINCT FROM %s AND lease_expires > now()",
+                           (names, self._me), which=self._lease)
+        value = rows[0]["s"] if rows else None
+        return None if value is None else float(value)
+
     def holders(self) -> dict[str, str]:
         """Trigger -> the process holding its lease now (for `list`)."""
         return {r["name"]: r["holder"] for r in self._query(
