@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,7 +67,12 @@ def child(args) -> None:
     from trigctl.store.postgres import PostgresStore
 
     cfg = load_config(Path(args.yaml), light=True)
-    store = PostgresStore(args.url, lease_seconds=args.lease)
+    if args.url.startswith("postgresql://"):
+        store: Any = PostgresStore(args.url, lease_seconds=args.lease)
+    else:  # the baseline: one process on SQLite
+        from trigctl.store.sqlite import SQLiteStore
+
+        store = SQLiteStore(args.url)
     lateness: list[float] = []
     window = [float("inf"), float("inf")]
     original = Scheduler.execute
@@ -107,9 +113,9 @@ def write_yaml(tmp: Path, triggers: list[str], max_runs: int = 8) -> Path:
     return p
 
 
-def polling(cluster, n: int, triggers: int, seconds: float, lease: float) -> dict:
-    url = cluster.new_database()
+def polling(cluster, n: int, triggers: int, seconds: float, lease: float, sqlite: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-so-"))
+    url = str(tmp / "state.db") if sqlite else cluster.new_database()
     yaml = write_yaml(tmp, [f"  - {{name: t{i}, type: python, callable: 'bench_seq:noop', workflow: w, interval: 1s}}"
                             for i in range(triggers)])
     start_at = time.time() + 15 + 3 * n  # start-up (10,000 state rows, the first share) is not measured
@@ -130,19 +136,30 @@ def polling(cluster, n: int, triggers: int, seconds: float, lease: float) -> dic
             "cpu": [round(r["cpu"], 2) for r in results], "per_process": [r["polls"] for r in results]}
 
 
-def throughput(cluster, n: int, firing: int, seconds: float, lease: float) -> dict:
+def throughput(cluster, n: int, firing: int, seconds: float, lease: float, sqlite: bool = False) -> dict:
+    import sqlite3
+
     import psycopg
 
-    url = cluster.new_database()
     tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-so-"))
+    url = str(tmp / "state.db") if sqlite else cluster.new_database()
+
+    def connect():
+        return sqlite3.connect(url, timeout=30) if sqlite else psycopg.connect(url, autocommit=True)
     yaml = write_yaml(tmp, [f"  - {{name: f{i}, type: python, callable: 'bench_seq:seq', workflow: w, interval: 100ms, "
                             "dedupe: none}" for i in range(firing)], max_runs=16)
-    procs = [subprocess.Popen([sys.executable, "-m", "trigctl", "run", str(yaml), "--state", url, "--lease", f"{lease}s"],
-                              cwd=tmp, stderr=subprocess.DEVNULL) for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-m", "trigctl", "run", str(yaml), "--state", url]
+                              + ([] if sqlite else ["--lease", f"{lease}s"]), cwd=tmp, stderr=subprocess.DEVNULL)
+             for _ in range(n)]
 
     def succeeded() -> int:
-        with psycopg.connect(url, autocommit=True) as c:
+        c = connect()
+        try:
             return c.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()[0]
+        except (sqlite3.Error, psycopg.Error):
+            return 0
+        finally:
+            c.close()
 
     time.sleep(10)  # warm-up: the processes start and share the triggers
     s0, t0 = succeeded(), time.monotonic()
@@ -152,10 +169,16 @@ def throughput(cluster, n: int, firing: int, seconds: float, lease: float) -> di
         p.send_signal(signal.SIGTERM)
     for p in procs:
         p.wait(timeout=120)
-    with psycopg.connect(url, autocommit=True) as c:
+    c = connect()
+    if sqlite:
+        rows = [(name, [int(x) for x in seqs.split(",")]) for name, seqs in c.execute(
+            "SELECT trigger_name, group_concat(json_extract(context, '$.seq')) FROM runs WHERE rerun_of IS NULL "
+            "GROUP BY trigger_name").fetchall()]
+    else:
         rows = c.execute("SELECT trigger_name, array_agg((context::json->>'seq')::int) FROM runs WHERE rerun_of IS NULL "
                          "GROUP BY trigger_name").fetchall()
-        total = c.execute("SELECT count(*) FROM runs").fetchone()[0]
+    total = c.execute("SELECT count(*) FROM runs").fetchone()[0]
+    c.close()
     duplicates = sum(len(seqs) - len(set(seqs)) for _, seqs in rows)
     gaps = sum(max(seqs) - len(set(seqs)) for _, seqs in rows)
     return {"n": n, "runs_per_s": (s1 - s0) / (t1 - t0), "fires": total, "duplicates": duplicates, "gaps": gaps}
@@ -178,14 +201,19 @@ def failover(cluster, kills: int, lease: float) -> dict:
 
     def holder_pid() -> int | None:
         with psycopg.connect(url, autocommit=True) as c:
+            if c.execute("SELECT to_regclass('processes')").fetchone()[0] is None:
+                return None  # not migrated yet
             row = c.execute("SELECT p.pid FROM triggers t JOIN processes p ON p.id = t.holder WHERE t.name = 'probe' "
-                            "AND t.lease_expires > now() AND p.status = 'alive'").fetchone()
+                            "AND p.leases_until > now() AND p.status = 'alive'").fetchone()
         return row[0] if row else None
 
     def balanced() -> bool:
         with psycopg.connect(url, autocommit=True) as c:
-            counts = [r[0] for r in c.execute("SELECT count(*) FROM triggers WHERE holder IS NOT NULL AND "
-                                              "lease_expires > now() GROUP BY holder").fetchall()]
+            if c.execute("SELECT to_regclass('triggers')").fetchone()[0] is None:
+                return False
+            counts = [r[0] for r in c.execute("SELECT count(*) FROM triggers t JOIN processes p ON p.id = t.holder "
+                                              "WHERE p.status = 'alive' AND p.leases_until > now() "
+                                              "GROUP BY t.holder").fetchall()]
         return len(counts) == 2 and sum(counts) == 101
 
     procs = {p.pid: p for p in (start(), start())}
@@ -250,18 +278,18 @@ def main() -> None:
             print(f"\n### Polling: {args.triggers} python triggers at 1 s, {args.seconds:g} s measured\n")
             print("| processes | polls/s executed (due) | p50 ms | p99 ms | max ms | polls per process | CPU s/s per process |")
             print("|---|---|---|---|---|---|---|")
-            for n in args.n:
-                r = polling(cluster, n, args.triggers, args.seconds, args.lease)
-                print(f"| {n} | {r['polls_per_s']:.0f} ({r['due_per_s']}) | {r['p50']:.1f} | {r['p99']:.1f} | "
+            for n in ["sqlite", *args.n]:
+                r = polling(cluster, 1 if n == "sqlite" else int(n), args.triggers, args.seconds, args.lease, n == "sqlite")
+                print(f"| {'1 (SQLite)' if n == 'sqlite' else n} | {r['polls_per_s']:.0f} ({r['due_per_s']}) | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{r['max']:.1f} | {'/'.join(map(str, r['per_process']))} | {'/'.join(map(str, r['cpu']))} |",
                       flush=True)
         if "throughput" not in args.skip:
             print(f"\n### Fire throughput: {args.firing} triggers firing every 100 ms into `true`, {args.seconds:g} s\n")
             print("| processes | runs succeeded/s | fires recorded | duplicates | gaps |")
             print("|---|---|---|---|---|")
-            for n in args.n:
-                r = throughput(cluster, n, args.firing, args.seconds, args.lease)
-                print(f"| {n} | {r['runs_per_s']:.0f} | {r['fires']} | {r['duplicates']} | {r['gaps']} |", flush=True)
+            for n in ["sqlite", *args.n]:
+                r = throughput(cluster, 1 if n == "sqlite" else int(n), args.firing, args.seconds, args.lease, n == "sqlite")
+                print(f"| {'1 (SQLite)' if n == 'sqlite' else n} | {r['runs_per_s']:.0f} | {r['fires']} | {r['duplicates']} | {r['gaps']} |", flush=True)
         if "failover" not in args.skip and args.kills:
             r = failover(cluster, args.kills, args.lease)
             print(f"\n### Failover: SIGKILL the holder of a trigger polled every 200 ms, {r['kills']} kills, "

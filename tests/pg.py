@@ -191,8 +191,8 @@ class Fleet:
 
     def held(self) -> dict[str, int]:
         """Process id -> leases held now."""
-        return dict(self.sql("SELECT holder, count(*) FROM triggers WHERE holder IS NOT NULL AND lease_expires > now() "
-                             "GROUP BY holder"))
+        return dict(self.sql("SELECT t.holder, count(*) FROM triggers t JOIN processes p ON p.id = t.holder "
+                             "WHERE p.status = 'alive' AND p.leases_until > now() GROUP BY t.holder"))
 
     def runs(self) -> int:
         return self.sql("SELECT count(*) FROM runs")[0][0]

@@ -131,3 +131,28 @@ def test_a_restarted_process_takes_its_share(tmp_path, fleet):
     fleet.wait(lambda: fleet.held().get(idc, 0) >= 5 and fleet.held().get(ida, 0) >= 5, 30, "a restarted process's share")
     assert a.stop() == 0 and c.stop() == 0
     fleet.assert_exactly_once()
+
+
+def test_the_database_away_for_longer_than_the_lease_is_survived(tmp_path, fleet):
+    """No new connection is allowed and the existing ones are killed, for twice the lease: the loop
+    stops recording (its leases lapse), says so once, does not exit, and goes on when the database
+    is back; nothing is recorded twice."""
+    project(tmp_path, n=4, interval="100ms")
+    a = fleet.start()
+    fleet.wait(lambda: fleet.runs() >= 20, 30, "runs")
+    db = fleet.url.rsplit("/", 1)[1]
+    fleet.cluster.sql(fleet.cluster.url(), f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+    try:
+        fleet.cluster.sql(fleet.cluster.url(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'trigctl' AND datname = %s", (db,))
+        a.wait_line("lost the connection to PostgreSQL", timeout=10)
+        # Away for twice the lease (waited on the process's own log: its leases lapse, it says so).
+        a.wait_line("not renewed in time", timeout=30)
+    finally:
+        fleet.cluster.sql(fleet.cluster.url(), f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    before = fleet.runs()
+    fleet.wait(lambda: fleet.runs() >= before + 20, 60, "runs after the database came back")
+    assert a.proc.poll() is None
+    assert a.count("lost the connection to PostgreSQL") <= 3  # once per connection (main, lease, a reader)
+    assert a.stop() == 0, a.stderr[-2000:]
+    fleet.assert_exactly_once()

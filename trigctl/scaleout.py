@@ -64,6 +64,7 @@ class LeaseKeeper:
         self._stalled = False
         self._failing = False
         self._wait = self.period
+        self._started = 0.0
         self.rounds = 0
 
     # ------------------------------------------------------------------------ which triggers
@@ -79,6 +80,7 @@ class LeaseKeeper:
 
     def start(self) -> None:
         """The first round on the caller's thread (the loop starts with its share), then the thread."""
+        self._started = time.monotonic()
         self._round()
         self._thread = threading.Thread(target=self._main, name="trigctl-leases", daemon=True)
         self._thread.start()
@@ -130,7 +132,9 @@ class LeaseKeeper:
             return
         self.rounds += 1
         before = set(store.leases())
-        stalled = time.monotonic() - self.runner.loop_progress > self.stall_limit
+        progress = self.runner.loop_progress
+        # (Before the loop's first step, loading thousands of triggers is not a stall.)
+        stalled = progress > self._started and time.monotonic() - progress > self.stall_limit
         if stalled:
             if not self._stalled:
                 log.warning("the polling loop has not advanced for %.1fs: giving up its %d trigger leases",
@@ -155,8 +159,8 @@ class LeaseKeeper:
             self._post("reaped", reaped)
         config = self.runner.config
         store.run_on_any = frozenset(w.name for w in config.workflows.values() if w.run_on == "any")
-        if store.run_on_any:
-            self.runner._pump_needed = True  # the backstop of LISTEN/NOTIFY
+        if store.run_on_any or store.claim_failed:
+            self.runner._pump_needed = True  # the backstop of LISTEN/NOTIFY, or a claim the database missed
         candidates = self.candidates()
         wanted = set(candidates)
         live = max(1, store.live_processes())
@@ -205,7 +209,8 @@ class LeaseKeeper:
         deadline = store.lease_deadline()
         if deadline is not None and time.monotonic() >= deadline:
             lost = store.drop_all_leases_locally()
-            if sched.leases_lost(lost):
+            sched.leases_lost(lost)
+            if lost:
                 log.warning("leases: not renewed in time (%d triggers); polling stops until they are taken again", len(lost))
             deadline = None
         sched.lease_deadline = deadline

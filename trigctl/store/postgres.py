@@ -5,9 +5,11 @@ The same contract as the SQLite store (:class:`trigctl.store.base.Store`), plus 
 - **Processes.** :meth:`start_process` inserts a row with a fresh id; :meth:`heartbeat` keeps it
   alive. A process whose heartbeat is older than its lease period is dead: a survivor marks it so
   (:meth:`reap_dead`) and, in the same transaction, ends its running runs as ``interrupted``.
-- **Leases with fencing tokens, on the database's clock.** A trigger row carries its ``holder``,
-  a ``token`` that grows each time the trigger changes hands, and ``lease_expires`` computed with
-  the database's ``now()``: host clocks never decide who holds what. Every write about a trigger
+- **Leases with fencing tokens, on the database's clock.** A trigger row carries its ``holder``
+  and a ``token`` that grows each time the trigger changes hands; the holder's process row carries
+  ``leases_until``, computed with the database's ``now()`` (host clocks never decide who holds
+  what). A lease is valid while its holder is alive and ``leases_until`` is ahead: renewing all of
+  a process's leases is one row, whatever the number of triggers. Every write about a trigger
   locks its row and checks holder, token and expiry in the write's own transaction; a stalled
   former holder writes nothing (:class:`LeaseLost`). Leases are taken with ``FOR UPDATE SKIP
   LOCKED``, so processes never wait for each other's rows.
@@ -64,6 +66,7 @@ MAX_ERROR_CHARS = 4000
 PRUNE_BATCH = 5_000
 DEFAULT_LEASE = 10.0  # seconds: a dead process's triggers move within this (plus one renewal)
 RETRY_FOR = 15.0  # seconds an unfenced write keeps retrying a lost connection (as SQLite's busy timeout)
+RUN_END_RETRY = 600.0  # seconds a run's worker keeps trying to record the run's end
 CONNECT_TIMEOUT = 5  # seconds
 SCHEMA_LOCK = 0x7472_6967  # advisory lock key of the migrations ("trig")
 
@@ -83,9 +86,8 @@ MIGRATIONS: list[str] = [
         error_alerted BOOLEAN NOT NULL DEFAULT false,
         last_error TEXT,
         last_reason TEXT,
-        holder TEXT,
-        token BIGINT NOT NULL DEFAULT 0,
-        lease_expires TIMESTAMPTZ
+        holder TEXT,                               -- the process holding its lease (valid: see processes)
+        token BIGINT NOT NULL DEFAULT 0            -- grows each time the trigger changes hands
     );
     CREATE INDEX triggers_holder ON triggers (holder) WHERE holder IS NOT NULL;
     CREATE TABLE trigger_kv (
@@ -103,6 +105,7 @@ MIGRATIONS: list[str] = [
         started_at DOUBLE PRECISION NOT NULL,
         lease_seconds DOUBLE PRECISION NOT NULL,
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        leases_until TIMESTAMPTZ,                  -- its leases are valid until then (renewed while its loop advances)
         status TEXT NOT NULL DEFAULT 'alive',      -- alive | stopped | dead
         ended_at TIMESTAMPTZ,
         ended_by TEXT                              -- the process that declared it dead
@@ -190,6 +193,16 @@ MIGRATIONS: list[str] = [
 _CONN_ERRORS: tuple[type[BaseException], ...] = ()
 if psycopg is not None:
     _CONN_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+class Unreachable(StateError):
+    """The database could not be reached (within the retries): nothing was written."""
+
+
+def _valid(holder: str) -> str:
+    """SQL: the lease held by process ``holder`` (an SQL expression) is valid now."""
+    return (f"EXISTS (SELECT 1 FROM processes p WHERE p.id = {holder} AND p.status = 'alive' "
+            "AND p.leases_until > now())")
 
 
 def shown_url(url: str) -> str:
@@ -283,11 +296,13 @@ class PostgresStore(Store):
         self.process: ProcessInfo | None = None
         self._held: dict[str, tuple[int, float]] = {}  # trigger -> (token, local monotonic deadline)
         self._held_lock = threading.Lock()
+        self._deadline = 0.0  # local monotonic time the leases lapse (last renewal sent + the lease)
         self._change_seq: int | None = None
         self._start: str | None = None
         self._logged_loss = False
         self._closed = False
-        self.run_on_any: frozenset[str] = frozenset()  # workflows of this process's YAML with run_on: any
+        self.run_on_any: frozenset[str] = frozenset()
+        self.claim_failed = False  # workflows of this process's YAML with run_on: any
         self._main = _Conn(self, "main", {"idle_in_transaction_session_timeout": "60s"})
         # Renewals must never wait long: a statement that cannot finish within a third of the
         # lease is abandoned (and retried at the next renewal) rather than let the lease lapse.
@@ -306,7 +321,7 @@ class PostgresStore(Store):
                 conn.execute(f"SET {k} = '{v}'")
             return conn
         except psycopg.Error as e:
-            raise StateError(f"cannot connect to the PostgreSQL state {self.path}: {self._first_line(e)}") from None
+            raise Unreachable(f"cannot connect to the PostgreSQL state {self.path}: {self._first_line(e)}") from None
 
     @staticmethod
     def _first_line(e: BaseException) -> str:
@@ -351,7 +366,7 @@ class PostgresStore(Store):
             if now + delay > deadline or self._closed:
                 if isinstance(error, StateError):
                     raise error
-                raise StateError(f"state {self.path}: no connection to PostgreSQL ({self._first_line(error)})")
+                raise Unreachable(f"state {self.path}: no connection to PostgreSQL ({self._first_line(error)})")
             if which.broken_since is None:
                 which.broken_since = now
                 log.warning("state: lost the connection to PostgreSQL (%s: %s); retrying with backoff", which.role,
@@ -382,11 +397,18 @@ class PostgresStore(Store):
             self._check_lease(c, fence, token)
             return fn(c)
 
-        return self._with(self._main, fenced, until=held[1])
+        try:
+            return self._with(self._main, fenced, until=held[1])
+        except Unreachable as e:
+            # The database stayed away until the lease lapsed: the trigger is not ours to write any
+            # more (the loop stops polling it; the lease keeper takes it again when the database is back).
+            raise LeaseLost(f"trigger {fence}: its lease lapsed while the database was unreachable ({e}); "
+                            "nothing recorded") from None
 
     def _check_lease(self, c, trigger: str, token: int) -> None:
-        c.execute("SELECT 1 FROM triggers WHERE name = %s AND holder = %s AND token = %s AND lease_expires > now() "
-                  "FOR UPDATE", (trigger, self.process.id if self.process else None, token))
+        me = self.process.id if self.process else None
+        c.execute("SELECT 1 FROM triggers WHERE name = %s AND holder = %s AND token = %s AND " + _valid("%s") +
+                  " FOR UPDATE", (trigger, me, token, me))
         if c.fetchone() is None:
             with self._held_lock:
                 self._held.pop(trigger, None)
@@ -446,7 +468,7 @@ class PostgresStore(Store):
             me = self.process.id
             try:
                 def stop(c):
-                    c.execute("UPDATE triggers SET holder = NULL, lease_expires = NULL WHERE holder = %s", (me,))
+                    c.execute("UPDATE triggers SET holder = NULL WHERE holder = %s", (me,))
                     # Its queued runs go to whoever holds their trigger next (as a dead process's do).
                     c.execute("UPDATE runs SET fired_by = NULL WHERE status = 'queued' AND fired_by = %s", (me,))
                     c.execute("UPDATE processes SET status = 'stopped', ended_at = now() WHERE id = %s AND status = 'alive'",
@@ -466,11 +488,13 @@ class PostgresStore(Store):
                            labels=tuple(labels))
 
         def insert(c):
-            c.execute("INSERT INTO processes (id, host, pid, proc_start, labels, started_at, lease_seconds) "
-                      "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            c.execute("INSERT INTO processes (id, host, pid, proc_start, labels, started_at, lease_seconds, leases_until) "
+                      "VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
                       (info.id, _t(info.host), info.pid, self._my_start, json.dumps(list(info.labels)), info.started_at,
-                       self.lease_seconds))
+                       self.lease_seconds, self.lease_seconds))
+        sent = time.monotonic()
         self._with(self._lease, insert)
+        self._deadline = sent + self.lease_seconds
         self.process = info
         return info
 
@@ -497,7 +521,7 @@ class PostgresStore(Store):
     def processes(self, include_ended: bool = False) -> list[ProcessRow]:
         rows = self._query(
             "SELECT p.*, extract(epoch FROM p.heartbeat_at) AS hb, extract(epoch FROM now() - p.heartbeat_at) AS age, "
-            "(SELECT count(*) FROM triggers t WHERE t.holder = p.id AND t.lease_expires > now()) AS leases, "
+            "(SELECT count(*) FROM triggers t WHERE t.holder = p.id AND p.leases_until > now()) AS leases, "
             "(SELECT count(*) FROM runs r WHERE r.owner_process = p.id AND r.status = 'running') AS running "
             "FROM processes p " + ("" if include_ended else "WHERE p.status = 'alive' ") + "ORDER BY p.started_at")
         return [ProcessRow(id=r["id"], host=r["host"], pid=r["pid"], labels=tuple(json.loads(r["labels"])),
@@ -514,20 +538,18 @@ class PostgresStore(Store):
         if self.process is None or not wanted or limit == 0:
             return self.leases()
         me, lease = self.process.id, self.lease_seconds
-        started = time.monotonic()
 
         def take(c):
             c.execute(
-                "WITH c AS (SELECT name FROM triggers WHERE name = ANY(%s) AND (holder IS NULL OR holder <> %s) "
-                "AND (holder IS NULL OR lease_expires IS NULL OR lease_expires <= now()) "
-                "ORDER BY name LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "UPDATE triggers t SET holder = %s, token = t.token + 1, lease_expires = now() + make_interval(secs => %s) "
-                "FROM c WHERE t.name = c.name RETURNING t.name, t.token",
-                (wanted, me, limit, me, lease))
+                "WITH c AS (SELECT name FROM triggers t WHERE name = ANY(%s) AND (holder IS NULL OR "
+                "(holder <> %s AND NOT " + _valid("t.holder") + ")) AND " + _valid("%s") +
+                " ORDER BY name LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "UPDATE triggers t SET holder = %s, token = t.token + 1 FROM c WHERE t.name = c.name RETURNING t.name, t.token",
+                (wanted, me, me, limit, me))
             return c.fetchall()
 
         rows = self._with(self._lease, take, retry_for=lease / 3)
-        deadline = started + lease
+        deadline = self._deadline  # valid as long as this process's leases_until, renewed as a whole
         with self._held_lock:
             for name, token in rows:
                 self._held[name] = (token, deadline)
@@ -547,12 +569,16 @@ class PostgresStore(Store):
         started = time.monotonic()
 
         def renew(c):
-            c.execute("UPDATE triggers SET lease_expires = now() + make_interval(secs => %s) WHERE holder = %s "
-                      "RETURNING name, token", (lease, me))
+            c.execute("UPDATE processes SET leases_until = now() + make_interval(secs => %s) WHERE id = %s "
+                      "AND status = 'alive' RETURNING 1", (lease, me))
+            if c.fetchone() is None:
+                return []  # declared dead: nothing is ours
+            c.execute("SELECT name, token FROM triggers WHERE holder = %s", (me,))
             return c.fetchall()
 
         rows = self._with(self._lease, renew, retry_for=lease / 3)
         deadline = started + lease
+        self._deadline = deadline
         with self._held_lock:
             current = {name: token for name, token in rows}
             self._held = {n: (tok, deadline) for n, tok in current.items()}
@@ -568,8 +594,7 @@ class PostgresStore(Store):
         me = self.process.id
 
         def release(c):
-            c.execute("UPDATE triggers SET holder = NULL, lease_expires = NULL WHERE holder = %s AND name = ANY(%s)",
-                      (me, names))
+            c.execute("UPDATE triggers SET holder = NULL WHERE holder = %s AND name = ANY(%s)", (me, names))
         try:
             self._with(self._lease, release, retry_for=self.lease_seconds / 3)
         except StateError:
@@ -599,8 +624,8 @@ class PostgresStore(Store):
         if not names:
             return []
         return [r["name"] for r in self._query(
-            "SELECT name FROM triggers WHERE name = ANY(%s) AND (holder IS NULL OR lease_expires IS NULL "
-            "OR lease_expires <= now())", (names,), which=self._lease)]
+            "SELECT name FROM triggers t WHERE name = ANY(%s) AND (holder IS NULL OR NOT " + _valid("t.holder") + ")",
+            (names,), which=self._lease)]
 
     def notifications(self, channel: str, stop: threading.Event):
         """Yield each NOTIFY on ``channel`` (on a connection of its own) until ``stop`` is set; a
@@ -627,16 +652,17 @@ class PostgresStore(Store):
         names = list(names)
         if not names:
             return None
-        rows = self._query("SELECT extract(epoch FROM min(lease_expires) - now()) AS s FROM triggers WHERE "
-                           "name = ANY(%s) AND holder IS NOT NULL AND holder IS DISTINCT FROM %s AND lease_expires > now()",
-                           (names, self._me), which=self._lease)
+        rows = self._query("SELECT extract(epoch FROM min(p.leases_until) - now()) AS s FROM processes p WHERE "
+                           "p.status = 'alive' AND p.id IS DISTINCT FROM %s AND p.leases_until > now() AND EXISTS "
+                           "(SELECT 1 FROM triggers t WHERE t.holder = p.id AND t.name = ANY(%s))",
+                           (self._me, names), which=self._lease)
         value = rows[0]["s"] if rows else None
         return None if value is None else float(value)
 
     def holders(self) -> dict[str, str]:
         """Trigger -> the process holding its lease now (for `list`)."""
         return {r["name"]: r["holder"] for r in self._query(
-            "SELECT name, holder FROM triggers WHERE holder IS NOT NULL AND lease_expires > now()")}
+            "SELECT name, holder FROM triggers t WHERE holder IS NOT NULL AND " + _valid("t.holder"))}
 
     # ---------------------------------------------------------------------------- dead processes
 
@@ -654,7 +680,7 @@ class PostgresStore(Store):
                       "RETURNING id", (me, me))
             dead = [r[0] for r in c.fetchall()]
             if dead:
-                c.execute("UPDATE triggers SET holder = NULL, lease_expires = NULL WHERE holder = ANY(%s)", (dead,))
+                c.execute("UPDATE triggers SET holder = NULL WHERE holder = ANY(%s)", (dead,))
                 c.execute("UPDATE runs SET fired_by = NULL WHERE status = 'queued' AND fired_by = ANY(%s)", (dead,))
             c.execute(
                 "SELECT r.*, p.host AS owner_host FROM runs r LEFT JOIN processes p ON p.id = r.owner_process "
@@ -706,7 +732,11 @@ class PostgresStore(Store):
         return int(self._query("SELECT seq FROM change_feed WHERE id = 1")[0]["seq"])
 
     def changes(self) -> Changes | None:
-        seq = self.change_token()
+        try:
+            seq = int(self._with(self._main, lambda c: c.execute("SELECT seq FROM change_feed WHERE id = 1").fetchone()[0],
+                                 tx=False, retry_for=0.5))
+        except StateError:
+            return None  # the database is away (said once in the log): looked at again in a quarter second
         if seq == self._change_seq:
             return None
         self._change_seq = seq
@@ -728,7 +758,7 @@ class PostgresStore(Store):
         where, params = "", ()  # type: tuple[str, tuple[Any, ...]]
         if names is not None:
             where, params = " WHERE name = ANY(%s)", (list(names),)
-        rows = self._query("SELECT t.*, (t.lease_expires > now()) AS leased FROM triggers t" + where, params)
+        rows = self._query("SELECT t.*, " + _valid("t.holder") + " AS leased FROM triggers t" + where, params)
         active = {r["trigger_name"]: r["n"] for r in self._query(
             "SELECT trigger_name, count(*) AS n FROM runs WHERE status IN ('queued','running') GROUP BY trigger_name")}
         return {
@@ -752,6 +782,16 @@ class PostgresStore(Store):
         self._tx(flip)
 
     def flush_stats(self, stats: Iterable[PollStats]) -> None:
+        try:
+            self._flush_stats(stats)
+        except StateError as e:
+            if self.process is None:
+                raise
+            # The database is away (the loss is logged once): these counters are dropped; the next
+            # poll of each trigger writes them again. Nothing else is lost (fires are fenced writes).
+            log.debug("counters not written: %s", e)
+
+    def _flush_stats(self, stats: Iterable[PollStats]) -> None:
         held = self._held
         rows = [s for s in stats if self.holds(s.name)]
         if not rows:
@@ -767,10 +807,11 @@ class PostgresStore(Store):
                 "polls = t.polls + v.polls, consecutive_errors = v.ce "
                 "FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::int[], "
                 "%s::bigint[]) AS v(name, lp, lr, reason, np, polls, ce, token) "
-                "WHERE t.name = v.name AND (%s::text IS NULL OR (t.holder = %s AND t.token = v.token "
-                "AND t.lease_expires > now()))",
-                (*params, me, me))
-        self._with(self._main, flush)
+                "WHERE t.name = v.name AND (%s::text IS NULL OR (t.holder = %s AND t.token = v.token AND "
+                + _valid("%s") + "))",
+                (*params, me, me, me))
+        deadline = self.lease_deadline() if me else None
+        self._with(self._main, flush, until=deadline)
 
     def load_kv(self, trigger: str) -> dict[str, Any]:
         return {_s(r["key"]): json.loads(r["value"])
@@ -986,7 +1027,15 @@ class PostgresStore(Store):
             cols = [d.name for d in c.description]
             return [dict(zip(cols, row)) for row in c.fetchall()]
 
-        rows = self._tx(claim)
+        if me is None:
+            rows = self._tx(claim)
+        else:
+            try:
+                rows = self._with(self._main, claim, retry_for=1.0)
+                self.claim_failed = False
+            except StateError:
+                self.claim_failed = True  # the database is away: the lease keeper makes the loop look again
+                return []
         return [self._run(r) for r in sorted(rows, key=lambda r: r["id"])]
 
     def _owner_clause(self, take_over: bool = False) -> tuple[str, tuple]:
@@ -994,9 +1043,16 @@ class PostgresStore(Store):
             return "", ()
         return " AND (owner_process IS NULL OR owner_process = %s)", (self.process.id,)
 
+    def _run_record(self, fn: Callable[[Any], Any]) -> None:
+        """A run's own record (a task started or ended): the run goes on if the database is away."""
+        try:
+            self._tx(fn)
+        except Unreachable as e:
+            log.debug("a task's record was not written: %s", e)
+
     def task_started(self, run_id, idx, name, now, pid, pgid, proc_start) -> None:
         owned, params = self._owner_clause()
-        self._tx(lambda c: c.execute(
+        self._run_record(lambda c: c.execute(
             "INSERT INTO tasks (run_id, idx, name, status, started_at, pid, pgid, proc_start) "
             f"SELECT %s, %s, %s, 'running', %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM runs WHERE id = %s{owned}) "
             "ON CONFLICT (run_id, idx) DO UPDATE SET status = 'running', pid = excluded.pid, pgid = excluded.pgid, "
@@ -1005,7 +1061,7 @@ class PostgresStore(Store):
 
     def task_finished(self, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
         owned, params = self._owner_clause()
-        self._tx(lambda c: c.execute(
+        self._run_record(lambda c: c.execute(
             "UPDATE tasks SET status = %s, exit_code = %s, completed_at = %s, output_tail = %s, attempts = %s, pid = NULL, "
             f"pgid = NULL WHERE run_id = %s AND idx = %s AND EXISTS (SELECT 1 FROM runs WHERE id = %s{owned})",
             (status, exit_code, now, safe_text(output_tail), attempts, run_id, idx, run_id, *params)))
@@ -1022,6 +1078,10 @@ class PostgresStore(Store):
             self._finish(c, run_id, status, now, error)
             return True
 
+        if threading.current_thread().name.startswith("run-"):
+            # A run's worker (its own thread) keeps trying for minutes: a run's end must not be lost
+            # to a database restart (it would stay `running` while this process lives).
+            return bool(self._with(self._main, finish, retry_for=RUN_END_RETRY))
         return bool(self._tx(finish))
 
     def _finish(self, c, run_id: int, status: str, now: float, error: str | None) -> None:
