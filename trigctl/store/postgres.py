@@ -304,6 +304,9 @@ class PostgresStore(Store):
         self.run_on_any: frozenset[str] = frozenset()
         self.claim_failed = False  # workflows of this process's YAML with run_on: any
         self._main = _Conn(self, "main", {"idle_in_transaction_session_timeout": "60s"})
+        # Runs record their tasks and ends on a connection of their own: a burst of fires recorded by
+        # the loop does not hold them up (PostgreSQL, unlike SQLite, has no single writer lock).
+        self._runs = _Conn(self, "runs", {"idle_in_transaction_session_timeout": "60s"})
         # Renewals must never wait long: a statement that cannot finish within a third of the
         # lease is abandoned (and retried at the next renewal) rather than let the lease lapse.
         lease_ms = str(max(500, int(self.lease_seconds * 1000 / 3)))
@@ -479,7 +482,7 @@ class PostgresStore(Store):
         self._closed = True
         with self._held_lock:
             self._held.clear()
-        for conn in (self._main, self._lease):
+        for conn in (self._main, self._runs, self._lease):
             with conn.lock:
                 conn.drop()
 
@@ -1046,7 +1049,7 @@ class PostgresStore(Store):
     def _run_record(self, fn: Callable[[Any], Any]) -> None:
         """A run's own record (a task started or ended): the run goes on if the database is away."""
         try:
-            self._tx(fn)
+            self._with(self._runs, fn)
         except Unreachable as e:
             log.debug("a task's record was not written: %s", e)
 
@@ -1081,7 +1084,7 @@ class PostgresStore(Store):
         if threading.current_thread().name.startswith("run-"):
             # A run's worker (its own thread) keeps trying for minutes: a run's end must not be lost
             # to a database restart (it would stay `running` while this process lives).
-            return bool(self._with(self._main, finish, retry_for=RUN_END_RETRY))
+            return bool(self._with(self._runs, finish, retry_for=RUN_END_RETRY))
         return bool(self._tx(finish))
 
     def _finish(self, c, run_id: int, status: str, now: float, error: str | None) -> None:
