@@ -35,7 +35,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from trigctl.events import RunInterrupted, RunQueued
+from trigctl.events import LeaseGained, LeaseLost, RunInterrupted, RunQueued
 from trigctl.procs import kill_recorded_group
 from trigctl.store.base import RunRow, StateError
 
@@ -142,14 +142,14 @@ class LeaseKeeper:
             self._stalled = True
             store.release_triggers(before)
             if before:
-                self._post("lost", sorted(before))
+                self._post("lost", (sorted(before), "the loop is not advancing"))
             return
         if self._stalled:
             log.warning("the polling loop advances again: taking triggers")
             self._stalled = False
         held = set(store.renew_leases(time.time()))
         if before - held:
-            self._post("lost", sorted(before - held))
+            self._post("lost", (sorted(before - held), "another process holds it"))
         # Held in the database but dropped here (a renewal came too late, the database was away):
         # still ours, nobody wrote meanwhile; taken up again from the stored state.
         regained = held - before
@@ -173,7 +173,7 @@ class LeaseKeeper:
         elif len(mine) > share + slack:
             excess = sorted(mine)[share:]
             store.release_triggers(excess)
-            self._post("lost", excess)
+            self._post("lost", (excess, "released to spread the triggers"))
             mine -= set(excess)
         free = set(store.free_triggers(sorted(wanted - held - gained)))
         orphans = free & self._free_last_round
@@ -209,7 +209,7 @@ class LeaseKeeper:
         deadline = store.lease_deadline()
         if deadline is not None and time.monotonic() >= deadline:
             lost = store.drop_all_leases_locally()
-            sched.leases_lost(lost)
+            self._publish_lost(sched.leases_lost(lost), "not renewed in time")
             if lost:
                 log.warning("leases: not renewed in time (%d triggers); polling stops until they are taken again", len(lost))
             deadline = None
@@ -217,15 +217,29 @@ class LeaseKeeper:
         while self._changes:
             kind, payload = self._changes.popleft()
             if kind == "lost":
-                sched.leases_lost(payload)
+                names, reason = payload
+                self._publish_lost(sched.leases_lost(names), reason)
             elif kind == "gained":
                 rows, kv = payload
-                sched.leases_gained({n: r for n, r in rows.items() if store.holds(n)}, kv, now)
+                held = {n: r for n, r in rows.items() if store.holds(n)}
+                sched.leases_gained(held, kv, now)  # (the first share is taken up by the load itself)
+                bus = self.runner.bus
+                if held and bus.wants(LeaseGained):
+                    leases = store.leases()
+                    for name in held:
+                        if name in leases:
+                            bus.publish(LeaseGained(name, leases[name].token))
                 self.runner._pump_needed = True  # queued runs of a dead process's triggers are ours now
             elif kind == "reaped":
                 self._publish_reaped(payload)
         if self._changes:
             self.runner._event.set()
+
+    def _publish_lost(self, names: list[str], reason: str) -> None:
+        bus = self.runner.bus
+        if names and bus.wants(LeaseLost):
+            for name in names:
+                bus.publish(LeaseLost(name, reason))
 
     def _publish_reaped(self, reaped) -> None:
         bus = self.runner.bus
