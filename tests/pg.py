@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from realproc import RunProc
@@ -198,15 +197,14 @@ class Fleet:
         return self.sql("SELECT count(*) FROM runs")[0][0]
 
     def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- run{i}\n" + p.stderr[-1500:] for i, p in enumerate(self.procs))
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-            time.sleep(0.05)
+        """conftest.wait_for, with every process's last log lines when it times out."""
+        from conftest import wait_for
+
+        try:
+            return wait_for(predicate, timeout, 0.05, what)
+        except AssertionError as e:
+            logs = "\n".join(f"--- run{i}\n" + p.stderr[-1500:] for i, p in enumerate(self.procs))
+            raise AssertionError(f"{e}\n{logs}") from None
 
     def assert_exactly_once(self) -> int:
         """Every trigger's fires are seq 1..N, each once, and each run ran its task once. (A rerun of

@@ -52,6 +52,8 @@ from trigctl.store.base import (
     Store,
     TriggerRow,
     dedupe_hash,
+    history_row,
+    run_row,
     safe_text,
 )
 
@@ -992,14 +994,7 @@ class PostgresStore(Store):
 
     # ---------------------------------------------------------------------------------------- runs
 
-    def _run(self, r: dict) -> RunRow:
-        return RunRow(
-            id=r["id"], trigger_name=r["trigger_name"], workflow=r["workflow"], status=r["status"],
-            context=json.loads(r["context"]), context_hash=r["context_hash"], dedupe=r["dedupe"], attempt=r["attempt"],
-            rerun_of=r["rerun_of"], queued_at=r["queued_at"], started_at=r["started_at"], completed_at=r["completed_at"],
-            error=r["error"], triggered_at=r["triggered_at"], owner_pid=r.get("owner_pid"), owner_start=r.get("owner_start"),
-            owner_process=r.get("owner_process"),
-        )
+    _run = staticmethod(run_row)
 
     def claim_next_queued(self, now: float) -> RunRow | None:
         runs = self.claim_queued(now, 1)
@@ -1172,16 +1167,7 @@ class PostgresStore(Store):
             "SELECT e.*, r.status AS run_status, r.started_at AS run_started, r.completed_at AS run_completed, "
             "r.error AS run_error FROM events e LEFT JOIN runs r ON e.kind = 'fire' AND r.id = e.run_id "
             f"WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT %s", params)
-        return [
-            HistoryEntry(
-                id=r["id"], trigger_name=r["trigger_name"], kind=r["kind"],
-                context=json.loads(r["context"]) if r["context"] else None, context_hash=r["context_hash"],
-                run_id=r["run_id"], run_status=r["run_status"], run_started_at=r["run_started"],
-                run_completed_at=r["run_completed"], error=r["run_error"] if r["kind"] == "fire" else r["error"],
-                count=r["count"], created_at=r["created_at"], updated_at=r["updated_at"],
-            )
-            for r in rows
-        ]
+        return [history_row(r) for r in rows]
 
     def get_run(self, run_id: int) -> RunRow | None:
         rows = self._query("SELECT * FROM runs WHERE id = %s", (run_id,))
