@@ -804,7 +804,7 @@ class PostgresStore(Store):
         me = self._me
         params = ([s.name for s in rows], [s.last_poll_at for s in rows], [s.last_result for s in rows],
                   [_reason(s.last_reason) for s in rows], [s.next_poll_at for s in rows], [s.polls for s in rows],
-                  [s.consecutive_errors for s in rows], [held[s.name][0] if me else 0 for s in rows])
+                  [s.consecutive_errors for s in rows], [held.get(s.name, (0, 0.0))[0] if me else 0 for s in rows])
 
         def flush(c):
             c.execute(
