@@ -149,3 +149,29 @@ def test_an_unreachable_server_is_one_line_without_the_password(tmp_path, pg_clu
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot connect to the PostgreSQL state" in lines[0], out.stderr
     assert "s3cr3t" not in out.stderr and "***" in lines[0]
+
+
+def test_processes_needs_a_postgresql_state(tmp_path):
+    out = subprocess.run(trigctl_cmd("processes", "--state", str(tmp_path / "state.db")), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "trigctl: `trigctl processes` needs a PostgreSQL state (a SQLite state has one `trigctl run` at a time)"]
+
+
+def test_once_and_prune_on_postgresql(tmp_path, pg_url, pg_cluster):
+    project(tmp_path, n=3)
+    out = subprocess.run(trigctl_cmd("run", "--once", "--state", pg_url), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert pg_cluster.sql(pg_url, "SELECT count(*), min(status), max(status) FROM runs") == [(3, "succeeded", "succeeded")]
+    assert pg_cluster.sql(pg_url, "SELECT status FROM processes") == [("stopped",)]
+    history = json.loads(subprocess.run(trigctl_cmd("history", "--json", "--state", pg_url), cwd=tmp_path,
+                                        capture_output=True, text=True, timeout=60).stdout)
+    assert sorted(h["trigger_name"] for h in history) == ["t00", "t01", "t02"]
+    # prune's cut-off is the time the command starts: everything recorded before it goes
+    out = subprocess.run(trigctl_cmd("prune", "--older-than", "0s", "--state", pg_url), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "pruned 3 history entries" in out.stdout, out.stdout + out.stderr
+    assert pg_cluster.sql(pg_url, "SELECT count(*) FROM runs") == [(0,)]
+    assert pg_cluster.sql(pg_url, "SELECT count(*) FROM processes") == [(0,)]

@@ -1186,6 +1186,10 @@ class PostgresStore(Store):
             ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE completed_at < %s "
              "AND status NOT IN ('queued','running') LIMIT %s)", False),
         )
+        def forget(c):  # processes that ended before the cut-off and own no active run
+            c.execute("DELETE FROM processes p WHERE p.status <> 'alive' AND p.ended_at < to_timestamp(%s) AND NOT EXISTS "
+                      "(SELECT 1 FROM runs r WHERE r.owner_process = p.id AND r.status IN ('queued', 'running'))", (before,))
+        self._tx(forget)
         events = 0
         for sql, counted in statements:
             while True:
