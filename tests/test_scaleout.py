@@ -30,6 +30,11 @@ def test_processes_share_the_triggers_and_each_fire_is_one_run(tmp_path, fleet, 
     fleet.wait(lambda: set(fleet.held()) == set(ids) and sum(fleet.held().values()) == 12, 30, "every process holding leases")
     start = fleet.runs()
     fleet.wait(lambda: fleet.runs() >= start + 150, 60, "150 more runs")
+    # Steady state: no lease changes hands (the tokens stay) over several lease rounds.
+    tokens = fleet.sql("SELECT name, token FROM triggers ORDER BY name")
+    rounds = fleet.sql("SELECT count(*) FROM runs")[0][0]
+    fleet.wait(lambda: fleet.runs() >= rounds + 400, 60, "400 more runs (several lease rounds)")
+    assert fleet.sql("SELECT name, token FROM triggers ORDER BY name") == tokens  # no flapping
     held = fleet.held()
     share = -(-12 // n)
     assert all(share - 2 <= held[i] <= share + 1 for i in ids), held
@@ -156,3 +161,48 @@ def test_the_database_away_for_longer_than_the_lease_is_survived(tmp_path, fleet
     assert a.count("lost the connection to PostgreSQL") <= 3  # once per connection (main, lease, a reader)
     assert a.stop() == 0, a.stderr[-2000:]
     fleet.assert_exactly_once()
+
+
+def test_a_wedged_loop_gives_its_triggers_up(tmp_path, pg_url, pg_cluster):
+    """The renewer renews only while the loop advances: a loop stuck inside a step (made to block
+    here at the start of its step, in-process) has its leases released within half a lease, and
+    takes triggers again once it moves."""
+    import threading
+
+    from trigctl.config import load_config
+    from trigctl.runner import Runner
+    from trigctl.store.postgres import PostgresStore
+
+    yaml = project(tmp_path, n=4, interval="100ms")
+    store = PostgresStore(pg_url, lease_seconds=2)
+    runner = Runner(load_config(yaml), store, install_signals=False, grace=1)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+
+    def held() -> int:
+        return pg_cluster.sql(pg_url, "SELECT count(*) FROM triggers WHERE holder IS NOT NULL")[0][0]
+
+    from conftest import wait_for
+
+    try:
+        wait_for(lambda: runner.leases is not None and held() == 4, 30, message="the triggers held")
+        gate = threading.Event()
+        original = runner.leases.apply
+
+        def stuck(now):
+            gate.wait(60)  # the owner thread is stuck here, as in a wedged step
+            original(now)
+
+        runner.leases.apply = stuck
+        wedged_at = time.monotonic()
+        wait_for(lambda: held() == 0, 30, message="the leases released")
+        print(f"wedged loop: leases released {time.monotonic() - wedged_at:.1f}s after the loop stopped (lease 2s)")
+        runs = pg_cluster.sql(pg_url, "SELECT count(*) FROM runs")[0][0]
+        runner.leases.apply = original
+        gate.set()
+        wait_for(lambda: held() == 4, 30, message="the triggers taken again")
+        wait_for(lambda: pg_cluster.sql(pg_url, "SELECT count(*) FROM runs")[0][0] > runs + 10, 30, message="firing again")
+    finally:
+        runner.stop()
+        thread.join(30)
+        store.close()
