@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 3])
 def test_processes_share_the_triggers_and_each_fire_is_one_run(tmp_path, fleet, n):
     project(tmp_path, n=12)
-    procs = [fleet.start() for _ in range(n)]
+    # A longer lease than the other tests': the steady-state check below is about the spread, not
+    # about renewals that a loaded machine delays past a 2 s lease (a failover, rightly).
+    procs = [fleet.start("--lease", "5s") for _ in range(n)]
     ids = [fleet.process_id(p) for p in procs]
     # Every process takes its share (12 / n each, within the slack), and runs keep coming.
     fleet.wait(lambda: set(fleet.held()) == set(ids) and sum(fleet.held().values()) == 12, 30, "every process holding leases")
@@ -33,8 +35,10 @@ def test_processes_share_the_triggers_and_each_fire_is_one_run(tmp_path, fleet, 
     # Steady state: no lease changes hands (the tokens stay) over several lease rounds.
     tokens = fleet.sql("SELECT name, token FROM triggers ORDER BY name")
     rounds = fleet.sql("SELECT count(*) FROM runs")[0][0]
-    fleet.wait(lambda: fleet.runs() >= rounds + 400, 60, "400 more runs (several lease rounds)")
-    assert fleet.sql("SELECT name, token FROM triggers ORDER BY name") == tokens  # no flapping
+    fleet.wait(lambda: fleet.runs() >= rounds + 1000, 60, "1000 more runs (several lease rounds)")
+    after = fleet.sql("SELECT name, token FROM triggers ORDER BY name")
+    warnings = [ln for p in procs for ln in p.stderr.splitlines() if "warning" in ln]
+    assert after == tokens, f"leases changed hands in steady state: {set(after) - set(tokens)}\n{warnings}"
     held = fleet.held()
     share = -(-12 // n)
     assert all(share - 2 <= held[i] <= share + 1 for i in ids), held

@@ -8,10 +8,11 @@ One thread per process ("trigctl-leases"), on a connection of its own, every thi
 2. **Renew** every lease held, in one statement, but only while the loop advances: a loop that has
    not stepped for half a lease is wedged, and gives its triggers up instead of keeping them.
 3. **Spread.** The fair share is ``ceil(candidates / live processes)``. Below it, free triggers are
-   taken (``SKIP LOCKED``); above it plus a slack of 10 % (at least one), the excess is released for
-   the others to take. Free triggers that stayed free a whole round (nobody else may take them:
-   labels, or another YAML) are taken beyond the share. A trigger is never taken from a live holder:
-   no lease ping-pongs.
+   taken (``SKIP LOCKED``); above it plus a slack of 10 % (at least one), or above it while another
+   live process is below it minus the slack, the excess is released for the others to take, and not
+   taken back for ORPHAN_AFTER rounds. Free triggers that stayed free a whole round (nobody else may
+   take them: labels, or another YAML) are taken beyond the share and do not count against it. A
+   trigger is never taken from a live holder: no lease ping-pongs.
 4. **Reap** dead processes (:meth:`PostgresStore.reap_dead`): in one transaction, a process whose
    heartbeat is past its lease is marked dead, its running runs end ``interrupted`` (and are rerun
    by ``on_interrupt``) and its leases are freed.
@@ -48,6 +49,7 @@ log = logging.getLogger("trigctl")
 EXIT_DECLARED_DEAD = 3
 MAX_RERUN_CHAIN = 3
 SLACK = 0.10  # a process may hold this much above its fair share before it gives triggers up
+ORPHAN_AFTER = 3  # rounds a trigger this process released stays for the others before it may take it back
 
 
 class LeaseKeeper:
@@ -61,6 +63,8 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._free_last_round: set[str] = set()
+        self._orphans: set[str] = set()  # taken beyond the share because nobody else took them
+        self._released: dict[str, int] = {}  # released by this process to spread: round of release
         self._stalled = False
         self._failing = False
         self._wait = self.period
@@ -163,22 +167,33 @@ class LeaseKeeper:
             self.runner._pump_needed = True  # the backstop of LISTEN/NOTIFY, or a claim the database missed
         candidates = self.candidates()
         wanted = set(candidates)
-        live = max(1, store.live_processes())
-        share = math.ceil(len(candidates) / live)
+        counts = store.live_lease_counts()  # live process -> leases it holds (this one included)
+        me = store.process.id if store.process else ""
+        share = math.ceil(len(candidates) / max(1, len(counts)))
         slack = max(1, math.ceil(share * SLACK))
         mine = held & wanted
+        self._orphans &= held
+        shared = mine - self._orphans  # orphans (nobody else took them) do not count against the share
+        starving = any(n < share - slack for pid, n in counts.items() if pid != me)
         gained: set[str] = set(regained)
         if len(mine) < share:
-            gained = set(store.acquire_triggers(sorted(wanted - held), time.time(), limit=share - len(mine))) - held
-        elif len(mine) > share + slack:
-            excess = sorted(mine)[share:]
+            gained |= set(store.acquire_triggers(sorted(wanted - held), time.time(), limit=share - len(mine))) - held
+        elif len(shared) > share + slack or (len(shared) > share and starving):
+            # Above the share plus the slack, or above the share while another process is below it
+            # minus the slack: the excess goes (to whoever is below; never taken back at once).
+            excess = sorted(shared)[share:]
             store.release_triggers(excess)
             self._post("lost", (excess, "released to spread the triggers"))
-            mine -= set(excess)
+            for name in excess:
+                self._released[name] = self.rounds
+        self._released = {n: r for n, r in self._released.items() if self.rounds - r <= ORPHAN_AFTER}
         free = set(store.free_triggers(sorted(wanted - held - gained)))
-        orphans = free & self._free_last_round
-        if orphans:  # free for a whole round: nobody else takes them
-            gained |= set(store.acquire_triggers(sorted(orphans), time.time())) - held
+        # Free for a whole round, and not just released by this process: nobody else takes them.
+        orphans = (free & self._free_last_round) - set(self._released)
+        if orphans:
+            taken = set(store.acquire_triggers(sorted(orphans), time.time())) - held
+            self._orphans |= taken
+            gained |= taken
         self._free_last_round = free - orphans
         if gained:
             names = sorted(gained)

@@ -305,14 +305,18 @@ class PostgresStore(Store):
         self._closed = False
         self.run_on_any: frozenset[str] = frozenset()
         self.claim_failed = False  # workflows of this process's YAML with run_on: any
-        self._main = _Conn(self, "main", {"idle_in_transaction_session_timeout": "60s"})
+        # A transaction of trigctl never waits for its client: one left open longer than half a lease
+        # is a stopped process (SIGSTOP, a frozen VM) holding row locks; the server ends it, so that
+        # the others can declare it dead and take its triggers.
+        idle = f"{max(1000, int(self.lease_seconds * 500))}ms"
+        self._main = _Conn(self, "main", {"idle_in_transaction_session_timeout": idle})
         # Runs record their tasks and ends on a connection of their own: a burst of fires recorded by
         # the loop does not hold them up (PostgreSQL, unlike SQLite, has no single writer lock).
-        self._runs = _Conn(self, "runs", {"idle_in_transaction_session_timeout": "60s"})
+        self._runs = _Conn(self, "runs", {"idle_in_transaction_session_timeout": idle})
         # Renewals must never wait long: a statement that cannot finish within a third of the
         # lease is abandoned (and retried at the next renewal) rather than let the lease lapse.
         lease_ms = str(max(500, int(self.lease_seconds * 1000 / 3)))
-        self._lease = _Conn(self, "lease", {"idle_in_transaction_session_timeout": "30s",
+        self._lease = _Conn(self, "lease", {"idle_in_transaction_session_timeout": idle,
                                             "statement_timeout": lease_ms, "lock_timeout": lease_ms})
         self._with(self._main, self._migrate, retry_for=0)
 
@@ -523,6 +527,13 @@ class PostgresStore(Store):
                            "AND heartbeat_at > now() - make_interval(secs => lease_seconds)", which=self._lease)
         return int(rows[0]["n"])
 
+    def live_lease_counts(self) -> dict[str, int]:
+        """Each live process (heartbeat within its lease), this one included: how many triggers it holds."""
+        rows = self._query("SELECT p.id, (SELECT count(*) FROM triggers t WHERE t.holder = p.id) AS n FROM processes p "
+                           "WHERE p.status = 'alive' AND p.heartbeat_at > now() - make_interval(secs => p.lease_seconds)",
+                           which=self._lease)
+        return {r["id"]: int(r["n"]) for r in rows}
+
     def processes(self, include_ended: bool = False) -> list[ProcessRow]:
         rows = self._query(
             "SELECT p.*, extract(epoch FROM p.heartbeat_at) AS hb, extract(epoch FROM now() - p.heartbeat_at) AS age, "
@@ -685,8 +696,12 @@ class PostgresStore(Store):
                       "RETURNING id", (me, me))
             dead = [r[0] for r in c.fetchall()]
             if dead:
-                c.execute("UPDATE triggers SET holder = NULL WHERE holder = ANY(%s)", (dead,))
-                c.execute("UPDATE runs SET fired_by = NULL WHERE status = 'queued' AND fired_by = ANY(%s)", (dead,))
+                # Rows a stopped process still has locked are skipped: its leases are invalid anyway
+                # (it is dead), and they are freed once the server ends its open transaction.
+                c.execute("UPDATE triggers SET holder = NULL WHERE name IN (SELECT name FROM triggers WHERE "
+                          "holder = ANY(%s) FOR UPDATE SKIP LOCKED)", (dead,))
+                c.execute("UPDATE runs SET fired_by = NULL WHERE id IN (SELECT id FROM runs WHERE status = 'queued' "
+                          "AND fired_by = ANY(%s) FOR UPDATE SKIP LOCKED)", (dead,))
             c.execute(
                 "SELECT r.*, p.host AS owner_host FROM runs r LEFT JOIN processes p ON p.id = r.owner_process "
                 "WHERE r.status = 'running' AND (p.id IS NULL OR p.status <> 'alive') ORDER BY r.id "
