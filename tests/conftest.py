@@ -99,3 +99,41 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- PostgreSQL (issue 11)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session (tests/pg.py); skips, saying
+    why, where PostgreSQL or psycopg is not installed."""
+    from pg import Cluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"PostgreSQL tests: {reason}")
+    cluster = Cluster()
+    try:
+        cluster.start()
+    except Exception:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty database of its own for this test."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture
+def fleet(tmp_path, pg_url, pg_cluster):
+    """`trigctl run` processes on one fresh PostgreSQL database (tests/pg.py: Fleet), stopped at the end."""
+    from pg import Fleet
+
+    f = Fleet(tmp_path, pg_url, pg_cluster)
+    yield f
+    f.cleanup()

@@ -12,7 +12,7 @@ from conftest import cli_json, open_state
 
 from trigctl.cli import main
 
-COMMANDS = ["init", "validate", "run", "poll", "list", "enable", "disable", "history", "show", "cancel", "prune"]
+COMMANDS = ["init", "validate", "run", "poll", "list", "processes", "enable", "disable", "history", "show", "cancel", "prune"]
 
 YAML = """
 version: 1

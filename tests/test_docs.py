@@ -32,6 +32,7 @@ DOC_ENV = {
     "API_TOKEN": "example-api-token",
     "ALERT_TOKEN": "example-alert-token",
     "DB_PASSWORD": "example-password",
+    "TRIGCTL_DB_PASSWORD": "example-password",
     "RABBIT_PASSWORD": "example-password",
     "SOURCE_URL": "https://example.com/export.csv",
 }

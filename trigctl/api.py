@@ -192,7 +192,7 @@ class Project:
         return store
 
 
-def open_state(location: str, *, readonly: bool = False) -> Store:
+def open_state(location: str, *, readonly: bool = False, lease_seconds: float | None = None) -> Store:
     """The store at ``location``, once the path is something a SQLite file can be: SQLite itself
     says "unable to open database file" of a directory and "disk I/O error" of a FIFO or a device."""
     import stat
@@ -210,7 +210,7 @@ def open_state(location: str, *, readonly: bool = False) -> Store:
             raise UsageError(f"state {location} is a directory, not a state file (give a file path such as {location}/state.db)")
         if mode is not None and not stat.S_ISREG(mode):
             raise UsageError(f"state {location} is not a regular file (a FIFO, a socket or a device): give the path of a state file")
-    return open_store(location, readonly=readonly)
+    return open_store(location, readonly=readonly, lease_seconds=lease_seconds)
 
 
 # ------------------------------------------------------------------------------------------- init
@@ -284,15 +284,16 @@ def plan_run(file: str | None = None, *, config_path: str | None = None, state: 
     return RunPlan(cfg, project.state_location(), set(only) if only else None)
 
 
-def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0,
-        observers: Iterable[Callable[[Runner], Any]] = ()) -> int:
+def run(plan: RunPlan, *, once: bool = False, grace: float = 30.0, labels: tuple[str, ...] = (),
+        lease: float | None = None, observers: Iterable[Callable[[Runner], Any]] = ()) -> int:
     """The polling loop in this thread until it stops; its exit code. It logs to the `trigctl` logger.
-    Each of ``observers`` is called with the runner before it starts (to subscribe to its bus)."""
+    Each of ``observers`` is called with the runner before it starts (to subscribe to its bus).
+    ``labels`` and ``lease`` matter with a PostgreSQL state (docs/scale-out.md)."""
     from trigctl.runner import Runner
 
-    store = open_state(plan.state_location)
+    store = open_state(plan.state_location, lease_seconds=lease)
     try:
-        runner = Runner(plan.config, store, only=plan.only, once=once, grace=grace)
+        runner = Runner(plan.config, store, only=plan.only, once=once, grace=grace, labels=tuple(labels))
         for observe in observers:
             observe(runner)
         return runner.run()
@@ -450,17 +451,22 @@ class TriggerStatus:
     consecutive_errors: int
     last_reason: str | None = None  # why the last poll skipped, or its error's message
     loop_alive: bool | None = None  # a `trigctl run` is alive for this state (None: cannot tell)
+    holder: str | None = None  # PostgreSQL: the process holding its lease (None: nobody now)
+    shared: bool = False  # the state is shared by several processes (PostgreSQL): `holder` is shown
 
     def as_dict(self) -> dict[str, Any]:
         from trigctl.render import iso
 
-        return {
+        doc = {
             "name": self.name, "type": self.type, "workflow": self.workflow, "interval": self.interval,
             "enabled": self.enabled, "dedupe": self.dedupe, "last_poll_at": iso(self.last_poll_at),
             "last_result": self.last_result, "next_poll_at": iso(self.next_poll_at), "active_runs": self.active_runs,
             "fires": self.fires, "consecutive_errors": self.consecutive_errors, "last_reason": self.last_reason,
             "loop_alive": self.loop_alive,
         }
+        if self.shared:
+            doc["holder"] = self.holder
+        return doc
 
 
 def list_triggers(*, config_path: str | None = None, state: str | None = None) -> list[TriggerStatus]:
@@ -470,6 +476,7 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
     try:
         rows = store.trigger_rows()
         alive = store.loop_alive()
+        shared = store.shared
     finally:
         store.close()
     out = []
@@ -484,8 +491,20 @@ def list_triggers(*, config_path: str | None = None, state: str | None = None) -
             active_runs=row.active_runs if row else 0, fires=row.fires if row else 0,
             consecutive_errors=row.consecutive_errors if row else 0,
             last_reason=row.last_reason if row else None, loop_alive=alive,
+            holder=row.holder if row else None, shared=shared,
         ))
     return out
+
+
+def list_processes(*, config_path: str | None = None, state: str | None = None) -> list[Any]:
+    """The live `trigctl run` processes of a PostgreSQL state (trigctl.store.postgres.ProcessRow)."""
+    store = Project(config_path, state).store(readonly=True, need_config=False)
+    try:
+        if not store.shared:
+            raise UsageError("`trigctl processes` needs a PostgreSQL state (a SQLite state has one `trigctl run` at a time)")
+        return store.processes()  # type: ignore[attr-defined]
+    finally:
+        store.close()
 
 
 def _listing_source(project: Project) -> tuple[list[dict[str, Any]], Store]:
@@ -679,6 +698,11 @@ def cancel_run(run_id: int, *, config_path: str | None = None, state: str | None
             if run is None or run.status != "running":
                 raise Conflict(f"run {run_id} already ended ({run.status if run else 'gone'}); nothing to cancel")
         store.request_cancel(run_id, time.time())
+        if store.shared:  # PostgreSQL: the owner, on whichever host, stops it; a dead owner's run is ended here
+            if store.owner_alive(run):
+                return CancelResult(run_id, "requested")
+            store.finish_run(run_id, "cancelled", time.time(), CANCELLED_BY, take_over=True)
+            return CancelResult(run_id, "killed")
         try:
             store.start_process()  # no `trigctl run` alive: this process ends the run itself
         except StateLocked:

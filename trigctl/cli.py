@@ -234,8 +234,12 @@ def validate(file: str | None, config_path: str | None, state: str | None, as_js
 @click.option("--no-live", is_flag=True, help="On a terminal too: one log line per event, no live table.")
 @click.option("--metrics", "metrics_address", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464).")
+@click.option("--label", "labels", multiple=True, metavar="NAME",
+              help="PostgreSQL state: this process may lease triggers whose labels: it carries (repeatable).")
+@click.option("--lease", default="10s", show_default=True, metavar="DURATION",
+              help="PostgreSQL state: the lease period (a dead process's triggers move within it).")
 @_guard
-def run(file, config_path, state, once, only, grace, log_format, no_live, metrics_address) -> None:
+def run(file, config_path, state, once, only, grace, log_format, no_live, metrics_address, labels, lease) -> None:
     """Run the polling loop in the foreground (Ctrl-C stops it gracefully); on a terminal, a live table."""
     import contextlib
 
@@ -250,6 +254,7 @@ def run(file, config_path, state, once, only, grace, log_format, no_live, metric
         grace_s = parse_duration(grace)
     except DurationError as e:
         raise Fatal(f"--grace: {e}") from None
+    lease_s = _lease_option(lease, labels)
     plan = api.plan_run(file, config_path=config_path, state=state, only=only)
     metrics = _serve_metrics(metrics_address, plan) if metrics_address is not None else None
     log_format_given = click.get_current_context().get_parameter_source("log_format") != ParameterSource.DEFAULT
@@ -265,7 +270,7 @@ def run(file, config_path, state, once, only, grace, log_format, no_live, metric
         with foreign_logs(handler):  # watchdog's (and any library's) warnings as trigctl log lines
             with live if live else contextlib.nullcontext():
                 observers = [view.attach for view in (metrics, live) if view is not None]
-                code = api.run(plan, once=once, grace=grace_s, observers=observers)
+                code = api.run(plan, once=once, grace=grace_s, labels=labels, lease=lease_s, observers=observers)
             hard_exit = _leaked_threads()
     finally:
         if metrics is not None:
@@ -287,6 +292,23 @@ def _serve_metrics(address: str, plan):
         return MetricsServer.serve(address, plan.config, plan.only, plan.state_location)
     except MetricsError as e:
         raise Fatal(str(e)) from None
+
+
+def _lease_option(lease: str, labels: tuple[str, ...]) -> float:
+    import re
+
+    from trigctl.durations import DurationError, parse_duration
+
+    try:
+        seconds = parse_duration(lease)
+    except DurationError as e:
+        raise Fatal(f"--lease: {e}") from None
+    if not 1 <= seconds <= 3600:
+        raise Fatal(f"--lease: {lease!r} is outside 1s..1h")
+    for label in labels:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", label):
+            raise Fatal(f"--label: {label!r} is not a label name ([a-z0-9][a-z0-9_-]*)")
+    return seconds
 
 
 def _leaked_threads() -> bool:
@@ -347,6 +369,21 @@ def list_(config_path, state, as_json) -> None:
         render.print_json([t.as_dict() for t in triggers])
     else:
         render.trigger_table(triggers)
+
+
+@main.command()
+@config_option
+@json_option
+@_guard
+def processes(config_path, state, as_json) -> None:
+    """PostgreSQL state: each live `trigctl run` process, its host, labels, leases held, last heartbeat."""
+    from trigctl import api
+
+    rows = api.list_processes(config_path=config_path, state=state)
+    if as_json:
+        render.print_json([render.process_doc(p) for p in rows])
+    else:
+        render.process_table(rows)
 
 
 # ------------------------------------------------------------------------------- enable / disable

@@ -150,13 +150,16 @@ def trigger_table(rows: list[TriggerStatus]) -> None:
     now = time.time()
     stopped = bool(rows) and rows[0].loop_alive is False  # no `run` for this state: no next poll is coming
     headers = ["NAME", "TYPE", "WORKFLOW", "EVERY", "ON", "LAST POLL", "RESULT", "NEXT POLL", "RUNS", "FIRES", "ERRS"]
+    shared = any(r.shared for r in rows)  # PostgreSQL: which process holds each trigger
+    if shared:
+        headers.append("HOLDER")
     cells = [
         [visible(c) for c in (
             r.name, r.type, r.workflow, duration(r.interval) if r.interval is not None else (r.schedule or "-"),
             "yes" if r.enabled else "no", relative(r.last_poll_at, now), r.last_result or "-",
             relative(r.next_poll_at, now) if r.enabled and not stopped else "-", str(r.active_runs), str(r.fires),
             str(r.consecutive_errors) if r.consecutive_errors else "-",
-        )]
+        ) + (((r.holder or "-")[:12],) if shared else ())]
         for r in rows
     ]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
@@ -187,6 +190,25 @@ def not_running_line(rows: list[TriggerStatus], now: float) -> str:
     if last is None:
         return "not running: no `trigctl run` has polled with this state yet"
     return f"not running since {local(last)} ({relative(last, now)}): polls resume when `trigctl run` starts"
+
+
+def process_doc(p: Any) -> dict[str, Any]:
+    """A process (trigctl.store.postgres.ProcessRow) as `processes --json` prints it."""
+    return {"id": p.id, "host": p.host, "pid": p.pid, "labels": list(p.labels), "leases": p.leases,
+            "running_runs": p.running_runs, "heartbeat_at": iso(p.heartbeat_at), "heartbeat_age": round(p.heartbeat_age, 3),
+            "lease": p.lease_seconds, "started_at": iso(p.started_at), "status": p.status}
+
+
+def process_table(rows: list[Any]) -> None:
+    if not rows:
+        sys.stdout.write("no live trigctl run process\n")
+        return
+    now = time.time()
+    table = _table(["ID", "HOST", "PID", "LABELS", "LEASES", "RUNS", "HEARTBEAT", "STARTED"], fold=("HOST", "LABELS"))
+    for p in rows:
+        _row(table, p.id[:12], p.host, str(p.pid), ",".join(p.labels) or "-", str(p.leases), str(p.running_runs),
+             f"{p.heartbeat_age:.1f}s ago", f"{local(p.started_at)} ({relative(p.started_at, now)})")
+    _console().print(table)
 
 
 def _short_context(ctx: Any, limit: int = 60) -> str:

@@ -78,8 +78,10 @@ class Runner:
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  only: set[str] | None = None, once: bool = False, grace: float = 30.0,
                  install_signals: bool = True, kill_grace: float = 5.0,
-                 monotonic: Callable[[], float] | None = None, bus: EventBus | None = None):
+                 monotonic: Callable[[], float] | None = None, bus: EventBus | None = None,
+                 labels: tuple[str, ...] = ()):
         self.config = config
+        self.labels = labels  # --label: with a shared state, which labelled triggers this process may lease
         # What happens is published on the bus; without one given, a bus whose one subscriber
         # writes today's log lines.
         if bus is None:
@@ -128,6 +130,10 @@ class Runner:
         self._my_runs: set[int] = set()
         self._pump_needed = True  # queued runs from before a restart start at once
         self._wake_at = 0.0  # monotonic time the loop will wake by itself; 0 while it is awake
+        # A shared state (PostgreSQL): the lease keeper (trigctl.scaleout) takes this process's share of
+        # the triggers; `loop_progress` (monotonic, set at each step) tells it the loop is not wedged.
+        self.leases: Any = None
+        self.loop_progress = time.monotonic()
 
     # ---------------------------------------------------------------------------- thread bridges
 
@@ -219,7 +225,7 @@ class Runner:
     # --------------------------------------------------------------------------------------- loop
 
     def run(self) -> int:
-        self.store.start_process()
+        self.store.start_process(self.labels)
         previous = {}
         if self.install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -227,14 +233,19 @@ class Runner:
         try:
             return self._run()
         finally:
+            if self.leases is not None:
+                self.leases.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _run(self) -> int:
-        # One process per SQLite state: it holds every trigger of its file (also with --trigger:
-        # recovery and alerts write for triggers it does not poll).
-        self.store.acquire_triggers((t.name for t in self.config.triggers), self.clock())
-        self.recover()
+        if self.store.shared:
+            self._start_leases()
+        else:
+            # One process per SQLite state: it holds every trigger of its file (also with --trigger:
+            # recovery and alerts write for triggers it does not poll).
+            self.store.acquire_triggers((t.name for t in self.config.triggers), self.clock())
+            self.recover()
         now = self.clock()
         # The change feed's baseline before the state is read: an `enable`/`disable` committed while
         # the triggers load is seen at the first look, not lost.
@@ -271,6 +282,15 @@ class Runner:
         )
         runs = tuple((r.id, r.trigger_name, r.status) for r in self.store.active_runs()) if at_start else None
         self.bus.publish(TriggersLoaded(states, self.config.max_concurrent_runs, runs))
+
+    def _start_leases(self) -> None:
+        """A shared state: the lease keeper's first round (this process's share of the triggers, dead
+        processes' runs recovered) before the triggers load; then its thread keeps it up."""
+        from trigctl.scaleout import LeaseKeeper
+
+        self.store.sync_triggers(t.name for t in self.config.triggers)
+        self.leases = LeaseKeeper(self, self.store, self.labels)  # type: ignore[arg-type]
+        self.leases.start()
 
     def _save_snapshot(self, config: Config) -> None:
         from trigctl.config import trigger_summaries
@@ -377,6 +397,9 @@ class Runner:
 
     def _step(self, now: float, force: bool = False) -> None:
         sched = self.scheduler
+        self.loop_progress = time.monotonic()
+        if self.leases is not None:
+            self.leases.apply(now)
         self._check_clock(now)
         if self._reload_requested:
             self._reload_requested = False

@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,17 @@ from trigctl.events import (
     PollFailed,
     RunQueued,
 )
-from trigctl.store.base import FireRequest, FireResult, PollStats, StateError, Store, dedupe_hash, safe_text
+from trigctl.store.base import (
+    FireRequest,
+    FireResult,
+    LeaseLost,
+    PollStats,
+    StateError,
+    Store,
+    TriggerRow,
+    dedupe_hash,
+    safe_text,
+)
 from trigctl.triggers.base import PollContext, PollOutcome, TriggerType, trigger_class
 from trigctl.workflows import iso
 
@@ -68,6 +79,9 @@ class Slot:
     generation: int = 0
     started: bool = False
     skip_report: PollReport | None = None  # the last skipped poll's report, reused (see _success)
+    #: this process holds the trigger's lease (always with SQLite; with a shared state, while the
+    #: lease keeper says so: trigctl.scaleout)
+    held: bool = True
 
     @property
     def name(self) -> str:
@@ -81,6 +95,7 @@ class Poll:
     started_at: float
     deadline: float
     timed_out: bool = False
+    stale: bool = False  # started under a lease since lost: its result is dropped, not recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +139,15 @@ class Scheduler:
         self._deadlines: dict[float, deque[Poll]] = {}
         self._dirty: dict[str, PollStats] = {}
         self._flushing = False  # a flush started and not finished (cut short for due polls)
+        #: with a shared state, the monotonic time the leases lapse unless renewed: no poll starts past it
+        self.lease_deadline: float | None = None
 
     # ------------------------------------------------------------------------------------- set-up
 
     def load(self, now: float) -> None:
         self.store.sync_triggers(t.name for t in self.config.triggers)
-        self.store.acquire_triggers((t.name for t in self.config.triggers), now)
+        if not self.store.shared:  # a shared state's leases come from the lease keeper (trigctl.scaleout)
+            self.store.acquire_triggers((t.name for t in self.config.triggers), now)
         rows = self.store.trigger_rows()
         kv = self.store.load_all_kv()
         for tc in self.config.triggers:
@@ -150,6 +168,18 @@ class Scheduler:
     def _add(self, tc: TriggerConfig, row, now: float, kv: dict[str, Any] | None = None) -> Slot:
         impl, err = self._make_impl(tc)
         enabled = tc.enabled if row is None or row.enabled is None else row.enabled
+        due = self._start_due(tc, impl, row, now)
+        slot = Slot(
+            config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
+            held=not self.store.shared or self.store.holds(tc.name),
+        )
+        self._load_row(slot, row, self.store.load_kv(tc.name) if kv is None else kv)
+        self.slots[tc.name] = slot
+        self._push(slot)
+        return slot
+
+    def _start_due(self, tc: TriggerConfig, impl: TriggerType | None, row: TriggerRow | None, now: float) -> float:
+        """The first due time of a trigger taken up (at start, or a lease gained) from its stored row."""
         stored_due = row.next_poll_at if row else None
         if impl is not None and impl.has_own_schedule:
             # A past stored slot is kept (downtime is caught up); an edited schedule that comes due
@@ -166,11 +196,15 @@ class Scheduler:
             errors = row.consecutive_errors if row else 0
             bound = self._backoff(tc, impl, errors) if errors else tc.interval + tc.jitter
             due = min(stored_due, now + bound)
-        slot = Slot(
-            config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
-            cursor=row.cursor if row else None, kv=self.store.load_kv(tc.name) if kv is None else kv,
-            error_alerted=row.error_alerted if row else False,
-        )
+        return due
+
+    @staticmethod
+    def _load_row(slot: Slot, row: TriggerRow | None, kv: dict[str, Any]) -> None:
+        """A slot's persisted state (cursor, key/value state, counters) from the stored row."""
+        slot.cursor = row.cursor if row else None
+        slot.kv = kv
+        slot.own = {}
+        slot.error_alerted = row.error_alerted if row else False
         for key in (STREAK_SINCE_KEY, LAST_FIRE_KEY):  # the scheduler's, not the trigger's
             if key in slot.kv:
                 slot.own[key] = slot.kv.pop(key)
@@ -178,10 +212,43 @@ class Scheduler:
             slot.stats.last_poll_at, slot.stats.last_result = row.last_poll_at, row.last_result
             slot.stats.consecutive_errors = row.consecutive_errors
             slot.stats.last_reason = row.last_reason
-        slot.stats.next_poll_at = due
-        self.slots[tc.name] = slot
-        self._push(slot)
-        return slot
+        slot.stats.next_poll_at = slot.due_at
+
+    # ------------------------------------------------------------------ leases (a shared state only)
+
+    def leases_gained(self, rows: dict[str, TriggerRow], kv: dict[str, dict[str, Any]], now: float) -> list[str]:
+        """Triggers whose leases this process took: their state is read again (another process
+        polled them since), and they are polled from their stored due time. Returns those taken up."""
+        taken = []
+        for name, row in rows.items():
+            slot = self.slots.get(name)
+            if slot is None or slot.held:
+                continue
+            slot.held = True
+            slot.enabled = slot.config.enabled if row.enabled is None else row.enabled
+            slot.stats = PollStats(name)
+            slot.due_at = slot.grid_at = self._start_due(slot.config, slot.impl, row, now)
+            self._load_row(slot, row, kv.get(name, {}))
+            self._push(slot)
+            taken.append(name)
+        return taken
+
+    def leases_lost(self, names) -> list[str]:
+        """Triggers this process no longer holds: not polled, and a poll in flight is dropped when it
+        returns (its trigger's state may have moved on in another process)."""
+        lost = []
+        for name in names:
+            slot = self.slots.get(name)
+            if slot is None or not slot.held:
+                continue
+            slot.held = False
+            slot.generation += 1  # its heap entries are dead
+            if slot.in_flight is not None:
+                slot.in_flight.stale = True
+            slot.waiting = False
+            self._dirty.pop(name, None)
+            lost.append(name)
+        return lost
 
     def one_off_poll(self, name: str, now: float) -> Poll:
         """A poll of trigger ``name`` due and started at ``now``, for a caller that runs it once
@@ -198,7 +265,8 @@ class Scheduler:
         old = self.slots
         self.config = config
         self.store.sync_triggers(t.name for t in config.triggers)
-        self.store.acquire_triggers((t.name for t in config.triggers), now)
+        if not self.store.shared:
+            self.store.acquire_triggers((t.name for t in config.triggers), now)
         rows = self.store.trigger_rows()
         changes = []
         new_slots: dict[str, Slot] = {}
@@ -317,8 +385,11 @@ class Scheduler:
             if impl is not None and impl.has_own_schedule:
                 if delta < 0:
                     updates = impl.clock_stepped_back(now, slot.kv)
-                    if updates:
-                        self.store.update_kv(slot.name, updates)
+                    if updates and slot.held:
+                        try:
+                            self.store.update_kv(slot.name, updates)
+                        except LeaseLost:
+                            self.leases_lost([slot.name])
                         slot.kv.update(updates)
                     slot.due_at = slot.grid_at = impl.next_due(None, now)
             else:
@@ -354,6 +425,7 @@ class Scheduler:
         heap, slots, pop = self._heap, self.slots, heapq.heappop
         deadlines = self._deadlines
         in_flight = self.in_flight
+        lease_deadline = self.lease_deadline
         last_timeout: float | None = None
         queue: deque[Poll] = deque()  # replaced at the first poll (timeout differs from None)
         while heap and heap[0][0] <= now:
@@ -363,8 +435,11 @@ class Scheduler:
                 continue
             if stop is not None and stop():
                 return
-            if not slot.enabled:
+            if not slot.enabled or not slot.held:
                 continue
+            if lease_deadline is not None and time.monotonic() >= lease_deadline:
+                self._push(slot)  # still due: polled once the leases are renewed
+                return  # the leases lapse: nothing more is polled until they are renewed
             if slot.in_flight is not None:
                 slot.waiting = True
                 continue
@@ -384,11 +459,14 @@ class Scheduler:
         """Every enabled trigger, now (``--once``'s first tick)."""
         candidates = list(self.slots.values())
         self._heap.clear()
+        lease_deadline = self.lease_deadline
         for slot in candidates:
             if stop is not None and stop():
                 return
-            if not slot.enabled:
+            if not slot.enabled or not slot.held:
                 continue
+            if lease_deadline is not None and time.monotonic() >= lease_deadline:
+                return  # the leases lapse: nothing more is polled until they are renewed
             if slot.in_flight is not None:
                 slot.waiting = True
                 continue
@@ -422,9 +500,13 @@ class Scheduler:
             while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out or queue[0].deadline <= now):
                 poll = queue.popleft()
                 slot = poll.slot
-                if slot.in_flight is poll and not poll.timed_out and self.slots.get(slot.name) is slot:
+                if slot.in_flight is poll and not poll.timed_out and not poll.stale and self.slots.get(slot.name) is slot:
                     poll.timed_out = True
-                    report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
+                    try:
+                        report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
+                    except LeaseLost:
+                        self.leases_lost([slot.name])
+                        continue
                     reports.append(report)
                     if self.bus.wants(PollCompleted):
                         self._completed(poll, report, now)
@@ -452,17 +534,26 @@ class Scheduler:
         if slot.in_flight is poll:
             slot.in_flight = None
             self.in_flight.pop(slot.name, None)
-        if poll.timed_out:
-            log.info("trigger %s: a timed-out poll returned after %.1fs; result dropped", slot.name, now - poll.started_at)
+        if poll.timed_out or poll.stale:
+            if not poll.stale:
+                log.info("trigger %s: a timed-out poll returned after %.1fs; result dropped", slot.name, now - poll.started_at)
             self._after_inflight(slot, now)
             return None
-        if (error is None and type(result) is PollOutcome and not result.fires and not result.state_updates
-                and result.cursor is None and not slot.error_alerted and slot.stats.consecutive_errors == 0):
-            report = self._skipped(slot, poll, result.skip_reason, now)  # most polls: the short way
+        try:
+            if (error is None and type(result) is PollOutcome and not result.fires and not result.state_updates
+                    and result.cursor is None and not slot.error_alerted and slot.stats.consecutive_errors == 0):
+                report = self._skipped(slot, poll, result.skip_reason, now)  # most polls: the short way
+                self._after_inflight(slot, now)
+                if self.bus.wants(PollCompleted):
+                    self._completed(poll, report, now)
+                return report
+            return self._complete(slot, poll, result, error, now)
+        except LeaseLost:  # the lease moved while the poll ran: nothing was recorded, another process polls it
+            self.leases_lost([slot.name])
             self._after_inflight(slot, now)
-            if self.bus.wants(PollCompleted):
-                self._completed(poll, report, now)
-            return report
+            return None
+
+    def _complete(self, slot: Slot, poll: Poll, result: Any, error: BaseException | None, now: float) -> PollReport | None:
         outcome: PollOutcome | None = None
         message = ""
         if error is None:
@@ -477,7 +568,7 @@ class Scheduler:
         if error is None and outcome is not None:
             try:
                 report = self._success(slot, poll, outcome, now)
-            except StateError:
+            except StateError:  # LeaseLost too: nothing was written
                 raise  # the state cannot be written at all (a full disk): the loop stops, says why
             except Exception as e:  # noqa: BLE001 - whatever a trigger returned, it is that trigger's error
                 log.debug("trigger %s: its result could not be recorded", slot.name, exc_info=True)

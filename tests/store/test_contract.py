@@ -1,6 +1,6 @@
 """The store contract (trigctl/store/base.py), written once and run against every backend through
 the parametrized ``store_factory`` fixture (huey's StorageTests, APScheduler's data-store tests).
-The PostgreSQL store (issue 11) starts from this suite."""
+Both stores pass it; PostgreSQL runs against a throwaway server (tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,20 @@ def _sqlite(tmp_path):
     return lambda: SQLiteStore(path)
 
 
-BACKENDS = {"sqlite": _sqlite}
+def _postgresql(request):
+    from trigctl.store.postgres import PostgresStore
+
+    url = request.getfixturevalue("pg_url")  # skips, saying why, without PostgreSQL
+    return lambda: PostgresStore(url)
 
 
-@pytest.fixture(params=[
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.skip(
-        reason="no PostgreSQL store yet (issue 11): this suite is the contract it must pass")),
-])
-def store_factory(request, tmp_path):
+BACKENDS = {"sqlite": lambda request: _sqlite(request.getfixturevalue("tmp_path")), "postgresql": _postgresql}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_factory(request):
     opened: list[Store] = []
-    make = BACKENDS[request.param](tmp_path)
+    make = BACKENDS[request.param](request)
 
     def factory() -> Store:
         s = make()
@@ -78,12 +81,15 @@ def test_a_process_gets_a_fresh_identity_each_start(store_factory):
     assert second.id != first.id
 
 
-def test_one_loop_process_per_sqlite_state(store_factory):
+def test_one_loop_process_per_sqlite_state_several_on_postgresql(store_factory):
     a = store_factory()
     a.start_process()
     b = store_factory()
-    with pytest.raises(StateLocked):
-        b.start_process()
+    if not b.shared:
+        with pytest.raises(StateLocked):
+            b.start_process()
+        return
+    assert b.start_process().id != a.process.id  # two loop processes share the state
 
 
 # ------------------------------------------------------------------------------ leases, fencing

@@ -94,6 +94,7 @@ class WorkflowConfig:
     name: str
     tasks: tuple[TaskConfig, ...]
     timeout: float | None = None
+    run_on: str = "poller"  # poller | any (scale-out: any live process with room may run it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ class TriggerConfig:
     cooldown: float = 0.0  # seconds after a fire in which no new fire of this trigger is recorded
     on_interrupt: str = "rerun"
     max_attempts: int = 3
+    labels: tuple[str, ...] = ()  # scale-out: only processes carrying all these --label's lease it
     options: Mapping[str, Any] = field(default_factory=dict)
     #: The trigger's position in the file. Not compared: a reload keeps a trigger whose settings are
     #: unchanged (its slot, its instance, its watcher, a command it runs) when others are inserted above.

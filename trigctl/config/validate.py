@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: The keys every trigger type has (the schema's `trigger` properties but name, type, workflow).
 COMMON_KEYS = frozenset({
     "interval", "enabled", "timeout", "dedupe", "allow_concurrent", "dedupe_key", "jitter", "max_backoff",
-    "on_error", "on_interrupt", "max_attempts", "description", "on_recover", "cooldown",
+    "on_error", "on_interrupt", "max_attempts", "description", "on_recover", "cooldown", "labels",
 })
 
 def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False) -> TriggerConfig | None:
@@ -77,6 +77,7 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
         cooldown=parse_duration(merged.get("cooldown", 0)),
         on_interrupt=merged.get("on_interrupt", "rerun"),
         max_attempts=int(merged.get("max_attempts", 3)),
+        labels=tuple(merged.get("labels") or ()),
         options=options,
         description=item.get("description"),
         index=i,
@@ -141,7 +142,8 @@ def _semantic(data: dict, doc: _Doc, light: bool = False) -> tuple[dict[str, Wor
         timeout = parse_duration(wf["timeout"]) if "timeout" in wf else None
         if timeout is not None and timeout <= 0:
             doc.issue(("workflows", wname, "timeout"), "timeout must be greater than 0", data=data)
-        workflows[wname] = WorkflowConfig(name=wname, tasks=tuple(tasks), timeout=timeout)
+        workflows[wname] = WorkflowConfig(name=wname, tasks=tuple(tasks), timeout=timeout,
+                                          run_on=wf.get("run_on", "poller"))
 
     return workflows, _triggers(data, doc, set(workflows), light)
 

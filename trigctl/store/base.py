@@ -125,6 +125,7 @@ class TriggerRow:
     last_error: str | None
     active_runs: int = 0
     last_reason: str | None = None
+    holder: str | None = None  # the process holding its lease (PostgreSQL; None: none, or SQLite)
 
 
 @dataclass
@@ -198,6 +199,28 @@ class HistoryEntry:
     updated_at: float
 
 
+def run_row(r: dict[str, Any]) -> RunRow:
+    """A ``runs`` row (a dict of its columns, either backend) as a :class:`RunRow`."""
+    return RunRow(
+        id=r["id"], trigger_name=r["trigger_name"], workflow=r["workflow"], status=r["status"],
+        context=json.loads(r["context"]), context_hash=r["context_hash"], dedupe=r["dedupe"], attempt=r["attempt"],
+        rerun_of=r["rerun_of"], queued_at=r["queued_at"], started_at=r["started_at"], completed_at=r["completed_at"],
+        error=r["error"], triggered_at=r["triggered_at"], owner_pid=r.get("owner_pid"), owner_start=r.get("owner_start"),
+        owner_process=r.get("owner_process"),
+    )
+
+
+def history_row(r: dict[str, Any]) -> HistoryEntry:
+    """A history query's row (events joined with their run's status and times) as a :class:`HistoryEntry`."""
+    return HistoryEntry(
+        id=r["id"], trigger_name=r["trigger_name"], kind=r["kind"],
+        context=json.loads(r["context"]) if r["context"] else None, context_hash=r["context_hash"],
+        run_id=r["run_id"], run_status=r["run_status"], run_started_at=r["run_started"],
+        run_completed_at=r["run_completed"], error=r["run_error"] if r["kind"] == "fire" else r["error"],
+        count=r["count"], created_at=r["created_at"], updated_at=r["updated_at"],
+    )
+
+
 class Store(ABC):
     """The state contract every backend implements (SQLite today; PostgreSQL with leases next).
 
@@ -225,6 +248,9 @@ class Store(ABC):
     """
 
     process: ProcessInfo | None = None
+    #: Several processes share this state (PostgreSQL): the loop leases its triggers through
+    #: :mod:`trigctl.scaleout` rather than holding them all, and recovers only dead processes' runs.
+    shared: bool = False
 
     # -- lifecycle
     @abstractmethod

@@ -37,6 +37,8 @@ from trigctl.store.base import (
     dedupe_hash,
     exact_text,
     from_exact_text,
+    history_row,
+    run_row,
     safe_text,
 )
 
@@ -239,14 +241,27 @@ class SQLiteStore(Store):
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._refuse_foreign()  # before WAL mode, which would rewrite the file's header
-            mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                self._conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.Error as e:
             if not (readonly and self._open_immutable(path)):
                 raise _err(e, path) from None
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL mode. The switch takes the file exclusively and SQLite does not wait
+        for it (no busy handler): when several processes open an old file at once, all but one are
+        told "database is locked" at once, so retry within the usual busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def _open_immutable(self, path: str) -> bool:
         """A reader on a read-only file system (a snapshot, a backup mount), where SQLite cannot create
@@ -741,14 +756,7 @@ class SQLiteStore(Store):
 
     # ---------------------------------------------------------------------------------------- runs
 
-    def _run(self, r: dict) -> RunRow:
-        return RunRow(
-            id=r["id"], trigger_name=r["trigger_name"], workflow=r["workflow"], status=r["status"],
-            context=json.loads(r["context"]), context_hash=r["context_hash"], dedupe=r["dedupe"], attempt=r["attempt"],
-            rerun_of=r["rerun_of"], queued_at=r["queued_at"], started_at=r["started_at"], completed_at=r["completed_at"],
-            error=r["error"], triggered_at=r["triggered_at"], owner_pid=r.get("owner_pid"), owner_start=r.get("owner_start"),
-            owner_process=r.get("owner_process"),
-        )
+    _run = staticmethod(run_row)
 
     def claim_next_queued(self, now: float) -> RunRow | None:
         runs = self.claim_queued(now, 1)
@@ -904,16 +912,7 @@ class SQLiteStore(Store):
             f"WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT ?",
             params,
         )
-        return [
-            HistoryEntry(
-                id=r["id"], trigger_name=r["trigger_name"], kind=r["kind"],
-                context=json.loads(r["context"]) if r["context"] else None, context_hash=r["context_hash"],
-                run_id=r["run_id"], run_status=r["run_status"], run_started_at=r["run_started"],
-                run_completed_at=r["run_completed"], error=r["run_error"] if r["kind"] == "fire" else r["error"],
-                count=r["count"], created_at=r["created_at"], updated_at=r["updated_at"],
-            )
-            for r in rows
-        ]
+        return [history_row(r) for r in rows]
 
     def get_run(self, run_id: int) -> RunRow | None:
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
