@@ -275,3 +275,16 @@ def test_the_last_reason_is_written_with_the_counters_errors_and_fires(store):
     fire(store, {"a": 1}, now=NOW + 3)
     assert store.trigger_rows()["t"].last_reason is None
     assert store.trigger_rows()["u"].last_reason is None  # another trigger's row is untouched
+
+
+def test_prune_counts_what_it_would_delete_then_deletes_it_keeping_active_runs(store):
+    done = fire(store, {"k": "done"}, dedupe="none")
+    active = fire(store, {"k": "active"}, dedupe="none")
+    assert done.run_id is not None and active.run_id is not None
+    store.finish_run(done.run_id, "succeeded", NOW + 1)
+    later = NOW + 10**6
+    assert store.count_prunable(later) == 1  # the active run's fire stays
+    assert store.count_prunable(later) == 1  # counting deleted nothing
+    assert store.prune(later) == 1
+    assert store.count_prunable(later) == 0
+    assert store.get_run(active.run_id) is not None and store.get_run(done.run_id) is None

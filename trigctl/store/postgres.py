@@ -1196,6 +1196,11 @@ class PostgresStore(Store):
         run.tasks = self._query("SELECT * FROM tasks WHERE run_id = %s ORDER BY idx", (run_id,))
         return run
 
+    def count_prunable(self, before: float) -> int:
+        rows = self._query("SELECT count(*) AS n FROM events WHERE updated_at < %s AND (run_id IS NULL OR kind <> 'fire' "
+                           "OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running')))", (before,))
+        return int(rows[0]["n"])
+
     def prune(self, before: float) -> int:
         statements = (
             ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < %s AND (run_id IS NULL OR "
