@@ -54,6 +54,7 @@ def test_demo_shows_a_fire_a_duplicate_an_alert_and_a_recovery(tmp_path):
             # one page per outage, and its all-clear after it
             runs = query(db, "SELECT id, workflow FROM runs WHERE workflow IN ('page', 'all-clear') ORDER BY id")
             assert runs[0][1] == "page" and "all-clear" in [w for _, w in runs], runs
+            assert all(a[1] != b[1] for a, b in zip(runs, runs[1:])), runs  # page and all-clear alternate
             # the report never overlapped itself
             spans = query(db, "SELECT started_at, completed_at FROM runs WHERE workflow = 'report' AND completed_at IS NOT NULL ORDER BY started_at")
             assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans

@@ -95,7 +95,7 @@ def test_the_documented_online_backup_works_while_the_loop_writes(tmp_path):
     assert snippet
     loop = RunProc(project, "triggers.yaml", "--log-format", "json")
     try:
-        loop.wait_until(lambda log: log.count('"event": "run_finished"') >= 3, timeout=30)
+        assert loop.wait_until(lambda log: log.count('"event": "run_finished"') >= 3, timeout=30), loop.stderr
         backup = tmp_path / "backup.db"
         done = subprocess.run([sys.executable, "-c", snippet.group(1), str(project / "state.db"), str(backup)],
                               capture_output=True, text=True, timeout=60)

@@ -57,8 +57,8 @@ def test_run_on_any_lets_an_idle_process_run_the_queue(tmp_path, fleet):
     fleet.wait(lambda: fleet.sql("SELECT count(*) FROM runs WHERE owner_process = %s AND status = 'succeeded'",
                                  (idb,))[0][0] >= 5, 30, "b running burst's runs")
     assert fleet.sql("SELECT DISTINCT fired_by FROM runs") == [(fleet.process_id(a),)]
-    a.stop()
-    b.stop()
+    assert a.stop() == 0, a.stderr[-2000:]
+    assert b.stop() == 0, b.stderr[-2000:]
     assert fleet.sql("SELECT count(*) FROM runs WHERE status NOT IN ('succeeded', 'queued')") == [(0,)]
 
 
@@ -81,8 +81,8 @@ def test_processes_and_list_show_who_holds_what(tmp_path, fleet):
     holders = {t["name"]: t["holder"] for t in json.loads(listing.stdout)}
     assert len(holders) == 6 and set(holders.values()) <= {ida, idb}, holders
     assert "HOLDER" in cli(fleet, "list").stdout
-    a.stop()
-    b.stop()
+    assert a.stop() == 0, a.stderr[-2000:]
+    assert b.stop() == 0, b.stderr[-2000:]
     assert json.loads(cli(fleet, "processes", "--json").stdout) == []
 
 
@@ -105,8 +105,8 @@ def test_enable_and_disable_reach_the_holder(tmp_path, fleet):
     after = fleet.sql("SELECT count(*) FROM runs WHERE trigger_name = 't00'")[0][0]
     fleet.wait(lambda: fleet.sql("SELECT count(*) FROM runs WHERE trigger_name = 't00'")[0][0] >= after + 5, 30,
                "t00 firing again")
-    a.stop()
-    b.stop()
+    assert a.stop() == 0, a.stderr[-2000:]
+    assert b.stop() == 0, b.stderr[-2000:]
     fleet.assert_exactly_once()
 
 
@@ -125,8 +125,8 @@ def test_cancel_reaches_the_process_that_runs_it(tmp_path, fleet):
     runner.wait_line("cancelling", timeout=5)
     pid = fleet.sql("SELECT pid FROM tasks WHERE run_id = %s", (run_id,))
     assert pid == [(None,)]  # its task process is gone (the row forgets the pid when the task ends)
-    a.stop()
-    b.stop()
+    assert a.stop() == 0, a.stderr[-2000:]
+    assert b.stop() == 0, b.stderr[-2000:]
 
 
 def test_without_psycopg_a_postgresql_state_is_one_line(tmp_path):

@@ -290,7 +290,9 @@ class HistoryPrinter:
         self.console.print(line)
 
     def rows(self, entries: list[HistoryEntry], now: float) -> None:
-        cells = [_history_cells(r, now, wide=False) for r in entries]
+        self.print_cells([_history_cells(r, now, wide=False) for r in entries])
+
+    def print_cells(self, cells: list[list[str]]) -> None:
         detail = self._fit(cells)
         assert self.widths is not None
         for row in cells:
@@ -306,7 +308,7 @@ def history_table(rows: list[HistoryEntry], wide: bool = False) -> None:
         cells = [_history_cells(r, now, wide=False) for r in rows]
         printer = HistoryPrinter()
         printer.header(cells)
-        printer.rows(rows, now)
+        printer.print_cells(cells)
         return
     table = _table(list(HISTORY_HEADERS), fold=("TRIGGER",))
     for r in rows:

@@ -94,7 +94,7 @@ class BatchingHandler(logging.StreamHandler):
     """Collects log lines and writes them in one go when the loop flushes (once per loop step,
     and at exit): a line per event, but not a write() system call per line."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,3 +396,28 @@ class Store(ABC):
     def count_prunable(self, before: float) -> int:
         """How many history entries ``prune(before)`` would delete now (`prune --dry-run`)."""
         raise StateError("this state backend cannot count what prune would delete (--dry-run)")
+
+
+# ------------------------------------------------------------------ SQL shared by both SQL stores
+
+#: a history row prune may delete: not the fire of a queued or running run (no placeholders)
+PRUNABLE_EVENT = "(run_id IS NULL OR kind <> 'fire' OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running')))"
+
+
+def sql_dedupe_status(query: Callable[[str, tuple[Any, ...]], list[dict[str, Any]]], p: str,
+                      trigger: str, key: str, dedupe: str) -> tuple[bool, str]:
+    """Store.dedupe_status for a SQL store: ``query(sql, params)`` runs a read, ``p`` is its driver's
+    placeholder (``?`` or ``%s``)."""
+    if dedupe == "none":
+        return False, ""
+    rows = query(f"SELECT id FROM runs WHERE trigger_name = {p} AND active_key = {p}", (trigger, key))
+    if rows:
+        return True, f"run {rows[0]['id']} with this key is still active"
+    if dedupe == "once":
+        st = query(f"SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = {p} AND key = {p}",
+                   (trigger, key))
+        if st and st[0]["succeeded_run"] is not None:
+            return True, f"already succeeded in run {st[0]['succeeded_run']} (dedupe: once)"
+        if st and st[0]["given_up"]:
+            return True, f"given up after {st[0]['failures']} failed attempts (dedupe: once)"
+    return False, ""

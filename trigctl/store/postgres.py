@@ -39,6 +39,7 @@ from typing import Any
 
 from trigctl.procs import proc_start_time
 from trigctl.store.base import (
+    PRUNABLE_EVENT,
     Changes,
     FireRequest,
     FireResult,
@@ -55,6 +56,7 @@ from trigctl.store.base import (
     history_row,
     run_row,
     safe_text,
+    sql_dedupe_status,
 )
 
 try:
@@ -877,7 +879,7 @@ class PostgresStore(Store):
     # --------------------------------------------------------------------------------------- polls
 
     def record_fires(self, trigger, workflow, fires, stats, now, cursor, state_updates) -> list[FireResult]:
-        def record(c):
+        def record(c: Any) -> list[FireResult]:
             results: list[FireResult] = []
             updates = dict(state_updates)
             stored_cursor = cursor
@@ -966,19 +968,8 @@ class PostgresStore(Store):
         return FireResult(run_id=blocking, suppressed=True, reason=reason)
 
     def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]:
-        if dedupe == "none":
-            return False, ""
-        rows = self._query("SELECT id FROM runs WHERE trigger_name = %s AND active_key = %s", (trigger, key))
-        if rows:
-            return True, f"run {rows[0]['id']} with this key is still active"
-        if dedupe == "once":
-            st = self._query("SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = %s AND key = %s",
-                             (trigger, key))
-            if st and st[0]["succeeded_run"] is not None:
-                return True, f"already succeeded in run {st[0]['succeeded_run']} (dedupe: once)"
-            if st and st[0]["given_up"]:
-                return True, f"given up after {st[0]['failures']} failed attempts (dedupe: once)"
-        return False, ""
+        """Would a fire with this key be suppressed now? (read-only, for `trigctl poll`)"""
+        return sql_dedupe_status(self._query, "%s", trigger, key, dedupe)
 
     def enqueue_run(self, trigger: str, workflow: str, context: dict[str, Any], now: float, *, rerun_of: int | None = None,
                     dedupe: str = "none", context_hash: str | None = None, max_attempts: int = 3) -> FireResult:
@@ -1197,14 +1188,12 @@ class PostgresStore(Store):
         return run
 
     def count_prunable(self, before: float) -> int:
-        rows = self._query("SELECT count(*) AS n FROM events WHERE updated_at < %s AND (run_id IS NULL OR kind <> 'fire' "
-                           "OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running')))", (before,))
+        rows = self._query(f"SELECT count(*) AS n FROM events WHERE updated_at < %s AND {PRUNABLE_EVENT}", (before,))
         return int(rows[0]["n"])
 
     def prune(self, before: float) -> int:
         statements = (
-            ("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < %s AND (run_id IS NULL OR "
-             "kind <> 'fire' OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running'))) LIMIT %s)", True),
+            (f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < %s AND {PRUNABLE_EVENT} LIMIT %s)", True),
             ("DELETE FROM tasks WHERE run_id IN (SELECT id FROM runs WHERE completed_at < %s "
              "AND status NOT IN ('queued','running') AND id IN (SELECT run_id FROM tasks) LIMIT %s)", False),
             ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE completed_at < %s "

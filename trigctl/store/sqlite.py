@@ -21,6 +21,7 @@ from typing import Any
 
 from trigctl.procs import proc_start_time, process_alive
 from trigctl.store.base import (
+    PRUNABLE_EVENT,
     Changes,
     FireRequest,
     FireResult,
@@ -40,6 +41,7 @@ from trigctl.store.base import (
     history_row,
     run_row,
     safe_text,
+    sql_dedupe_status,
 )
 
 MAX_ERROR_CHARS = 4000  # an error message kept in history (a trigger may raise a megabyte of text)
@@ -216,7 +218,6 @@ def _statements(script: str) -> list[str]:
 
 
 # A history entry prune may delete (once old enough): not the fire of a run that is still active.
-_PRUNABLE_EVENT = "(run_id IS NULL OR kind != 'fire' OR run_id NOT IN (SELECT id FROM runs WHERE status IN ('queued','running')))"
 
 
 class SQLiteStore(Store):
@@ -686,19 +687,7 @@ class SQLiteStore(Store):
 
     def dedupe_status(self, trigger: str, key: str, dedupe: str) -> tuple[bool, str]:
         """Would a fire with this key be suppressed now? (read-only, for `trigctl poll`)"""
-        if dedupe == "none":
-            return False, ""
-        rows = self._query("SELECT id FROM runs WHERE trigger_name = ? AND active_key = ?", (trigger, key))
-        if rows:
-            return True, f"run {rows[0]['id']} with this key is still active"
-        if dedupe == "once":
-            st = self._query("SELECT succeeded_run, failures, given_up FROM dedupe_once WHERE trigger_name = ? AND key = ?",
-                             (trigger, key))
-            if st and st[0]["succeeded_run"] is not None:
-                return True, f"already succeeded in run {st[0]['succeeded_run']} (dedupe: once)"
-            if st and st[0]["given_up"]:
-                return True, f"given up after {st[0]['failures']} failed attempts (dedupe: once)"
-        return False, ""
+        return sql_dedupe_status(self._query, "?", trigger, key, dedupe)
 
     def enqueue_run(self, trigger: str, workflow: str, context: dict[str, Any], now: float, *, rerun_of: int | None = None,
                     dedupe: str = "none", context_hash: str | None = None, max_attempts: int = 3) -> FireResult:
@@ -923,14 +912,14 @@ class SQLiteStore(Store):
         return run
 
     def count_prunable(self, before: float) -> int:
-        rows = self._query(f"SELECT COUNT(*) AS n FROM events WHERE updated_at < ? AND {_PRUNABLE_EVENT}", (before,))
+        rows = self._query(f"SELECT COUNT(*) AS n FROM events WHERE updated_at < ? AND {PRUNABLE_EVENT}", (before,))
         return int(rows[0]["n"])
 
     def prune(self, before: float) -> int:
         """Delete old history in batches, one short transaction each, so a running loop never waits
         long for the write lock (a single DELETE of millions of rows held it for seconds)."""
         statements = (
-            (f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < ? AND {_PRUNABLE_EVENT} LIMIT ?)", True),
+            (f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE updated_at < ? AND {PRUNABLE_EVENT} LIMIT ?)", True),
             ("DELETE FROM tasks WHERE run_id IN (SELECT id FROM runs WHERE completed_at < ? "
              "AND status NOT IN ('queued','running') AND id IN (SELECT run_id FROM tasks) LIMIT ?)", False),
             ("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE completed_at < ? "
