@@ -144,3 +144,32 @@ def query(db: Path | str, sql: str, params=()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+class Lines:
+    """The lines of a text stream (a child's stdout), read by a thread, so a test takes the next line
+    with a deadline: a stream that goes quiet fails the test instead of hanging it."""
+
+    def __init__(self, stream):
+        import queue
+
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stream = stream
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def next(self, timeout: float = 15.0) -> str:
+        """The next line (with its newline); fails at EOF or when none came within ``timeout``."""
+        import queue
+
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout}s") from None
+        if line is None:
+            raise AssertionError("the stream ended")
+        return line

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from conftest import run_trigctl
-from realproc import RunProc
+from realproc import Lines, RunProc
 
 LONG = "a-trigger-with-a-name-much-longer-than-twenty-characters"
 YAML = f"""
@@ -128,12 +128,11 @@ def test_history_follow_streams_rows_as_they_are_recorded_and_change(tmp_path):
     try:
         seen: dict[int, list[str]] = {}
         deadline = time.monotonic() + 30
+        lines = Lines(follow.stdout)
         # each fire shows up while its run is queued or running, then again when the run has ended
         while not any(statuses[0] in ("queued", "running") and statuses[-1] == "succeeded" for statuses in seen.values()):
             assert time.monotonic() < deadline, seen
-            line = follow.stdout.readline() if follow.stdout else ""
-            assert line, follow.stderr.read() if follow.stderr else ""
-            doc = json.loads(line)
+            doc = json.loads(lines.next(timeout=max(0.1, deadline - time.monotonic())))
             assert doc["trigger_name"] == "slow" and doc["kind"] == "fire"
             seen.setdefault(doc["id"], []).append(doc["status"])
     finally:
@@ -148,12 +147,12 @@ def test_history_follow_prints_a_table_that_grows(tmp_path):
     follow = subprocess.Popen([sys.executable, "-m", "trigctl", "history", "-f"], cwd=project,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert follow.stdout is not None
-        header = follow.stdout.readline()
-        old = [follow.stdout.readline(), follow.stdout.readline()]
+        lines = Lines(follow.stdout)
+        header = lines.next()
+        old = [lines.next(), lines.next()]
         assert header.split()[:3] == ["ID", "WHEN", "TRIGGER"] and "fails" in old[1]  # oldest first, as `tail -f`
         assert run_trigctl("run", "--once", "--trigger", "fails", cwd=project).returncode == 1
-        new = follow.stdout.readline()
+        new = lines.next()
         assert new.split()[0] == "3" and "fails" in new and len(new.rstrip("\n")) <= 100, new
     finally:
         follow.send_signal(signal.SIGINT)

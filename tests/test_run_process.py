@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -78,13 +79,25 @@ def fires(project):
     return [h for h in history(project) if h["kind"] == "fire"]
 
 
-def wait_for_log(proc: subprocess.Popen, text: str) -> None:
-    """Read the run's stderr until a line contains ``text`` (the pipe read blocks: no sleeping)."""
-    while True:
-        line = proc.stderr.readline()
-        assert line, f"trigctl exited before logging {text!r}"
-        if text in line:
-            return
+def wait_for_log(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> None:
+    """Read the run's stderr until a line contains ``text``; fails when it exits first or at the
+    deadline (the reading thread ends with the killed process, so stderr is free again after)."""
+    found = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            if text in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        proc.kill()
+        reader.join(10)
+        raise AssertionError(f"trigctl did not log {text!r} within {timeout}s")
+    assert found.is_set(), f"trigctl exited before logging {text!r}"
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:

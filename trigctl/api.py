@@ -598,7 +598,12 @@ def history(name: str | None = None, *, limit: int = 20, statuses: list[str] | N
             config_path: str | None = None, state: str | None = None) -> list[HistoryEntry]:
     """Newest first, at most ``limit``; only ``name``'s, these statuses (run statuses, "duplicate",
     "error") and entries at or after ``since`` (a timestamp) when given."""
-    project = Project(config_path, state)
+    return _history(Project(config_path, state), name, limit, statuses, since)[0]
+
+
+def _history(project: Project, name: str | None, limit: int, statuses: list[str] | None,
+             since: float | None) -> tuple[list[HistoryEntry], str]:
+    """`history` of ``project``, and the state's location it read."""
     store = project.store(readonly=True, need_config=False)
     try:
         if name is not None:
@@ -610,7 +615,7 @@ def history(name: str | None = None, *, limit: int = 20, statuses: list[str] | N
         rows = store.history(name, limit, statuses, since)
     finally:
         store.close()
-    return [history_entry(r) for r in rows]  # the store's records, as `history` shows them
+    return [history_entry(r) for r in rows], project.state_location(need_config=False)  # as `history` shows them
 
 
 FOLLOW_WINDOW = 1000  # rows looked at per look: more new rows than this between two looks show only the newest
@@ -621,17 +626,22 @@ def follow_history(name: str | None = None, *, limit: int = 20, statuses: list[s
                    every: float = 0.5, looks: int | None = None) -> Iterator[list[HistoryEntry]]:
     """Batches of history rows, oldest first: the last ``limit`` first, then every ``every`` seconds
     the rows that are new or changed since the last look (a fire whose run ended, a duplicate or an
-    error counted up). Reads the state afresh at each look, so it may not exist yet, and a running
-    loop is never held up. ``looks`` bounds the looks (tests); None follows until interrupted."""
+    error counted up). The YAML is read and checked once, at the first look; each later look opens
+    the state afresh, read-only, so it may not exist yet and a running loop is never held up.
+    ``looks`` bounds the looks (tests); None follows until interrupted."""
     window = max(limit, FOLLOW_WINDOW)
-    first = history(name, limit=window, statuses=statuses, since=since, config_path=config_path, state=state)
+    first, location = _history(Project(config_path, state), name, window, statuses, since)
     seen = {e.id: _version(e) for e in first}
     yield list(reversed(first[:limit]))
     n = 0
     while looks is None or n < looks:
         n += 1
         time.sleep(every)
-        rows = history(name, limit=window, statuses=statuses, since=since, config_path=config_path, state=state)
+        store = open_state(location, readonly=True)
+        try:
+            rows = [history_entry(r) for r in store.history(name, window, statuses, since)]
+        finally:
+            store.close()
         changed = [e for e in reversed(rows) if seen.get(e.id) != _version(e)]
         seen = {e.id: _version(e) for e in rows}  # what left the window is not looked at again
         if changed:
