@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from trigctl.events import LeaseGained, LeaseLost, RunInterrupted, RunQueued
@@ -69,6 +70,7 @@ class LeaseKeeper:
         self._failing = False
         self._wait = self.period
         self._started = 0.0
+        self._before_load = False
         self.rounds = 0
 
     # ------------------------------------------------------------------------ which triggers
@@ -85,7 +87,11 @@ class LeaseKeeper:
     def start(self) -> None:
         """The first round on the caller's thread (the loop starts with its share), then the thread."""
         self._started = time.monotonic()
-        self._round()
+        self._before_load = True  # this round's share is read by the load itself
+        try:
+            self._round()
+        finally:
+            self._before_load = False
         self._thread = threading.Thread(target=self._main, name="trigctl-leases", daemon=True)
         self._thread.start()
         if self.store.run_on_any:
@@ -195,7 +201,9 @@ class LeaseKeeper:
             self._orphans |= taken
             gained |= taken
         self._free_last_round = free - orphans
-        if gained:
+        if gained and self._before_load:
+            self._post("loaded", sorted(gained))  # the load reads their rows; only the events are due
+        elif gained:
             names = sorted(gained)
             self._post("gained", (store.trigger_rows(names), store.load_all_kv(names)))
         # The next round at the latest when another process's lease on one of our candidates lapses:
@@ -237,18 +245,23 @@ class LeaseKeeper:
             elif kind == "gained":
                 rows, kv = payload
                 held = {n: r for n, r in rows.items() if store.holds(n)}
-                sched.leases_gained(held, kv, now)  # (the first share is taken up by the load itself)
-                bus = self.runner.bus
-                if held and bus.wants(LeaseGained):
-                    leases = store.leases()
-                    for name in held:
-                        if name in leases:
-                            bus.publish(LeaseGained(name, leases[name].token))
+                sched.leases_gained(held, kv, now)
+                self._publish_gained(held)
                 self.runner._pump_needed = True  # queued runs of a dead process's triggers are ours now
+            elif kind == "loaded":
+                self._publish_gained([n for n in payload if store.holds(n)])
             elif kind == "reaped":
                 self._publish_reaped(payload)
         if self._changes:
             self.runner._event.set()
+
+    def _publish_gained(self, names: Iterable[str]) -> None:
+        bus = self.runner.bus
+        if bus.wants(LeaseGained):
+            leases = self.store.leases()
+            for name in names:
+                if name in leases:
+                    bus.publish(LeaseGained(name, leases[name].token))
 
     def _publish_lost(self, names: list[str], reason: str) -> None:
         bus = self.runner.bus
