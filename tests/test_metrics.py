@@ -311,10 +311,16 @@ def test_run_once_serves_while_it_runs_and_frees_the_port(project, host):
         s.bind((host.strip("[]"), port))  # the server is closed with the run
 
 
+@pytest.mark.slow
 def test_run_trigger_serves_only_those_triggers(project):
-    from prometheus_client import generate_latest
-
-    parsed = samples(generate_latest(Metrics(load_config(project / "triggers.yaml"), only={"broken"}).registry).decode())
+    proc = RunProc(project, "triggers.yaml", "--trigger", "broken", "--metrics", "127.0.0.1:0")
+    try:
+        _, parsed = scrape_until(served_url(proc), lambda p: (value(p, "trigctl_polls_total", trigger="broken",
+                                                                      result="error") or 0) >= 1,
+                                 what="a counted poll of broken")
+        assert proc.stop() == 0, proc.stderr
+    finally:
+        proc.cleanup()
     assert {dict(labels)["trigger"] for _, labels in parsed if "trigger" in dict(labels)} == {"broken"}
 
 
