@@ -25,7 +25,10 @@ def bytes_fingerprint(raw: bytes, env: Mapping[str, str]) -> str:
     """The fingerprint of a file's bytes ``raw`` read with the environment ``env``."""
     import hashlib
 
+    from trigctl import __version__
+
     digest = hashlib.sha256(raw)
+    digest.update(b"\0trigctl " + __version__.encode())  # another trigctl may summarise otherwise
     for name in sorted(set(re.findall(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)", raw))):
         value = env.get(name.decode())
         digest.update(b"\0" + name + b"=" + (b"\1" + value.encode("utf-8", "replace") if value is not None else b"\2"))

@@ -10,16 +10,18 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from trigctl.bounded import TooLarge, read_at_most
+from trigctl.bounded import MAX_FILE_BYTES, TooLarge, read_at_most
 from trigctl.config.cache import CACHE_AT, entry_for
-from trigctl.config.interpolate import interpolate
 from trigctl.config.model import Config, ConfigError, ConfigIssue
-from trigctl.config.schema import _schema_issues, _type_name
-from trigctl.config.validate import _semantic, _semantic_despite_schema
-from trigctl.config.yaml_loader import MAX_FILE_BYTES, _Doc, _fast_load, _NeedMarks, load_yaml
 from trigctl.secrets import Redactor
+
+if TYPE_CHECKING:
+    from trigctl.config.yaml_loader import _Doc
+
+# The parse and the checks (PyYAML, the schema tooling: ~0.3 s to import) are imported on first
+# use: a config read from the cache needs none of them.
 
 
 def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None, *, light: bool = False,
@@ -96,6 +98,8 @@ def _compacted(config: Config) -> Config:
 def parse_config(text: str, filename: str, env: Mapping[str, str] | None = None, *, light: bool = False,
                  record: list[tuple[tuple, str]] | None = None) -> Config:
     """``record``: see :func:`interpolate`."""
+    from trigctl.config.yaml_loader import _Doc, _fast_load, _NeedMarks, load_yaml
+
     env = os.environ if env is None else env
     try:
         data = _fast_load(text)
@@ -113,6 +117,10 @@ def parse_config(text: str, filename: str, env: Mapping[str, str] | None = None,
 
 def _build(data: Any, doc: _Doc, filename: str, env: Mapping[str, str], light: bool,
            record: list[tuple[tuple, str]] | None = None) -> Config:
+    from trigctl.config.interpolate import interpolate
+    from trigctl.config.schema import _schema_issues, _type_name
+    from trigctl.config.validate import _semantic, _semantic_despite_schema
+
     if doc.issues:
         raise ConfigError(doc.issues)
     if not isinstance(data, dict):
