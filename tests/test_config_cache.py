@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import trigctl
+import trigctl.config.cache as cache_module
 import trigctl.config.load as load_module
 from trigctl.config import ConfigError, load_config
-from trigctl.config import cache as cache_module
 from trigctl.config.cache import CACHE_AT, MAGIC, Entry
 
 N = CACHE_AT  # the smallest config that is cached
