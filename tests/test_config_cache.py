@@ -397,3 +397,20 @@ def test_reload_reads_the_entry(tmp_path, cache_dir, parses):
         assert same(runner.config, cfg)
     finally:
         store.close()
+
+
+def test_entries_unused_for_a_month_are_deleted_at_the_next_write(tmp_path, cache_dir, parses):
+    a = write_project(tmp_path / "a")
+    b = write_project(tmp_path / "b")
+    load_config(a)
+    [old] = entries(cache_dir)
+    month = 31 * 86400
+    os.utime(old, (old.stat().st_atime - month, old.stat().st_mtime - month))
+    load_config(b)
+    assert [p.name for p in entries(cache_dir)] != [old.name] and not old.exists()
+    load_config(b)
+    stamp = entries(cache_dir)[0].stat().st_mtime
+    os.utime(entries(cache_dir)[0], (stamp - month, stamp - month))
+    load_config(b)  # a hit marks the entry used
+    assert entries(cache_dir)[0].stat().st_mtime > stamp - 60
+    assert len(parses) == 2

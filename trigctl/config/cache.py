@@ -16,10 +16,10 @@ only, as the state's snapshot fingerprint does (trigctl/snapshot.py).
 
 Where: ``$TRIGCTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/trigctl``, else ``~/.cache/trigctl``; one
 file per config path (``config-<hash>.bin``), mode 0600 in a 0700 directory. Safe to delete at any
-time; ``TRIGCTL_CONFIG_CACHE=off`` turns it off. An entry is ignored (and replaced by the next
-full load) unless it is a regular file owned by this user, not readable or writable by others,
-with the right magic, key, length and checksum; and it is unpickled with only the config's own
-classes allowed.
+time (entries unused for 30 days are deleted); ``TRIGCTL_CONFIG_CACHE=off`` turns it off. An
+entry is ignored (and replaced by the next full load) unless it is a regular file owned by this
+user, not readable or writable by others, with the right magic, key, length and checksum; and it
+is unpickled with only the config's own classes allowed.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from trigctl.config.model import Config, ConfigIssue, TriggerConfig
 CACHE_AT = 1000  # triggers: smaller files load in a fraction of a second, not worth a file
 MAGIC = b"trigctl config cache 1\n"
 MAX_ENTRY_BYTES = 2 * 1024 * 1024 * 1024
+UNUSED_DAYS = 30  # an entry not read or written for this long is deleted at the next write
 
 _OUTSIDE = frozenset({"python", "file"})  # trigger types whose checks look beyond the options
 _REDACTOR = "redactor"  # the persistent id of the config's Redactor (it holds the secret values)
@@ -137,8 +138,12 @@ class Entry:
             if key != self.key or length != st.st_size - len(head):
                 return None
             payload = f.read(length + 1)
-        if len(payload) != length or hashlib.sha256(payload).digest() != checksum:
-            return None
+            if len(payload) != length or hashlib.sha256(payload).digest() != checksum:
+                return None
+            try:
+                os.utime(f.fileno())  # used now: kept by the clean-up of unused entries
+            except OSError:
+                pass
         return payload
 
     def _unpickle(self, payload: bytes) -> Config | None:
@@ -198,6 +203,7 @@ class Entry:
                 f.write(payload)
             os.replace(tmp, self.file)
             tmp = None
+            _forget_unused(self.directory)
         except OSError:
             pass  # a cache: a read-only home, a full disk only cost the next start its speed
         finally:
@@ -216,6 +222,21 @@ def entry_for(path: Path, raw: bytes, env: Mapping[str, str]) -> Entry | None:
         return Entry(directory, path, raw, env)
     except (OSError, RuntimeError, ValueError):
         return None
+
+
+def _forget_unused(directory: Path) -> None:
+    """Delete the entries not used for UNUSED_DAYS (YAML files moved or deleted since)."""
+    import time
+
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    with os.scandir(directory) as it:
+        for entry in it:
+            if entry.name.startswith("config-") and entry.name.endswith(".bin") and entry.is_file(follow_symlinks=False):
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except OSError:
+                    pass
 
 
 def _private_dir(directory: Path) -> bool:
