@@ -29,7 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def rss_mb() -> float:
+    # Not bench/_common's: importing it puts this checkout first on sys.path, and the --ref child
+    # would run this checkout's trigctl.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def child(directory: Path) -> None:
+    import trigctl
+
+    assert Path(trigctl.__file__).resolve().is_relative_to(Path(os.environ["PYTHONPATH"]).resolve()), trigctl.__file__
     from trigctl.config import load_config
     from trigctl.runner import Runner
     from trigctl.scheduler import Scheduler
@@ -54,9 +64,11 @@ def child(directory: Path) -> None:
     deadline = time.monotonic() + 900
     while not first and time.monotonic() < deadline:
         time.sleep(0.01)
+    time.sleep(1.0)  # the loop running: RSS with the config, the slots and the state loaded
+    rss = rss_mb()
     runner.stop()
     t.join(60)
-    print(json.dumps({"config_s": t_loaded - t_start, "startup_s": first[0] - t_start if first else None}))
+    print(json.dumps({"config_s": t_loaded - t_start, "startup_s": first[0] - t_start if first else None, "rss_mb": rss}))
 
 
 def write_yaml(directory: Path, n: int) -> None:
@@ -106,8 +118,8 @@ def main() -> None:
         return
     roots = {"trigctl": ROOT, **({"ref": Path(args.ref).resolve()} if args.ref else {})}
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
-    print("| N | checkout | start | config load (s) | YAML to first poll (s) | load avg |")
-    print("|---|---|---|---|---|---|", flush=True)
+    print("| N | checkout | start | config load (s) | YAML to first poll (s) | RSS MB (1 s later) | load avg |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     base = Path(tempfile.mkdtemp(prefix="trigctl-bench-startup-"))
     listing = []
     try:
@@ -120,7 +132,7 @@ def main() -> None:
                     r = start(root, dirs[name])
                     label = "first" if k == 0 else f"later {k}"
                     print(f"| {n:,} | {name} | {label} | {r['config_s']:.2f} | {r['startup_s']:.2f} | "
-                          f"{os.getloadavg()[0]:.2f} |", flush=True)
+                          f"{r['rss_mb']:.0f} | {os.getloadavg()[0]:.2f} |", flush=True)
             if args.list_runs:
                 listing.append((n, list_runs(roots, dirs, args.list_runs), os.getloadavg()[0]))
             for d in dirs.values():
