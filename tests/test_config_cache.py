@@ -414,3 +414,18 @@ def test_entries_unused_for_a_month_are_deleted_at_the_next_write(tmp_path, cach
     load_config(b)  # a hit marks the entry used
     assert entries(cache_dir)[0].stat().st_mtime > stamp - 60
     assert len(parses) == 2
+
+
+def test_interpolated_values_under_keys_that_are_not_strings(tmp_path, cache_dir, parses, monkeypatch):
+    """YAML keys can be numbers, dates or null: an interpolated value below one is still cached."""
+    monkeypatch.setenv("CACHE_API_TOKEN", "tok-5up3r-s3cr3t-value")
+    path = write_project(tmp_path / "p", trigger_extra=(
+        "\n    args: {2024-01-01: '${CACHE_API_TOKEN}', 7: '${CACHE_API_TOKEN}', null: {api_token: '${CACHE_API_TOKEN}'}}"))
+    (tmp_path / "p" / "cache_callables.py").write_text("def noop(**kwargs):\n    return None\n")
+    first = load_config(path)
+    second = load_config(path)
+    assert len(parses) == 1
+    assert same(second, first)
+    assert second.triggers[0].options["args"][7] == "tok-5up3r-s3cr3t-value"
+    assert second.redactor.text("x tok-5up3r-s3cr3t-value") == "x ***"
+    assert b"tok-5up3r" not in entries(cache_dir)[0].read_bytes()

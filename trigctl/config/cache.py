@@ -77,7 +77,13 @@ def code_stamp() -> bytes:
     import trigctl
 
     digest = hashlib.sha256(f"{trigctl.__version__}\0{sys.version}\0{pickle.HIGHEST_PROTOCOL}".encode())
+    from importlib import resources
+
     root = Path(trigctl.__file__).parent
+    try:  # the schema: at the top of a checkout, inside an installed package
+        digest.update(resources.files("trigctl").joinpath("schemas/triggers.schema.json").read_bytes())
+    except OSError:
+        pass
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -186,7 +192,10 @@ class Entry:
             return None
         if copy != config:
             return None
-        header = json.dumps([[list(path), written] for path, written in record]).encode() + b"\n"
+        # A path's keys matter only as names (a secret position, interpolate._secret_position): a
+        # key YAML made a number, a date or null is kept as 0, which JSON can hold.
+        header = json.dumps([[[p if isinstance(p, str) else 0 for p in path], written] for path, written in record],
+                            ensure_ascii=True).encode() + b"\n"
         self._write(header + blob)
         return copy
 
