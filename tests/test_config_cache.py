@@ -369,10 +369,10 @@ def test_cli_run_reads_the_entry_and_refuses_a_deleted_callable(tmp_path, cache_
     first = _cli("run", "--once", cwd=d, env=env)
     assert first.returncode == 0, first.stderr
     [entry] = entries(cache_dir)
-    stamp = entry.stat().st_mtime_ns
+    inode = entry.stat().st_ino
     second = _cli("run", "--once", cwd=d, env=env)
     assert second.returncode == 0, second.stderr
-    assert entry.stat().st_mtime_ns == stamp  # read, not written again
+    assert entry.stat().st_ino == inode  # read, not written again (a write replaces the file)
     (d / "cache_callables.py").unlink()
     expected = _cli("validate", cwd=d, env=env)
     assert expected.returncode == 2 and "no module named 'cache_callables'" in expected.stderr
