@@ -34,6 +34,7 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
     from trigctl.store.sqlite import SQLiteStore
 
     tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-"))
+    os.environ.setdefault("TRIGCTL_CACHE_DIR", str(tmp / "cache"))  # a first start; bench_startup.py has later ones
     (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
     lines = ["version: 1", "workflows:", "  wf:", "    tasks:", "      - run: 'true'", "triggers:"]
     for i in range(n):

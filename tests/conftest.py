@@ -17,6 +17,16 @@ from trigctl.store.sqlite import SQLiteStore
 
 HERE = Path(__file__).parent
 
+# The config cache (trigctl/config/cache.py) of the tests' big YAML files: in a directory of this
+# session, not the user's ~/.cache (subprocesses inherit it).
+if not os.environ.get("TRIGCTL_CACHE_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TRIGCTL_CACHE_DIR"] = _CACHE = tempfile.mkdtemp(prefix="trigctl-test-cache-")
+    atexit.register(shutil.rmtree, _CACHE, True)
+
 
 class FakeClock:
     def __init__(self, start: float = 1_800_000_000.0):

@@ -257,7 +257,7 @@ def validate(file: str | None = None, *, config_path: str | None = None, state: 
     from trigctl.config import load_config
 
     project = Project(config_path, state, file)
-    cfg = load_config(project.config_path)
+    cfg = load_config(project.config_path, cached=False)  # the full check, whatever the config cache holds
     return Validated(project.config_path, len(cfg.triggers), len(cfg.workflows))
 
 

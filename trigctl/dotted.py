@@ -46,6 +46,11 @@ def split(path: str) -> tuple[str, str]:
 def resolve(path: str, base_dir: Path | None = None) -> Any:
     """Import and return the object; ResolveError with a specific message otherwise."""
     module_name, qual = split(path)
+    module = sys.modules.get(module_name)
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        # Imported already (50,000 triggers naming one module): what import_module would return,
+        # without the sys.path change around it.
+        return _attribute(module, module_name, qual, path)
     with on_sys_path(base_dir):
         try:
             module = importlib.import_module(module_name)
@@ -56,14 +61,18 @@ def resolve(path: str, base_dir: Path | None = None) -> Any:
         except BaseException as e:  # noqa: BLE001 - the user's module raised while importing, even
             # KeyboardInterrupt or GeneratorExit: a config error, not the end of trigctl
             raise ResolveError(f'cannot import "{path}": {_described(e)}') from None
-        obj: Any = module
-        for part in qual.split("."):
-            try:
-                obj = getattr(obj, part)  # a module's __getattr__ is user code too
-            except AttributeError:
-                raise ResolveError(f'cannot import "{path}": module {module_name!r} has no attribute {part!r}') from None
-            except BaseException as e:  # noqa: BLE001
-                raise ResolveError(f'cannot import "{path}": {_described(e)}') from None
+        return _attribute(module, module_name, qual, path)
+
+
+def _attribute(module: Any, module_name: str, qual: str, path: str) -> Any:
+    obj: Any = module
+    for part in qual.split("."):
+        try:
+            obj = getattr(obj, part)  # a module's __getattr__ is user code too
+        except AttributeError:
+            raise ResolveError(f'cannot import "{path}": module {module_name!r} has no attribute {part!r}') from None
+        except BaseException as e:  # noqa: BLE001
+            raise ResolveError(f'cannot import "{path}": {_described(e)}') from None
     if not callable(obj):
         raise ResolveError(f'"{path}" is not callable (it is a {type(obj).__name__})')
     return obj

@@ -53,11 +53,28 @@ def _json_escape(m: re.Match[str]) -> str:
 _BAD_TIME = (ValueError, OverflowError, OSError)
 
 
+_ISO_SECONDS: dict[int, str] = {}  # whole second -> "YYYY-MM-DDTHH:MM:SS": `list` of 50,000 triggers polled together
+
+
 def iso(ts: float | None) -> str | None:
+    """UTC, to the millisecond (truncated, as isoformat does), with a Z."""
     if ts is None:
         return None
     try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        # The microsecond as datetime.fromtimestamp rounds it (half to even), then the cached second.
+        frac, whole = math.modf(ts)
+        us = round(frac * 1e6)
+        seconds = int(whole)
+        if us >= 1_000_000:
+            seconds, us = seconds + 1, us - 1_000_000
+        elif us < 0:
+            seconds, us = seconds - 1, us + 1_000_000
+        prefix = _ISO_SECONDS.get(seconds)
+        if prefix is None:
+            if len(_ISO_SECONDS) > 4096:
+                _ISO_SECONDS.clear()
+            prefix = _ISO_SECONDS[seconds] = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None).isoformat("T", "seconds")
+        return f"{prefix}.{us // 1000:03d}Z"
     except _BAD_TIME:
         return None
 

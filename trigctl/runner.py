@@ -297,7 +297,7 @@ class Runner:
         from trigctl.snapshot import config_fingerprint
 
         fingerprint = config_fingerprint(config.path)
-        if fingerprint is not None:
+        if fingerprint is not None and not self.store.has_config_snapshot(str(config.path), fingerprint):
             self.store.save_config_snapshot(str(config.path), fingerprint, trigger_summaries(config))
 
     def _spawn_owner(self) -> None:  # with _handoff_lock held

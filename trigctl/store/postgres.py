@@ -876,6 +876,10 @@ class PostgresStore(Store):
                            (_t(config_path), fingerprint))
         return json.loads(rows[0]["triggers"]) if rows else None
 
+    def has_config_snapshot(self, config_path: str, fingerprint: str) -> bool:
+        return bool(self._query("SELECT 1 FROM config_snapshot WHERE config_path = %s AND fingerprint = %s",
+                                (_t(config_path), fingerprint)))
+
     # --------------------------------------------------------------------------------------- polls
 
     def record_fires(self, trigger, workflow, fires, stats, now, cursor, state_updates) -> list[FireResult]:
