@@ -23,6 +23,7 @@ from typing import Any
 
 from trigctl.config import Config, TaskConfig, WorkflowConfig
 from trigctl.events import EventBus, RunFinished, RunStarted, TaskFinished
+from trigctl.gate import SHELL_GATE_LINE, gate_argv
 from trigctl.procs import (
     OUTPUT_TAIL_BYTES,
     OutputTail,
@@ -265,12 +266,6 @@ def read_call_result(path: str, dotted: str) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-# Runs before every task process: wait for the go (one line on stdin), then become the task, with
-# stdin from /dev/null as before. EOF (trigctl died before recording the process) exits 125.
-_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
-# A `run:` task is a shell already: the same gate is the first line of its own shell (one exec, not
-# two); the script follows from the second line, with stdin from /dev/null.
-_SHELL_GATE = "read -r _ || exit 125; exec </dev/null\n"
 
 
 class TaskError(Exception):
@@ -407,14 +402,14 @@ class RunExecution:
             if task.kind == "http":
                 self._task_started(idx, task.name, started_at, None, None)
                 self._recorded = True
-            out_path = str(tmp / f"task{idx}.log")
+            out_path = str(tmp / f"task{idx}.log") if task.kind == "http" else ""  # a process's output: a pipe
             try:
                 outcome = self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
             except TaskError as e:
                 outcome = TaskOutcome("failed", None, str(e))
             if not self._recorded:
                 self._task_started(idx, task.name, started_at, None, None)
-            output = self.runner.redact(outcome.output if outcome.output is not None else tail(out_path)) or ""
+            output = self.runner.redact(outcome.output if outcome.output is not None or not out_path else tail(out_path)) or ""
             if outcome.status == "failed" and outcome.error and not output:
                 output = outcome.error
             finished_at = clock()
@@ -460,7 +455,7 @@ class RunExecution:
         env = task_env(self.run, context, output_file, context_file, dict(task.env))
         cwd = self.runner.resolve_cwd(task.cwd)
         if task.kind == "run":
-            argv = ["/bin/sh", "-c", _SHELL_GATE + (task.run or ""), "/bin/sh"]
+            argv = ["/bin/sh", "-c", SHELL_GATE_LINE + (task.run or ""), "/bin/sh"]
         elif task.kind == "argv":
             argv = fill_argv(task.argv or (), context)
         else:  # call: a child process, so a timeout can stop it
@@ -478,7 +473,7 @@ class RunExecution:
         gate_r, gate_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
-            gated = argv if task.kind == "run" else ["/bin/sh", "-c", _GATE, "trigctl-task", *argv]
+            gated = argv if task.kind == "run" else [*self.runner.gate(), *argv]
             proc = subprocess.Popen(gated, cwd=cwd, env=env,
                                     stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, start_new_session=True)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
@@ -605,6 +600,7 @@ class WorkflowRunner:
         self._idle_workers = 0
         self._workers = 0
         self._dirs: tuple[str, str] | None = None  # (small files, output logs)
+        self._gate: tuple[str, ...] | None = None  # the start gate (trigctl.gate), found on first use
 
     def redact(self, text: str | None) -> str | None:
         return self.config.redactor.text(text) if text else text
@@ -629,6 +625,15 @@ class WorkflowRunner:
                             pass
                     self._dirs = (small, logs)
         return RunFiles(self._dirs[0], self._dirs[1], run_id)
+
+    def gate(self) -> tuple[str, ...]:
+        """The start gate's argv, put before a task's own (see trigctl.gate)."""
+        if self._gate is None:
+            with self._lock:
+                if self._gate is None:
+                    assert self._dirs is not None  # made by run_files(), before any task starts
+                    self._gate = gate_argv(list(dict.fromkeys(self._dirs)))
+        return self._gate
 
     def pump(self, stop: Callable[[], bool] | None = None) -> list[RunRow]:
         """Start queued runs while there is room (and ``stop()`` is not true: a signal arrived).
