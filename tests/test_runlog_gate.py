@@ -150,3 +150,40 @@ def test_the_program_is_found_and_run_as_a_shell_exec_would(gate, tmp_path):
     assert code == 127 and "no-such-program-xyz" in out and "not found" in out
     code, out = run([str(bin_dir / "not-exec")])
     assert code == 126 and "not-exec" in out
+
+
+def test_gated_tasks_of_a_real_run_keep_their_shell_semantics(tmp_path, write_yaml, callables):
+    """Through WorkflowRunner: a `run:` script's own line numbers, stdin from /dev/null, argv found in
+    PATH through the gate; every task row and the run's end written (in shared transactions)."""
+    from trigctl.config import load_config
+    from trigctl.workflows import WorkflowRunner
+
+    callables("def f():\n    return None\n", "gatetasks")
+    cfg = load_config(write_yaml("""
+        version: 1
+        workflows:
+          w:
+            tasks:
+              - {name: stdin, run: 'cat; echo "stdin-done $0"'}
+              - {name: found, argv: [sh, -c, 'echo "argv {{n}}"']}
+              - {name: broken, run: 'no-such-cmd-xyz', continue_on_error: true}
+              - {name: last, argv: ['true']}
+        triggers:
+          - {name: x, type: python, callable: "gatetasks:f", workflow: w}
+    """))
+    store = SQLiteStore(cfg.state_location())
+    run_id = store.enqueue_run("x", "w", {"n": 5}, time.time()).run_id
+    runner = WorkflowRunner(cfg, store)
+    assert [r.id for r in runner.pump()] == [run_id]
+    assert runner.join(30)
+    run = store.get_run(run_id)
+    tasks = {t["name"]: t for t in run.tasks}
+    assert run.status == "succeeded" and list(tasks) == ["stdin", "found", "broken", "last"]
+    assert tasks["stdin"]["output_tail"] == "stdin-done /bin/sh\n"  # cat read /dev/null, not the gate's pipe
+    assert tasks["found"]["output_tail"] == "argv 5\n"
+    broken = tasks["broken"]
+    assert broken["status"] == "failed" and broken["exit_code"] == 127
+    assert "no-such-cmd-xyz" in broken["output_tail"] and "1:" in broken["output_tail"]  # the script's own line 1
+    assert tasks["last"]["status"] == "succeeded" and all(t["pgid"] is None for t in run.tasks)
+    assert runner.runlog.steps == 4 * 2 + 1 and runner.runlog.commits <= 5  # each end went with the next write
+    store.close()

@@ -15,7 +15,7 @@ would: a name without ``/`` is looked up in the task's PATH, a file without ``#!
 /bin/sh, "not found" exits 127 and "cannot run" 126 with a line on the task's output. It is
 copied into trigctl's private run directory (mode 0700) and tried once; where it cannot run there
 (another architecture, a ``noexec`` mount) the shell gate is used. A ``run:`` task is a shell
-already: its gate is the first line of its own script (:data:`SHELL_GATE_LINE`).
+already: its gate goes before its own script, on its first line (:data:`SHELL_GATE_LINE`).
 
 Build (gcc 12, x86-64)::
 
@@ -35,8 +35,9 @@ from pathlib import Path
 
 SHELL_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
 SHELL_GATE_ARGV = ("/bin/sh", "-c", SHELL_GATE, "trigctl-task")
-# The first line of a `run:` task's script: the same gate, then the script with stdin from /dev/null.
-SHELL_GATE_LINE = "read -r _ || exit 125; exec </dev/null\n"
+# Put before a `run:` task's script, on its first line (so the shell's line numbers in its messages
+# stay the script's own): the same gate, then the script with stdin from /dev/null.
+SHELL_GATE_LINE = "read -r _ || exit 125; exec </dev/null; "
 BINARY = Path(__file__).resolve().parent / "_gate" / "gate-x86_64"
 
 
