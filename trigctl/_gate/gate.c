@@ -54,7 +54,7 @@ __attribute__((used)) void gate(long *sp) {
             long e = run(prog, args, envp);
             die(e == -ENOENT ? 127 : 126, prog, e == -ENOENT ? ": not found\n" : ": cannot run\n");
         }
-    const char *path = "/usr/local/bin:/usr/bin:/bin";
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; /* dash's default */
     for (char **e = envp; *e; e++) {
         char *v = *e;
         if (v[0] == 'P' && v[1] == 'A' && v[2] == 'T' && v[3] == 'H' && v[4] == '=') { path = v + 5; break; }
