@@ -2,6 +2,7 @@
 
     python bench/bench_file_reaction.py                  # the README table (~2.5 min)
     python bench/bench_file_reaction.py --files 200 --gap 0.1
+    python bench/bench_file_reaction.py --big 10000 --big-only   # 10,000 files at once, with run throughput
 
 For each mode, `trigctl run` (the real CLI, a subprocess) watches an empty directory with one `file`
 trigger whose workflow is one task `argv: [date, '+%s.%N']`: the task's process prints the time it
@@ -19,6 +20,12 @@ Modes, in the same run:
 A burst of N files starts N runs; with max_concurrent_runs: 8 their task starts queue behind run
 throughput (see bench_fire_throughput.py), so the burst's close -> fire shows the trigger's reaction and
 close -> task start adds the run queue.
+
+`--big N` adds a third phase to the watching mode with settle 0s: N files written at once (10,000 by
+default with --big-only). It reports whether every file was processed (a succeeded run for each),
+close -> task started, and files per second (first close -> last run completed); with it, the
+closed-loop run throughput of the same workflow (bench_fire_throughput.py, `argv: [date, +%s.%N]`,
+max) is measured in the same invocation, for the ratio files/s / runs/s.
 """
 
 from __future__ import annotations
@@ -102,6 +109,7 @@ def reactions(db: Path, closed: dict[str, float]) -> tuple[list[float], list[flo
 
 
 def wait_done(db: Path, closed: dict[str, float], timeout: float = 60) -> None:
+    timeout = max(timeout, len(closed) / 50)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -117,16 +125,27 @@ def wait_done(db: Path, closed: dict[str, float], timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def run_mode(name: str, watch: bool, settle: str, interval: str, files: int, gap: float, conc: int) -> list[dict]:
+def completed_span(db: Path, closed: dict[str, float]) -> float:
+    """First close -> the last of these files' runs completed, seconds."""
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    paths = set(closed)
+    last = max((t for path, t in c.execute("SELECT json_extract(context, '$.path'), completed_at FROM runs "
+                                             "WHERE status = 'succeeded'") if path in paths), default=0.0)
+    c.close()
+    return last - min(closed.values())
+
+
+def run_mode(name: str, watch: bool, settle: str, interval: str, files: int, gap: float, conc: int,
+             phases: tuple[str, ...] = ("one at a time", "burst"), big: int = 0) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="trigctl-react-"))
     proc = start_trigctl(tmp, watch, settle, interval, conc)
     out = []
     try:
         db = tmp / "state.db"
         everything: dict[str, float] = {}
-        for phase in ("one at a time", "burst"):
+        for phase in phases:
             closed: dict[str, float] = {}
-            for i in range(files):
+            for i in range(big if phase == "big burst" else files):
                 p = tmp / "inbox" / f"{phase[0]}{i:05d}.dat"
                 closed[str(p)] = write_file(p)
                 if phase == "one at a time":
@@ -134,7 +153,8 @@ def run_mode(name: str, watch: bool, settle: str, interval: str, files: int, gap
             wait_done(db, {**everything, **closed})
             everything.update(closed)
             fire, task, missing, extra = reactions(db, closed)
-            out.append({"mode": name, "phase": phase, "fire": fire, "task": task, "missing": missing, "extra": extra})
+            out.append({"mode": name, "phase": phase, "fire": fire, "task": task, "missing": missing, "extra": extra,
+                        "n": len(closed), "per_s": len(closed) / max(completed_span(db, closed), 1e-9)})
     finally:
         proc.terminate()
         proc.wait(30)
@@ -189,9 +209,15 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--gap", type=float, default=0.1, help="seconds between files in the one-at-a-time phase")
     ap.add_argument("--concurrency", type=int, default=8, help="max_concurrent_runs")
+    ap.add_argument("--big", type=int, default=0, help="files in the big burst (watch, settle 0s); 0: none")
+    ap.add_argument("--big-only", action="store_true", help="only the big burst (default 10,000 files) and run throughput")
     args = ap.parse_args()
+    if args.big_only:
+        big_burst(args.big or 10_000, args.concurrency)
+        return
     results = []
-    results += run_mode("watch, settle 0s", True, "0s", "30s", args.files, args.gap, args.concurrency)
+    results += run_mode("watch, settle 0s", True, "0s", "30s", args.files, args.gap, args.concurrency,
+                        ("one at a time", "burst", "big burst") if args.big else ("one at a time", "burst"), args.big)
     results += run_mode("watch, settle 1s (default)", True, "1s", "30s", args.files, args.gap, args.concurrency)
     results += run_mode("poll 1s, settle 0s (baseline)", False, "0s", "1s", args.files, args.gap, args.concurrency)
     results += run_raw(args.files, args.gap)
@@ -201,6 +227,8 @@ def main() -> None:
           "vs raw watchdog (p50 fire) | files missed | extra fires (empty file) | waited ≥ 0.5 s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        if r["phase"] == "big burst":
+            continue
         b, f = base[r["phase"]], floor[r["phase"]]
         vs_base = f"{pct(r['task'], 50) / pct(b['task'], 50):.3f}×" if r["task"] else "-"
         vs_floor = f"{pct(r['fire'], 50) / pct(f['fire'], 50):.0f}×" if r["fire"] else "-"
@@ -209,6 +237,28 @@ def main() -> None:
               f"{ms(r['task'], 50)} / {ms(r['task'], 99)} / {mx} | {vs_base} | {vs_floor} | {r['missing']} | {r['extra']} | "
               f"{sum(1 for x in (r['task'] or r['fire']) if x >= 0.5)} |",
               flush=True)
+    for r in results:
+        if r["phase"] == "big burst":
+            print_big(r, None)
+
+
+def print_big(r: dict, runs_per_s: float | None) -> None:
+    vs = f"{r['per_s'] / runs_per_s:.2f}" if runs_per_s else "-"
+    print(f"\n| big burst | files | all processed | close→task started p50 / p99 ms | files/s | run throughput runs/s "
+          f"(bench_fire_throughput argv-date, max) | files/s / runs/s |\n|---|---|---|---|---|---|---|\n"
+          f"| {r['mode']} | {r['n']} | {'yes' if not r['missing'] else 'NO: ' + str(r['missing']) + ' missed'} | "
+          f"{ms(r['task'], 50)} / {ms(r['task'], 99)} | {r['per_s']:.0f} | "
+          f"{f'{runs_per_s:.0f}' if runs_per_s else '-'} | {vs} |", flush=True)
+
+
+def big_burst(n: int, conc: int) -> None:
+    (r,) = run_mode("watch, settle 0s", True, "0s", "30s", 0, 0, conc, ("big burst",), n)
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("bench_fire_throughput.py")), "--child",
+                          "trigctl", "argv-date", "max", "8", str(conc), "0"], capture_output=True, text=True, check=True)
+    import json
+
+    runs = json.loads(out.stdout.strip().splitlines()[-1])["per_s"]
+    print_big(r, runs)
 
 
 if __name__ == "__main__":

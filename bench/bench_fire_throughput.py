@@ -108,13 +108,15 @@ triggers:
     runner = Runner(cfg, store, install_signals=False, grace=5)
     import bench_source  # imported by the trigger (the YAML's directory is on sys.path)
 
-    original_finish = store.finish_run
+    # A run counts as done once its end is recorded and announced (WorkflowRunner._finished: after
+    # finish_run on main, after the batch holding it was committed here).
+    original_finished = runner.workflows._finished
 
-    def finish_run(run_id, status, now, error=None):
-        original_finish(run_id, status, now, error)
+    def finished(ex, status, error):
         bench_source.DONE += 1
+        original_finished(ex, status, error)
 
-    store.finish_run = finish_run
+    runner.workflows._finished = finished
     t = threading.Thread(target=runner.run, daemon=True)
     t.start()
     while runner._owner is None:

@@ -454,16 +454,16 @@ def test_a_task_does_not_start_before_its_process_group_is_recorded(tmp_path, wr
     """))
     store = SQLiteStore(cfg.state_location())
     seen = []
-    record = store.task_started
+    record = store.apply_run_steps  # the run threads write through it (trigctl.runlog), batched
 
-    def task_started(run_id, idx, name, now, pid, pgid, proc_start):
-        if pid is not None:
+    def apply_run_steps(steps):
+        if any(name == "task_started" and args[4] is not None for name, args in steps):
             # The moment a crash could hit: the process exists, its group is not recorded yet.
             time.sleep(0.3)
             seen.append(sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("ran-", "argv-"))))
-        return record(run_id, idx, name, now, pid, pgid, proc_start)
+        return record(steps)
 
-    store.task_started = task_started
+    store.apply_run_steps = apply_run_steps
     run_id = store.enqueue_run("x", "w", {"n": 7}, time.time()).run_id
     runner = WorkflowRunner(cfg, store)
     assert [r.id for r in runner.pump()] == [run_id]

@@ -12,9 +12,12 @@ from collections.abc import Callable
 
 def proc_start_time(pid: int) -> str | None:
     """The kernel's start time of a process (field 22 of /proc/PID/stat), to tell a reused PID apart."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
+    try:  # os-level calls: this runs once per task started (a file object costs as much again)
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096).decode(errors="replace")
+        finally:
+            os.close(fd)
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.

@@ -23,6 +23,7 @@ from typing import Any
 
 from trigctl.config import Config, TaskConfig, WorkflowConfig
 from trigctl.events import EventBus, RunFinished, RunStarted, TaskFinished
+from trigctl.gate import SHELL_GATE_LINE, gate_argv
 from trigctl.procs import (
     OUTPUT_TAIL_BYTES,
     OutputTail,
@@ -33,7 +34,8 @@ from trigctl.procs import (
     terminate_group,
     wait_reading,
 )
-from trigctl.store.base import RunRow, StateError, Store
+from trigctl.runlog import RunLog
+from trigctl.store.base import RunRow, Store
 
 log = logging.getLogger("trigctl.workflows")
 
@@ -264,9 +266,6 @@ def read_call_result(path: str, dotted: str) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-# Runs before every task process: wait for the go (one line on stdin), then become the task, with
-# stdin from /dev/null as before. EOF (trigctl died before recording the process) exits 125.
-_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
 
 
 class TaskError(Exception):
@@ -318,6 +317,9 @@ class RunExecution:
         self._proc_lock = threading.Lock()
         self._pgid: int | None = None
         self._recorded = False  # the current task's row is written
+        # A task's end, written with the run's next write (the next task's start, a retry's wait,
+        # the run's end): one transaction fewer per task.
+        self._deferred: list[tuple[str, tuple]] = []
         self.started = time.monotonic()
         self.failed_output: str | None = None  # the output tail of the task that failed the run
 
@@ -336,14 +338,17 @@ class RunExecution:
     def _save_output(self, idx: int, text: str) -> None:
         if not self._recorded:
             return
-        try:
-            self.runner.store.task_output(self.run.id, idx, self.runner.redact(text) or "")
-        except StateError:
-            pass  # a full disk: `show` has the output when the task ends, if it can be written then
+        # Not waited for; if it fails (a full disk), `show` has the output when the task ends.
+        self.runner.runlog.post([("task_output", (self.run.id, idx, self.runner.redact(text) or ""))])
+
+    def _task_started(self, idx: int, name: str, started_at: float, pid: int | None, proc_start: str | None) -> None:
+        """The task's row, written (with what was deferred before it) before this returns."""
+        deferred, self._deferred = self._deferred, []
+        self.runner.runlog.call("task_started", self.run.id, idx, name, started_at, pid, pid, proc_start, before=deferred)
 
     # -- the run
     def _main(self) -> None:
-        store, clock = self.runner.store, self.runner.clock
+        clock = self.runner.clock
         run = self.run
         status, error = "succeeded", None
         context = dict(run.context)
@@ -371,15 +376,21 @@ class RunExecution:
             log.debug("run %s crashed", run.id, exc_info=True)
             status, error = "failed", f"internal error: {type(e).__name__}: {e}"
         error = self.runner.redact(error) if error else None
-        try:
-            store.finish_run(run.id, status, clock(), error)
-        except StateError as e:  # a full disk: the run stays `running` in the state until the next start
-            log.warning("run %s ended %s, which cannot be recorded (%s); the next start marks it interrupted",
-                        run.id, status, e)
-        self.runner._finished(self, status, error)
+        steps, self._deferred = self._deferred + [("finish_run", (run.id, status, clock(), error))], []
+
+        def written(_result, e: BaseException | None) -> None:
+            if e is not None:  # a full disk: the run stays `running` in the state until the next start
+                log.warning("run %s ended %s, which cannot be recorded (%s); the next start marks it interrupted",
+                            run.id, status, e)
+            self.runner._finished(self, status, error)
+
+        # This thread goes on to its next run; the end is written (with other runs' steps of the
+        # moment) and then announced: the run leaves `active` only once its end is in the state.
+        self.runner._worker_free()
+        self.runner.runlog.post(steps, written)
 
     def _run_task(self, idx: int, task: TaskConfig, context: dict[str, Any], tmp: RunFiles, deadline: float | None):
-        store, clock = self.runner.store, self.runner.clock
+        clock = self.runner.clock
         attempts = 0
         delay = task.retry_delay
         while True:
@@ -389,20 +400,21 @@ class RunExecution:
             # tasks (and a process that could not start) get theirs here.
             self._recorded = False
             if task.kind == "http":
-                store.task_started(self.run.id, idx, task.name, started_at, None, None, None)
+                self._task_started(idx, task.name, started_at, None, None)
                 self._recorded = True
-            out_path = str(tmp / f"task{idx}.log")
+            out_path = str(tmp / f"task{idx}.log") if task.kind == "http" else ""  # a process's output: a pipe
             try:
                 outcome = self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
             except TaskError as e:
                 outcome = TaskOutcome("failed", None, str(e))
             if not self._recorded:
-                store.task_started(self.run.id, idx, task.name, started_at, None, None, None)
-            output = self.runner.redact(outcome.output if outcome.output is not None else tail(out_path)) or ""
+                self._task_started(idx, task.name, started_at, None, None)
+            output = self.runner.redact(outcome.output if outcome.output is not None or not out_path else tail(out_path)) or ""
             if outcome.status == "failed" and outcome.error and not output:
                 output = outcome.error
             finished_at = clock()
-            store.task_finished(self.run.id, idx, outcome.status, outcome.exit_code, finished_at, output, attempts)
+            self._deferred.append(("task_finished", (self.run.id, idx, outcome.status, outcome.exit_code, finished_at,
+                                                     output, attempts)))
             bus = self.runner.bus
             if bus.wants(TaskFinished):
                 run = self.run
@@ -414,6 +426,8 @@ class RunExecution:
             if deadline is not None and time.monotonic() + delay >= deadline:
                 return outcome, attempts
             log.info("run %s task %s failed (%s); retrying in %ss", self.run.id, task.name, outcome.error, delay)
+            deferred, self._deferred = self._deferred, []
+            self.runner.runlog.post(deferred)  # `show` has the failed attempt while the retry waits
             if self.cancel_event.wait(delay):
                 return TaskOutcome("cancelled", None, "cancelled"), attempts
             delay *= 2
@@ -441,7 +455,7 @@ class RunExecution:
         env = task_env(self.run, context, output_file, context_file, dict(task.env))
         cwd = self.runner.resolve_cwd(task.cwd)
         if task.kind == "run":
-            argv = ["/bin/sh", "-c", task.run or ""]
+            argv = ["/bin/sh", "-c", SHELL_GATE_LINE + (task.run or ""), "/bin/sh"]
         elif task.kind == "argv":
             argv = fill_argv(task.argv or (), context)
         else:  # call: a child process, so a timeout can stop it
@@ -459,7 +473,8 @@ class RunExecution:
         gate_r, gate_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
-            proc = subprocess.Popen(["/bin/sh", "-c", _GATE, "trigctl-task", *argv], cwd=cwd, env=env,
+            gated = argv if task.kind == "run" else [*self.runner.gate(), *argv]
+            proc = subprocess.Popen(gated, cwd=cwd, env=env,
                                     stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, start_new_session=True)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
             os.close(gate_w)
@@ -472,8 +487,7 @@ class RunExecution:
             with self._proc_lock:
                 self._pgid = proc.pid
             try:
-                self.runner.store.task_started(self.run.id, idx, task.name, started_at, proc.pid, proc.pid,
-                                               proc_start_time(proc.pid))
+                self._task_started(idx, task.name, started_at, proc.pid, proc_start_time(proc.pid))
                 self._recorded = True
                 os.write(gate_w, b"\n")
             except BrokenPipeError:  # cancelled (killed) at the gate
@@ -575,6 +589,7 @@ class WorkflowRunner:
         self.on_finished = on_finished
         self.bus = bus if bus is not None else EventBus()
         self.kill_grace = kill_grace
+        self.runlog = RunLog(store)  # the run threads' writes, in shared transactions
         self.active: dict[int, RunExecution] = {}
         self._lock = threading.Lock()
         self._idle_cond = threading.Condition(self._lock)  # notified when a run ends
@@ -585,6 +600,7 @@ class WorkflowRunner:
         self._idle_workers = 0
         self._workers = 0
         self._dirs: tuple[str, str] | None = None  # (small files, output logs)
+        self._gate: tuple[str, ...] | None = None  # the start gate (trigctl.gate), found on first use
 
     def redact(self, text: str | None) -> str | None:
         return self.config.redactor.text(text) if text else text
@@ -609,6 +625,15 @@ class WorkflowRunner:
                             pass
                     self._dirs = (small, logs)
         return RunFiles(self._dirs[0], self._dirs[1], run_id)
+
+    def gate(self) -> tuple[str, ...]:
+        """The start gate's argv, put before a task's own (see trigctl.gate)."""
+        if self._gate is None:
+            with self._lock:
+                if self._gate is None:
+                    assert self._dirs is not None  # made by run_files(), before any task starts
+                    self._gate = gate_argv(list(dict.fromkeys(self._dirs)))
+        return self._gate
 
     def pump(self, stop: Callable[[], bool] | None = None) -> list[RunRow]:
         """Start queued runs while there is room (and ``stop()`` is not true: a signal arrived).
@@ -659,10 +684,13 @@ class WorkflowRunner:
             threading.current_thread().name = f"run-{ex.run.id}"
             ex._main()
 
+    def _worker_free(self) -> None:
+        with self._lock:
+            self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
+
     def _finished(self, ex: RunExecution, status: str, error: str | None) -> None:
         with self._lock:
             self.active.pop(ex.run.id, None)
-            self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
             self._idle_cond.notify_all()
         run = ex.run
         output = self.redact(ex.failed_output) if ex.failed_output and status == "failed" else None

@@ -303,3 +303,48 @@ def test_config_snapshot_saved_and_known_without_reading_it(store):
     assert store.has_config_snapshot("/y/triggers.yaml", "f1") is False  # another file
     store.save_config_snapshot("/x/triggers.yaml", "f2", [])
     assert store.has_config_snapshot("/x/triggers.yaml", "f2") is True
+
+
+# ------------------------------------------------------------------------- a run's own writes
+
+
+def test_run_steps_are_applied_in_order_with_their_results(store):
+    """Store.apply_run_steps (trigctl.runlog batches the run threads' writes through it): each step
+    as its own method would do it, results in order; the run's end releases its key."""
+    store.start_process()
+    store.acquire_triggers(["t"], NOW)
+    run_id = fire(store, {"k": 1}).run_id
+    (run,) = store.claim_queued(NOW, 10)
+    results = store.apply_run_steps([
+        ("task_started", (run_id, 0, "a", NOW, 4242, 4242, "77")),
+        ("task_output", (run_id, 0, "so far")),
+        ("task_finished", (run_id, 0, "succeeded", 0, NOW + 1, "all\n", 1)),
+        ("task_started", (run_id, 1, "b", NOW + 1, None, None, None)),
+        ("task_finished", (run_id, 1, "failed", 3, NOW + 2, "boom\n", 2)),
+        ("finish_run", (run_id, "failed", NOW + 2, "task 'b' failed")),
+        ("finish_run", (run_id, "succeeded", NOW + 3, None)),  # already ended: not again
+    ])
+    assert results == [None, None, None, None, None, True, False]
+    got = store.get_run(run_id)
+    assert got.status == "failed" and got.error == "task 'b' failed"
+    assert [(t["name"], t["status"], t["exit_code"], t["output_tail"], t["attempts"], t["pgid"]) for t in got.tasks] == [
+        ("a", "succeeded", 0, "all\n", 1, None), ("b", "failed", 3, "boom\n", 2, None)]
+    assert not fire(store, {"k": 1}).suppressed  # the key was released with the end
+
+
+def test_a_failing_run_step_fails_alone(store):
+    """One step that cannot be written gets its own error; the steps around it are written."""
+    store.start_process()
+    store.acquire_triggers(["t"], NOW)
+    run_id = fire(store, {"k": 2}).run_id
+    store.claim_queued(NOW, 10)
+    results = store.apply_run_steps([
+        ("task_started", (run_id, 0, "a", NOW, None, None, None)),
+        ("task_finished", (object(), 0, "succeeded", 0, NOW + 1, "", 1)),  # not storable
+        ("finish_run", (run_id, "succeeded", NOW + 1, None)),
+    ])
+    assert results[0] is None and isinstance(results[1], Exception) and results[2] is True
+    got = store.get_run(run_id)
+    assert got.status == "succeeded" and [t["name"] for t in got.tasks] == ["a"]
+    with pytest.raises(ValueError, match="not a run step"):
+        store.apply_run_steps([("prune", (NOW,))])

@@ -31,7 +31,11 @@ MAX_LOGGED_DUPLICATES = 100_000  # (trigger, blocking run, reason) remembered, t
 
 def emit(event: str, **fields: Any) -> None:
     """Log one event line (the form every event line takes)."""
-    log.info(event, extra={"trigctl_event": event, "trigctl_fields": fields})
+    # log.info() without its search of the stack for the caller's file and line, which no line
+    # shows (a few lines per run, at hundreds of runs a second, on the loop thread).
+    if log.isEnabledFor(logging.INFO):
+        log.handle(log.makeRecord(log.name, logging.INFO, "", 0, event, (), None,
+                                  extra={"trigctl_event": event, "trigctl_fields": fields}))
     if event not in BATCHED_EVENTS:
         flush_logs()  # rare events (start, stopping, reload...) are written at once
 
@@ -131,13 +135,14 @@ class EventFormatter(logging.Formatter):
         super().__init__()
         self.json = fmt == "json"
         self.debug = debug
+        self._stamp: tuple[int, str] = (-1, "")  # the text stamp of the last second (it shows whole seconds)
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
         event = getattr(record, "trigctl_event", None)
         fields = getattr(record, "trigctl_fields", {}) if event else {}
         message = "" if event else _message(record, self.debug)
         if self.json:
+            ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
             doc = {"ts": ts.isoformat().replace("+00:00", "Z"), "level": record.levelname.lower(),
                    "event": event or "log", **fields}
             if not event:
@@ -145,7 +150,11 @@ class EventFormatter(logging.Formatter):
                 if record.exc_info and self.debug:
                     doc["traceback"] = self.formatException(record.exc_info)
             return json.dumps(doc, default=str)
-        stamp = ts.astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+        second = int(record.created)
+        if self._stamp[0] != second:
+            local = datetime.fromtimestamp(record.created, tz=timezone.utc).astimezone()
+            self._stamp = (second, local.strftime("%Y-%m-%d %H:%M:%S%z"))
+        stamp = self._stamp[1]
         if not event:
             line = visible(f"{stamp} {record.levelname.lower()} {message}")
             if record.exc_info and self.debug:

@@ -367,6 +367,24 @@ class Store(ABC):
         """End an active run, releasing its key in the same statement. With ``only_if``, only from
         that status. A run another process owns is ended only with ``take_over`` (its owner is
         dead: recovery, or `cancel` with no live owner). True if this call ended it."""
+    #: The writes a run's own thread makes (trigctl.runlog batches them): name -> method.
+    RUN_STEPS = frozenset({"task_started", "task_output", "task_finished", "finish_run"})
+
+    def apply_run_steps(self, steps: list[tuple[str, tuple]]) -> list[Any]:
+        """Apply these run writes (each a RUN_STEPS method's name and positional arguments) in this
+        order; each one's result, or the exception it raised, in a list. A backend may commit them
+        together (SQLite: one transaction); if that fails, each is applied on its own so that every
+        step gets its own outcome. This default applies them one by one."""
+        out: list[Any] = []
+        for name, args in steps:
+            if name not in self.RUN_STEPS:
+                raise ValueError(f"not a run step: {name!r}")
+            try:
+                out.append(getattr(self, name)(*args))
+            except Exception as e:  # noqa: BLE001 - handed to the step's own caller
+                out.append(e)
+        return out
+
     @abstractmethod
     def request_cancel(self, run_id: int, now: float) -> str | None: ...
     @abstractmethod

@@ -14,7 +14,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -767,69 +767,96 @@ class SQLiteStore(Store):
         return [self._run(r) for r in rows]
 
     def task_started(self, run_id, idx, name, now, pid, pgid, proc_start) -> None:
-        owned, params = self._owner_clause()
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO tasks (run_id, idx, name, status, started_at, pid, pgid, proc_start) "
-                f"SELECT ?, ?, ?, 'running', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?{owned}) "
-                "ON CONFLICT(run_id, idx) DO UPDATE SET status = 'running', pid = excluded.pid, pgid = excluded.pgid, "
-                "proc_start = excluded.proc_start",
-                (run_id, idx, name, now, pid, pgid, proc_start, run_id, *params),
-            )
+            self._task_started(c, run_id, idx, name, now, pid, pgid, proc_start)
 
     def task_output(self, run_id: int, idx: int, output_tail: str) -> None:
-        owned, params = self._owner_clause()
         with self._tx() as c:
-            c.execute(f"UPDATE tasks SET output_tail = ? WHERE run_id = ? AND idx = ? AND status = 'running' "
-                      f"AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
-                      (safe_text(output_tail), run_id, idx, run_id, *params))
+            self._task_output(c, run_id, idx, output_tail)
 
     def task_finished(self, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
-        owned, params = self._owner_clause()
         with self._tx() as c:
-            c.execute(
-                "UPDATE tasks SET status = ?, exit_code = ?, completed_at = ?, output_tail = ?, attempts = ?, pid = NULL, pgid = NULL "
-                f"WHERE run_id = ? AND idx = ? AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
-                (status, exit_code, now, safe_text(output_tail), attempts, run_id, idx, run_id, *params),
-            )
+            self._task_finished(c, run_id, idx, status, exit_code, now, output_tail, attempts)
 
     def finish_run(self, run_id: int, status: str, now: float, error: str | None = None,
                    only_if: str | None = None, take_over: bool = False) -> bool:
         """End an active run (releasing its key). With ``only_if``, only from that status (a queued
         run that the loop has just started is not cancelled behind its back). True if it ended it."""
-        owned, params = self._owner_clause(take_over)
         with self._tx() as c:
-            row = c.execute(f"SELECT trigger_name, context_hash, dedupe, status, max_attempts FROM runs WHERE id = ?{owned}",
-                            (run_id, *params)).fetchone()
-            if row is None or row[3] not in ("queued", "running") or (only_if is not None and row[3] != only_if):
-                return False
-            trigger, key, dedupe, _, limit = row
-            # Releasing the key is part of the same statement that ends the run: it cannot leak.
-            c.execute(
-                "UPDATE runs SET status = ?, completed_at = ?, error = coalesce(?, error), active_key = NULL, cancel_requested = 0 "
-                "WHERE id = ?",
-                (status, now, safe_text(error, MAX_ERROR_CHARS), run_id),
-            )
-            c.execute("UPDATE tasks SET status = 'cancelled', completed_at = ?, pid = NULL, pgid = NULL "
-                      "WHERE run_id = ? AND status = 'running'", (now, run_id))
-            if dedupe == "once":
-                if status == "succeeded":
-                    c.execute(
-                        "INSERT INTO dedupe_once (trigger_name, key, succeeded_run) VALUES (?, ?, ?) "
-                        "ON CONFLICT(trigger_name, key) DO UPDATE SET succeeded_run = excluded.succeeded_run",
-                        (trigger, key, run_id),
-                    )
-                else:
-                    c.execute(
-                        "INSERT INTO dedupe_once (trigger_name, key, failures) VALUES (?, ?, 1) "
-                        "ON CONFLICT(trigger_name, key) DO UPDATE SET failures = failures + 1",
-                        (trigger, key),
-                    )
-                    c.execute(
-                        "UPDATE dedupe_once SET given_up = 1 WHERE trigger_name = ? AND key = ? AND failures >= ?",
-                        (trigger, key, limit),
-                    )
+            return self._finish_run(c, run_id, status, now, error, only_if, take_over)
+
+    def apply_run_steps(self, steps: list[tuple[str, tuple]]) -> list[Any]:
+        """All in one transaction (the run threads' steps of a moment share one commit); if it
+        fails, one by one, so that each step gets its own outcome."""
+        if len(steps) > 1:
+            try:
+                with self._tx() as c:
+                    return [self._STEPS[name](self, c, *args) for name, args in steps]
+            except Exception:  # noqa: BLE001 - rolled back: each step again on its own, for its own error
+                pass
+        return super().apply_run_steps(steps)
+
+    def _task_started(self, c, run_id, idx, name, now, pid, pgid, proc_start) -> None:
+        owned, params = self._owner_clause()
+        c.execute(
+            "INSERT INTO tasks (run_id, idx, name, status, started_at, pid, pgid, proc_start) "
+            f"SELECT ?, ?, ?, 'running', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?{owned}) "
+            "ON CONFLICT(run_id, idx) DO UPDATE SET status = 'running', pid = excluded.pid, pgid = excluded.pgid, "
+            "proc_start = excluded.proc_start",
+            (run_id, idx, name, now, pid, pgid, proc_start, run_id, *params),
+        )
+
+    def _task_output(self, c, run_id: int, idx: int, output_tail: str) -> None:
+        owned, params = self._owner_clause()
+        c.execute(f"UPDATE tasks SET output_tail = ? WHERE run_id = ? AND idx = ? AND status = 'running' "
+                  f"AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
+                  (safe_text(output_tail), run_id, idx, run_id, *params))
+
+    def _task_finished(self, c, run_id, idx, status, exit_code, now, output_tail, attempts) -> None:
+        owned, params = self._owner_clause()
+        c.execute(
+            "UPDATE tasks SET status = ?, exit_code = ?, completed_at = ?, output_tail = ?, attempts = ?, pid = NULL, pgid = NULL "
+            f"WHERE run_id = ? AND idx = ? AND EXISTS (SELECT 1 FROM runs WHERE id = ?{owned})",
+            (status, exit_code, now, safe_text(output_tail), attempts, run_id, idx, run_id, *params),
+        )
+
+    def _finish_run(self, c, run_id: int, status: str, now: float, error: str | None = None,
+                    only_if: str | None = None, take_over: bool = False) -> bool:
+        owned, params = self._owner_clause(take_over)
+        row = c.execute(f"SELECT trigger_name, context_hash, dedupe, status, max_attempts FROM runs WHERE id = ?{owned}",
+                        (run_id, *params)).fetchone()
+        if row is None or row[3] not in ("queued", "running") or (only_if is not None and row[3] != only_if):
+            return False
+        trigger, key, dedupe, _, limit = row
+        # Releasing the key is part of the same statement that ends the run: it cannot leak.
+        c.execute(
+            "UPDATE runs SET status = ?, completed_at = ?, error = coalesce(?, error), active_key = NULL, cancel_requested = 0 "
+            "WHERE id = ?",
+            (status, now, safe_text(error, MAX_ERROR_CHARS), run_id),
+        )
+        c.execute("UPDATE tasks SET status = 'cancelled', completed_at = ?, pid = NULL, pgid = NULL "
+                  "WHERE run_id = ? AND status = 'running'", (now, run_id))
+        if dedupe == "once":
+            if status == "succeeded":
+                c.execute(
+                    "INSERT INTO dedupe_once (trigger_name, key, succeeded_run) VALUES (?, ?, ?) "
+                    "ON CONFLICT(trigger_name, key) DO UPDATE SET succeeded_run = excluded.succeeded_run",
+                    (trigger, key, run_id),
+                )
+            else:
+                c.execute(
+                    "INSERT INTO dedupe_once (trigger_name, key, failures) VALUES (?, ?, 1) "
+                    "ON CONFLICT(trigger_name, key) DO UPDATE SET failures = failures + 1",
+                    (trigger, key),
+                )
+                c.execute(
+                    "UPDATE dedupe_once SET given_up = 1 WHERE trigger_name = ? AND key = ? AND failures >= ?",
+                    (trigger, key, limit),
+                )
         return True
+
+    _STEPS: dict[str, Callable[..., Any]] = {"task_started": _task_started, "task_output": _task_output,
+                                              "task_finished": _task_finished, "finish_run": _finish_run}
 
     def request_cancel(self, run_id: int, now: float) -> str | None:
         with self._tx() as c:

@@ -1,0 +1,201 @@
+"""The run threads' shared writes (trigctl.runlog) and the start gate (trigctl.gate), with a real
+SQLite state and real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from trigctl.gate import SHELL_GATE_ARGV, native_gate
+from trigctl.runlog import RunLog
+from trigctl.store.base import FireRequest, PollStats, dedupe_hash
+from trigctl.store.sqlite import SQLiteStore
+
+NOW = 1_800_000_000.0
+
+
+def _store(tmp_path) -> SQLiteStore:
+    store = SQLiteStore(str(tmp_path / "state.db"))
+    store.sync_triggers(["t"])
+    store.start_process()
+    store.acquire_triggers(["t"], NOW)
+    return store
+
+
+def _running(store, n: int) -> list[int]:
+    reqs = [FireRequest({"n": i}, dedupe_hash("t", {"n": i}, None), "running", 3) for i in range(n)]
+    store.record_fires("t", "w", reqs, PollStats("t"), NOW, None, {})
+    return [r.id for r in store.claim_queued(NOW, n)]
+
+
+def test_steps_posted_while_a_write_is_under_way_share_the_next_commit(tmp_path):
+    """The first thread writes its own step at once; the others, arriving meanwhile, are written
+    together in one transaction after it, each run's steps in the order they were posted."""
+    store = _store(tmp_path)
+    runs = _running(store, 6)
+    batches: list[list[str]] = []
+    first_in, release = threading.Event(), threading.Event()
+    apply = store.apply_run_steps
+
+    def apply_run_steps(steps):
+        batches.append([f"{name}:{args[0]}" for name, args in steps])
+        if len(batches) == 1:
+            first_in.set()
+            assert release.wait(10)
+        return apply(steps)
+
+    store.apply_run_steps = apply_run_steps  # type: ignore[method-assign]
+    log = RunLog(store)
+    done: list[tuple[int, object]] = []
+    writer = threading.Thread(target=log.call, args=("task_started", runs[0], 0, "a", NOW, None, None, None))
+    writer.start()
+    assert first_in.wait(10)
+    for rid in runs[1:]:  # posted while the first write is under way: they only queue
+        log.post([("task_started", (rid, 0, "a", NOW, None, None, None)),
+                  ("task_finished", (rid, 0, "succeeded", 0, NOW + 1, "out", 1)),
+                  ("finish_run", (rid, "succeeded", NOW + 1, None))],
+                 lambda result, error, rid=rid: done.append((rid, result if error is None else error)))
+    assert done == [] and len(batches) == 1
+    release.set()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert len(batches) == 2 and log.commits == 2 and log.steps == 1 + 3 * 5
+    assert batches[1] == [f"{s}:{rid}" for rid in runs[1:] for s in ("task_started", "task_finished", "finish_run")]
+    assert done == [(rid, True) for rid in runs[1:]]  # each run's callback once its end is written
+    for rid in runs[1:]:
+        run = store.get_run(rid)
+        assert run.status == "succeeded" and run.tasks[0]["output_tail"] == "out"
+    assert store.get_run(runs[0]).tasks[0]["status"] == "running"
+    store.close()
+
+
+def test_a_waited_step_raises_its_own_error_and_the_others_are_written(tmp_path):
+    store = _store(tmp_path)
+    (rid,) = _running(store, 1)
+    log = RunLog(store)
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
+        log.call("task_started", object(), 0, "a", NOW, None, None, None,
+                 before=[("task_started", (rid, 0, "a", NOW, 123, 123, "9"))])
+    assert store.get_run(rid).tasks[0]["pgid"] == 123
+    assert log.call("finish_run", rid, "succeeded", NOW + 1, None) is True
+    errors = []
+    log.post([("finish_run", (object(), "failed", NOW, None))], lambda r, e: errors.append(e))
+    assert len(errors) == 1 and isinstance(errors[0], Exception)
+    store.close()
+
+
+# ------------------------------------------------------------------------------------ the gate
+
+@pytest.fixture(params=["shell", "native"])
+def gate(request, tmp_path):
+    if request.param == "shell":
+        return list(SHELL_GATE_ARGV)
+    d = tmp_path / "gatedir"
+    d.mkdir()
+    path = native_gate([str(d)])
+    if path is None:
+        pytest.skip("the static gate does not run here (not x86-64 Linux, or a noexec directory)")
+    return [path]
+
+
+def _start(gate, argv, cwd, env=None):
+    r, w = os.pipe()
+    proc = subprocess.Popen([*gate, *argv], stdin=r, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+                            env=env, start_new_session=True)
+    os.close(r)
+    return proc, w
+
+
+def test_the_task_runs_only_after_the_go_with_stdin_from_dev_null(gate, tmp_path):
+    proc, w = _start(gate, ["sh", "-c", 'touch ran; cat; echo "args:$#:$1"', "x", "one two"], tmp_path)
+    time.sleep(0.2)  # no condition to wait on: the point is that nothing happens before the go
+    assert not (tmp_path / "ran").exists() and proc.poll() is None
+    os.write(w, b"\nmore bytes that the task must not read\n")
+    os.close(w)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and (tmp_path / "ran").exists()
+    assert out == b"args:1:one two\n"  # cat read /dev/null; arguments arrive exactly
+
+
+def test_eof_at_the_gate_exits_125_and_runs_nothing(gate, tmp_path):
+    proc, w = _start(gate, ["touch", "ran"], tmp_path)
+    os.close(w)  # trigctl died before recording the process
+    assert proc.wait(timeout=10) == 125
+    assert not (tmp_path / "ran").exists()
+
+
+def test_the_program_is_found_and_run_as_a_shell_exec_would(gate, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "hello-task"
+    script.write_text('echo "no shebang: $1"\n')  # no #!: run by /bin/sh
+    script.chmod(0o755)
+    (bin_dir / "not-exec").write_text("echo never\n")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+
+    def run(argv):
+        proc, w = _start(gate, argv, tmp_path, env)
+        os.write(w, b"\n")
+        os.close(w)
+        out, _ = proc.communicate(timeout=10)
+        return proc.returncode, out.decode()
+
+    assert run(["hello-task", "x"]) == (0, "no shebang: x\n")
+    assert run([str(script), "y"]) == (0, "no shebang: y\n")
+    code, out = run(["no-such-program-xyz"])
+    assert code == 127 and "no-such-program-xyz" in out and "not found" in out
+    code, out = run([str(bin_dir / "not-exec")])
+    assert code == 126 and "not-exec" in out
+
+
+def test_gated_tasks_of_a_real_run_keep_their_shell_semantics(tmp_path, write_yaml, callables):
+    """Through WorkflowRunner: a `run:` script's own line numbers, stdin from /dev/null, argv found in
+    PATH through the gate; every task row and the run's end written (in shared transactions)."""
+    from trigctl.config import load_config
+    from trigctl.workflows import WorkflowRunner
+
+    callables("def f():\n    return None\n", "gatetasks")
+    cfg = load_config(write_yaml("""
+        version: 1
+        workflows:
+          w:
+            tasks:
+              - {name: stdin, run: 'cat; echo "stdin-done $0"'}
+              - {name: found, argv: [sh, -c, 'echo "argv {{n}}"']}
+              - {name: broken, run: 'no-such-cmd-xyz', continue_on_error: true}
+              - {name: last, argv: ['true']}
+        triggers:
+          - {name: x, type: python, callable: "gatetasks:f", workflow: w}
+    """))
+    store = SQLiteStore(cfg.state_location())
+    batches: list[list[str]] = []
+    apply = store.apply_run_steps
+
+    def apply_run_steps(steps):
+        # A task's output so far (saved while it runs, when it prints) may come in between: left out.
+        batches.append([f"{name}:{args[1]}" for name, args in steps if name != "task_output"])
+        return apply(steps)
+
+    store.apply_run_steps = apply_run_steps  # type: ignore[method-assign]
+    run_id = store.enqueue_run("x", "w", {"n": 5}, time.time()).run_id
+    runner = WorkflowRunner(cfg, store)
+    assert [r.id for r in runner.pump()] == [run_id]
+    assert runner.join(30)
+    run = store.get_run(run_id)
+    tasks = {t["name"]: t for t in run.tasks}
+    assert run.status == "succeeded" and list(tasks) == ["stdin", "found", "broken", "last"]
+    assert tasks["stdin"]["output_tail"] == "stdin-done /bin/sh\n"  # cat read /dev/null, not the gate's pipe
+    assert tasks["found"]["output_tail"] == "argv 5\n"
+    broken = tasks["broken"]
+    assert broken["status"] == "failed" and broken["exit_code"] == 127
+    assert "no-such-cmd-xyz" in broken["output_tail"] and "1:" in broken["output_tail"]  # the script's own line 1
+    assert tasks["last"]["status"] == "succeeded" and all(t["pgid"] is None for t in run.tasks)
+    # Each task's end went with the run's next write: the next task's start, or the run's end.
+    assert [b for b in batches if b] == [["task_started:0"], ["task_finished:0", "task_started:1"],
+                                         ["task_finished:1", "task_started:2"], ["task_finished:2", "task_started:3"],
+                                         ["task_finished:3", "finish_run:succeeded"]]
+    store.close()
