@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trigctl.config import Config, ConfigError, load_config
+from trigctl.counters import CounterWriter
 from trigctl.dispatch import Dispatcher
 from trigctl.durations import format_duration
 from trigctl.events import (
@@ -99,7 +100,8 @@ class Runner:
         self.once = once
         self.grace = grace
         self.install_signals = install_signals
-        self.scheduler = Scheduler(config, store, only=only, bus=bus)
+        # Skipped polls' counters are written on a thread of their own (trigctl.counters).
+        self.scheduler = Scheduler(config, store, only=only, bus=bus, writer=CounterWriter(store))
         # Runs record through the same store (one connection, one lock). A second connection was
         # tried: writes from two connections of one process can stall each other for the busy
         # timeout (seen as a closed-loop benchmark stopping), so it waits for a writer thread.
@@ -418,11 +420,8 @@ class Runner:
                     self._execute_inline(poll, me)
         completed_at = self.clock()
         # The drain looks at signals too: under load, results arrive as fast as they are recorded.
-        while self._results and not self._signals:
-            poll, result, error = self._results.popleft()
-            report = sched.complete(poll, result, error, completed_at)
-            if report:
-                self._report(report)
+        for report in sched.complete_all(self._results, completed_at, stop=self._stopping):
+            self._report(report)
         expired = sched.expire(now)
         for report in expired:
             self._report(report)
