@@ -88,7 +88,7 @@ class CounterWriter:
                     return  # closed, nothing left
                 batches = list(self._queue)
                 self._queue.clear()
-            rows = batches[0] if len(batches) == 1 else [s for batch in batches for s in batch]
+            rows = batches[0] if len(batches) == 1 else _merged(batches)
             try:
                 self.store.flush_stats(rows)
             except StateError as e:  # the state cannot be written: the loop learns it at its next flush
@@ -99,3 +99,16 @@ class CounterWriter:
             with self._cond:
                 self._pending -= len(batches)
                 self._cond.notify_all()
+
+
+def _merged(batches: list[list[PollStats]]) -> list[PollStats]:
+    """Several snapshots of the counters as one, each trigger once: its latest values, the polls of
+    all (a store may write each trigger's row once per call)."""
+    latest: dict[str, PollStats] = {}
+    for batch in batches:
+        for st in batch:
+            before = latest.get(st.name)
+            if before is not None:
+                st.polls += before.polls  # (a snapshot is the writer's own: changing it is safe)
+            latest[st.name] = st
+    return list(latest.values())

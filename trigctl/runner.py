@@ -115,7 +115,7 @@ class Runner:
         # exits. So a slow or hung callable never delays the others.
         self._handoff_lock = threading.Lock()
         self._owner: threading.Thread | None = None
-        self._current: tuple[Poll, float] | None = None
+        self._current: Poll | None = None  # the inline call under way (its monotonic start: called_at)
         self._done = threading.Event()
         self._exit_code = 0
         self._first_tick = True
@@ -310,12 +310,12 @@ class Runner:
     def _check_handoff(self) -> None:
         with self._handoff_lock:
             current = self._current
-            if current is None or time.monotonic() - current[1] < HANDOFF_AFTER:
+            if current is None or time.monotonic() - current.called_at < HANDOFF_AFTER:
                 return
             self._current = None
             self.handoffs += 1
             log.debug("trigger %s: call running for %.2fs; the loop goes on without it",
-                      current[0].slot.name, time.monotonic() - current[1])
+                      current.slot.name, time.monotonic() - current.called_at)
             self._spawn_owner()
 
     def _owner_main(self) -> None:
@@ -364,15 +364,15 @@ class Runner:
         """Call a Python trigger on the loop thread; give up ownership if the watchdog took it."""
         if me is None:
             me = threading.current_thread()
-        token = (poll, _monotonic())
-        self._current = token
+        poll.called_at = _monotonic()
+        self._current = poll
         try:
             result, error = self.scheduler.execute(poll), None
         except BaseException as e:  # noqa: BLE001 - a user callable may raise anything
             result, error = None, e
         lock = self._handoff_lock
         lock.acquire()
-        if self._current is token:  # not another owner's call, started after a hand-off
+        if self._current is poll:  # not another owner's call, started after a hand-off
             self._current = None
         still_owner = self._owner is me
         lock.release()

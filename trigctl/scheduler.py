@@ -95,6 +95,7 @@ class Poll:
     deadline: float
     timed_out: bool = False
     stale: bool = False  # started under a lease since lost: its result is dropped, not recorded
+    called_at: float = 0.0  # monotonic: when an inline call of it began (the runner's hand-off watch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,36 @@ _FLUSH_BY_NAME = ("UPDATE triggers SET last_poll_at = ?, last_result = ?, last_r
                   "polls = polls + ?, consecutive_errors = ? WHERE name = ?")
 
 
+FLUSH_CHUNK = 64  # counters per UPDATE statement (512 parameters)
+#: UPDATE ... FROM (VALUES ...): SQLite 3.33+. One statement for FLUSH_CHUNK rows releases the GIL
+#: once for all of them, where executemany releases and takes it back at every row: a writer thread
+#: doing that while the loop is busy gets the GIL back only every switch interval (5 ms), and each
+#: forced switch makes the loop wait for a thread the OS may not be running.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+_FLUSH_STATEMENTS: dict[int, str] = {}
+
+
+def _flush_statement(n: int) -> str:
+    sql = _FLUSH_STATEMENTS.get(n)
+    if sql is None:
+        sql = _FLUSH_STATEMENTS[n] = (
+            "UPDATE triggers SET last_poll_at = v.column1, last_result = v.column2, last_reason = v.column3, "
+            "next_poll_at = v.column4, polls = polls + v.column5, consecutive_errors = v.column6 FROM (VALUES "
+            + ",".join(["(?,?,?,?,?,?,?,?)"] * n) + ") AS v WHERE triggers.rowid = v.column7 AND triggers.name = v.column8")
+    return sql
+
+
+def _update_rows(c: sqlite3.Connection, rows: list[tuple]) -> int:
+    """Counter rows (``_FLUSH_BY_ROWID``'s parameters, one trigger once) written; how many matched."""
+    if not _UPDATE_FROM:
+        return c.executemany(_FLUSH_BY_ROWID, rows).rowcount
+    changed = 0
+    for i in range(0, len(rows), FLUSH_CHUNK):
+        part = rows[i:i + FLUSH_CHUNK]
+        changed += c.execute(_flush_statement(len(part)), [x for row in part for x in row]).rowcount
+    return changed
+
+
 class _StaleRowids(Exception):
     """A counter update by rowid missed its row: the group is written again by name."""
 
@@ -637,13 +667,14 @@ class SQLiteStore(Store):
         for group in _by_rowid_range(rows, FLUSH_ROWS):
             try:
                 with self._tx() as c:
-                    if c.executemany(_FLUSH_BY_ROWID, group).rowcount != len(group):
+                    if _update_rows(c, group) != len(group):
                         raise _StaleRowids  # rolled back: nothing of this group was written
             except _StaleRowids:
                 # A rowid moved (a VACUUM by another tool): by name, and the rowids read again.
                 self._rowids = None
                 with self._tx() as c:
                     c.executemany(_FLUSH_BY_NAME, [row[:6] + (row[7],) for row in group])
+            time.sleep(0)  # the GIL, for a loop that waits for it, between transactions
 
     def _load_rowids(self) -> dict[str, int]:
         self._rowids = {r["name"]: r["rowid"] for r in self._query("SELECT rowid, name FROM triggers")}
