@@ -9,9 +9,9 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
-import time
 
 import pytest
+from conftest import wait_for
 
 from trigctl.config import load_config
 from trigctl.counters import CounterWriter
@@ -33,14 +33,6 @@ triggers:
 def triggers(n: int, callable_: str = "mytriggers:skip") -> str:
     return "".join(f"  - name: t{i}\n    type: python\n    callable: {callable_}\n    workflow: wf\n    interval: 1s\n"
                    f"    dedupe: none\n" for i in range(n))
-
-
-def wait_for(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 class GatedStore(SQLiteStore):
@@ -112,7 +104,7 @@ def test_a_fire_waits_for_an_older_counter_write_of_its_trigger(write_yaml, call
     poll_all(sched, clock.now)
     store.gate.clear()
     sched.flush(clock.now)  # the snapshot (skipped) is handed over; its write waits at the gate
-    wait_for(lambda: "flush started" in store.log, "the writer to take the snapshot")
+    wait_for(lambda: "flush started" in store.log, interval=0.001, message="the writer to take the snapshot")
     sys.modules["mytriggers"].state["fire"] = True
     main = threading.current_thread()
 
@@ -127,7 +119,7 @@ def test_a_fire_waits_for_an_older_counter_write_of_its_trigger(write_yaml, call
                 frame = frame.f_back
             return "record_fires" in store.log
 
-        wait_for(loop_waits, "the loop to wait for the writer (or to record without waiting)")
+        wait_for(loop_waits, interval=0.001, message="the loop to wait for the writer (or to record without waiting)")
         store.gate.set()
 
     releaser = threading.Thread(target=release_when_waited_for, daemon=True)
@@ -178,7 +170,7 @@ def test_snapshots_queued_while_the_writer_is_busy_are_written_once_per_trigger(
     writer = CounterWriter(store)
     store.gate.clear()
     writer.submit([PollStats("a", 1.0, "skipped", 2.0, 1)])
-    wait_for(lambda: store.flush_calls, "the writer to take the first snapshot")
+    wait_for(lambda: store.flush_calls, interval=0.001, message="the writer to take the first snapshot")
     writer.submit([PollStats("a", 2.0, "skipped", 3.0, 2), PollStats("b", 2.0, "skipped", 3.0, 1)])
     writer.submit([PollStats("a", 3.0, "skipped", 4.0, 4)])
     assert writer.busy
