@@ -77,13 +77,13 @@ def child(args) -> None:
     window = [float("inf"), float("inf")]
     original = Scheduler.execute
 
-    def timed_execute(self, poll):
+    def timed_execute(poll):
         now = time.time()
         if window[0] <= now < window[1]:
             lateness.append(now - poll.due_at)
-        return original(self, poll)
+        return original(poll)
 
-    Scheduler.execute = timed_execute
+    Scheduler.execute = staticmethod(timed_execute)
     runner = Runner(cfg, store, install_signals=False, grace=2)
     t = threading.Thread(target=runner.run, daemon=True)
     t.start()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trigctl.config import Config, ConfigError, load_config
+from trigctl.counters import CounterWriter
 from trigctl.dispatch import Dispatcher
 from trigctl.durations import format_duration
 from trigctl.events import (
@@ -99,7 +100,8 @@ class Runner:
         self.once = once
         self.grace = grace
         self.install_signals = install_signals
-        self.scheduler = Scheduler(config, store, only=only, bus=bus)
+        # Skipped polls' counters are written on a thread of their own (trigctl.counters).
+        self.scheduler = Scheduler(config, store, only=only, bus=bus, writer=CounterWriter(store))
         # Runs record through the same store (one connection, one lock). A second connection was
         # tried: writes from two connections of one process can stall each other for the busy
         # timeout (seen as a closed-loop benchmark stopping), so it waits for a writer thread.
@@ -113,7 +115,7 @@ class Runner:
         # exits. So a slow or hung callable never delays the others.
         self._handoff_lock = threading.Lock()
         self._owner: threading.Thread | None = None
-        self._current: tuple[Poll, float] | None = None
+        self._current: Poll | None = None  # the inline call under way (its monotonic start: called_at)
         self._done = threading.Event()
         self._exit_code = 0
         self._first_tick = True
@@ -308,12 +310,12 @@ class Runner:
     def _check_handoff(self) -> None:
         with self._handoff_lock:
             current = self._current
-            if current is None or time.monotonic() - current[1] < HANDOFF_AFTER:
+            if current is None or time.monotonic() - current.called_at < HANDOFF_AFTER:
                 return
             self._current = None
             self.handoffs += 1
             log.debug("trigger %s: call running for %.2fs; the loop goes on without it",
-                      current[0].slot.name, time.monotonic() - current[1])
+                      current.slot.name, time.monotonic() - current.called_at)
             self._spawn_owner()
 
     def _owner_main(self) -> None:
@@ -362,15 +364,15 @@ class Runner:
         """Call a Python trigger on the loop thread; give up ownership if the watchdog took it."""
         if me is None:
             me = threading.current_thread()
-        token = (poll, _monotonic())
-        self._current = token
+        poll.called_at = _monotonic()
+        self._current = poll
         try:
             result, error = self.scheduler.execute(poll), None
         except BaseException as e:  # noqa: BLE001 - a user callable may raise anything
             result, error = None, e
         lock = self._handoff_lock
         lock.acquire()
-        if self._current is token:  # not another owner's call, started after a hand-off
+        if self._current is poll:  # not another owner's call, started after a hand-off
             self._current = None
         still_owner = self._owner is me
         lock.release()
@@ -418,11 +420,8 @@ class Runner:
                     self._execute_inline(poll, me)
         completed_at = self.clock()
         # The drain looks at signals too: under load, results arrive as fast as they are recorded.
-        while self._results and not self._signals:
-            poll, result, error = self._results.popleft()
-            report = sched.complete(poll, result, error, completed_at)
-            if report:
-                self._report(report)
+        for report in sched.complete_all(self._results, completed_at, stop=self._stopping):
+            self._report(report)
         expired = sched.expire(now)
         for report in expired:
             self._report(report)

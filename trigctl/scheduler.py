@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trigctl.config import Config, TriggerConfig
+from trigctl.counters import CounterWriter
 from trigctl.events import (
     DuplicateSuppressed,
     ErrorStreakEnded,
@@ -62,6 +63,7 @@ class Slot:
     """One configured trigger, as the scheduler tracks it."""
 
     config: TriggerConfig
+    name: str  # config.name (read per poll: a field, not a property)
     impl: TriggerType | None
     load_error: str | None
     enabled: bool
@@ -76,16 +78,13 @@ class Slot:
     in_flight: Poll | None = None
     waiting: bool = False  # due while a poll was in flight: poll again as soon as it returns
     error_alerted: bool = False
+    #: the sequence number of the slot's live heap entry; any other entry of it is dead (-1: none is live)
     generation: int = 0
     started: bool = False
     skip_report: PollReport | None = None  # the last skipped poll's report, reused (see _success)
     #: this process holds the trigger's lease (always with SQLite; with a shared state, while the
     #: lease keeper says so: trigctl.scaleout)
     held: bool = True
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +95,7 @@ class Poll:
     deadline: float
     timed_out: bool = False
     stale: bool = False  # started under a lease since lost: its result is dropped, not recorded
+    called_at: float = 0.0  # monotonic: when an inline call of it began (the runner's hand-off watch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,25 +116,47 @@ class PollReport:
     error: str | None = None
     late: bool = False
     reason: str = ""  # why it skipped
+    stored_reason: str = ""  # the reason as it is stored and published: secrets masked, cut short
 
 
 _NO_FIRES: list = []  # a skipped poll's report.fires: one shared empty list (never appended to)
 
 
+def _poll_context(poll: Poll) -> PollContext:
+    slot = poll.slot
+    return PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout)
+
+
+def execute_poll(poll: Poll) -> Any:
+    """Call the trigger once. Thread-agnostic: it reads the slot, never writes scheduler state."""
+    slot = poll.slot
+    impl = slot.impl
+    if impl is None:
+        raise RuntimeError(slot.load_error or "trigger is not set up")
+    bare = impl.poll_bare
+    if bare is not None:
+        return bare()
+    return impl.poll(_poll_context(poll))
+
+
 class Scheduler:
     def __init__(self, config: Config, store: Store, *, rng: random.Random | None = None,
-                 only: set[str] | None = None, bus: EventBus | None = None):
+                 only: set[str] | None = None, bus: EventBus | None = None, writer: CounterWriter | None = None):
         self.config = config
         self.store = store
+        #: writes the skipped polls' counters on a thread of its own (the loop's); None: flush() writes them
+        self.writer = writer
+        #: a flush under way with a writer: snapshots taken so far, handed over together when complete
+        self._snapshot: dict[str, PollStats] = {}
         self.bus = bus if bus is not None else EventBus()
         self.rng = rng or random.Random()
         self.only = only
         self.slots: dict[str, Slot] = {}
-        self._heap: list[tuple[float, int, str, int]] = []
+        #: (due time, sequence number, slot): an entry is live while it is its slot's `generation`
+        self._heap: list[tuple[float, int, Slot]] = []
         self._seq = 0
         self._last_flush = 0.0
         self.alerts: list[int] = []  # runs started by on_error and on_recover
-        self.in_flight: dict[str, Poll] = {}
         # Polls in flight by timeout: each deque is in start order, so also in deadline order.
         self._deadlines: dict[float, deque[Poll]] = {}
         self._dirty: dict[str, PollStats] = {}
@@ -173,7 +195,7 @@ class Scheduler:
         enabled = tc.enabled if row is None or row.enabled is None else row.enabled
         due = self._start_due(tc, impl, row, now)
         slot = Slot(
-            config=tc, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
+            config=tc, name=tc.name, impl=impl, load_error=err, enabled=enabled, due_at=due, grid_at=due, stats=PollStats(tc.name),
             held=not self.store.shared or self.store.holds(tc.name),
         )
         self._load_row(slot, row, self.store.load_kv(tc.name) if kv is None else kv)
@@ -223,6 +245,8 @@ class Scheduler:
         """Triggers whose leases this process took: their state is read again (another process
         polled them since), and they are polled from their stored due time. Returns those taken up."""
         taken = []
+        if self.writer is not None and self.writer.busy:
+            self.writer.wait()  # counters written under an earlier lease land before the state is read
         for name, row in rows.items():
             slot = self.slots.get(name)
             if slot is None or slot.held:
@@ -245,11 +269,12 @@ class Scheduler:
             if slot is None or not slot.held:
                 continue
             slot.held = False
-            slot.generation += 1  # its heap entries are dead
+            slot.generation = -1  # its heap entries are dead
             if slot.in_flight is not None:
                 slot.in_flight.stale = True
             slot.waiting = False
             self._dirty.pop(name, None)
+            self._snapshot.pop(name, None)
             lost.append(name)
         return lost
 
@@ -280,8 +305,10 @@ class Scheduler:
             if prev is not None and prev.config == tc:
                 new_slots[tc.name] = prev
                 continue
-            if prev is not None and prev.impl is not None:
-                _close(prev.impl)
+            if prev is not None:
+                prev.generation = -1  # its heap entries are dead: the new slot has its own
+                if prev.impl is not None:
+                    _close(prev.impl)
             slot = self._add(tc, rows.get(tc.name), now)
             if prev is not None:
                 slot.in_flight, slot.waiting = prev.in_flight, prev.waiting
@@ -301,7 +328,7 @@ class Scheduler:
         self.store.release_triggers(name for name in old if name not in new_slots)
         for name, slot in old.items():
             if name not in new_slots:
-                slot.generation += 1
+                slot.generation = -1
                 if slot.impl is not None:
                     _close(slot.impl)
                 changes.append(f"removed {name}")
@@ -321,6 +348,8 @@ class Scheduler:
         for slot in self.slots.values():
             if slot.impl is not None:
                 _close(slot.impl)
+        if self.writer is not None:
+            self.writer.close(timeout=5.0)
 
     # ------------------------------------------------------------------------------------ the heap
 
@@ -328,16 +357,16 @@ class Scheduler:
         return self.rng.uniform(0, tc.jitter) if tc.jitter > 0 else 0.0
 
     def _push(self, slot: Slot) -> None:
-        slot.generation += 1
-        self._seq += 1
-        heapq.heappush(self._heap, (slot.due_at, self._seq, slot.name, slot.generation))
+        seq = self._seq = self._seq + 1
+        slot.generation = seq
+        heapq.heappush(self._heap, (slot.due_at, seq, slot))
 
     def next_due(self) -> float | None:
-        while self._heap:
-            due, _, name, gen = self._heap[0]
-            slot = self.slots.get(name)
-            if slot is None or slot.generation != gen:
-                heapq.heappop(self._heap)
+        heap = self._heap
+        while heap:
+            due, seq, slot = heap[0]
+            if slot.generation != seq:
+                heapq.heappop(heap)
                 continue
             return due
         return None
@@ -400,7 +429,7 @@ class Scheduler:
                 slot.grid_at += delta
             slot.stats.next_poll_at = slot.due_at
             self._dirty[slot.name] = slot.stats
-        for poll in self.in_flight.values():
+        for poll in self._polls_in_flight():
             poll.deadline += delta
             poll.started_at += delta
             impl = poll.slot.impl
@@ -425,18 +454,17 @@ class Scheduler:
             return
         # The hot path (10,000 polls due at once: every 0.1 µs here is 1 ms of the last one's
         # lateness): one loop, locals only, the heap popped inline.
-        heap, slots, pop = self._heap, self.slots, heapq.heappop
+        heap, pop = self._heap, heapq.heappop
         deadlines = self._deadlines
-        in_flight = self.in_flight
         lease_deadline = self.lease_deadline
         last_timeout: float | None = None
         queue: deque[Poll] = deque()  # replaced at the first poll (timeout differs from None)
         while heap and heap[0][0] <= now:
-            _, _, name, gen = pop(heap)
-            slot = slots.get(name)
-            if slot is None or slot.generation != gen:
+            _, seq, slot = pop(heap)
+            if slot.generation != seq:  # re-pushed since, removed, or its lease lost
                 continue
             if stop is not None and stop():
+                self._push(slot)  # (not polled: still due)
                 return
             if not slot.enabled or not slot.held:
                 continue
@@ -449,7 +477,6 @@ class Scheduler:
             timeout = slot.config.timeout
             poll = Poll(slot, slot.due_at, now, now + timeout)
             slot.in_flight = poll
-            in_flight[name] = poll
             if timeout != last_timeout:
                 found = deadlines.get(timeout)
                 if found is None:
@@ -476,23 +503,15 @@ class Scheduler:
             timeout = slot.config.timeout
             poll = Poll(slot, now, now, now + timeout)
             slot.in_flight = poll
-            self.in_flight[slot.name] = poll
             queue = self._deadlines.get(timeout)
             if queue is None:
                 queue = self._deadlines[timeout] = deque()
             queue.append(poll)
             yield poll
 
-    def execute(self, poll: Poll) -> Any:
-        """Run one poll (on whatever thread the runner chose): execute_poll, inlined (the hot path)."""
-        slot = poll.slot
-        impl = slot.impl
-        if impl is None:
-            raise RuntimeError(slot.load_error or "trigger is not set up")
-        bare = impl.poll_bare
-        if bare is not None:
-            return bare()
-        return impl.poll(PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout))
+    #: Run one poll, on whatever thread the runner chose (execute_poll, with no frame of its own:
+    #: the hot path).
+    execute = staticmethod(execute_poll)
 
     # --------------------------------------------------------------------------------- completion
 
@@ -526,17 +545,51 @@ class Scheduler:
 
     def busy(self) -> bool:
         """A poll is in flight that has not timed out."""
-        return any(not p.timed_out for p in self.in_flight.values())
+        return any(not p.timed_out for p in self._polls_in_flight())
+
+    def _polls_in_flight(self) -> Iterator[Poll]:
+        for slot in self.slots.values():
+            if slot.in_flight is not None:
+                yield slot.in_flight
+
+    def complete_all(self, results: deque[tuple[Poll, Any, BaseException | None]], now: float,
+                     stop: Callable[[], bool] | None = None) -> list[PollReport]:
+        """:meth:`complete` for each ``(poll, result, error)`` taken from the left of ``results``, until
+        it is empty or ``stop()``. Returns the reports other than skips (a skip needs nothing more
+        from the loop). A skip that changes nothing but counters, the common case by far, is
+        completed here in one loop over locals: with 10,000 polls a second, each 0.1 µs is 1 ms."""
+        reports: list[PollReport] = []
+        slots, pop, skipped = self.slots, results.popleft, self._skipped
+        heap, push = self._heap, heapq.heappush
+        published = self.bus.wants(PollCompleted)
+        while results:
+            if stop is not None and stop():
+                break
+            poll, result, error = pop()
+            slot = poll.slot
+            if (error is None and type(result) is PollOutcome and not result.fires and not result.state_updates
+                    and result.cursor is None and slot.in_flight is poll and not poll.timed_out and not poll.stale
+                    and not slot.waiting and not slot.error_alerted and slot.stats.consecutive_errors == 0
+                    and slots.get(slot.name) is slot):
+                slot.in_flight = None
+                report = skipped(slot, poll, result.skip_reason, now)
+                seq = self._seq = self._seq + 1  # _push, inline
+                slot.generation = seq
+                push(heap, (slot.due_at, seq, slot))
+                if published:
+                    self._completed(poll, report, now)
+                continue
+            report_or_none = self.complete(poll, result, error, now)
+            if report_or_none is not None and report_or_none.result != "skipped":
+                reports.append(report_or_none)
+        return reports
 
     def complete(self, poll: Poll, result: Any, error: BaseException | None, now: float) -> PollReport | None:
         slot = poll.slot
         if self.slots.get(slot.name) is not slot:  # removed by a reload while in flight
-            if self.in_flight.get(slot.name) is poll:
-                del self.in_flight[slot.name]
             return None
         if slot.in_flight is poll:
             slot.in_flight = None
-            self.in_flight.pop(slot.name, None)
         if poll.timed_out or poll.stale:
             if not poll.stale:
                 log.info("trigger %s: a timed-out poll returned after %.1fs; result dropped", slot.name, now - poll.started_at)
@@ -588,9 +641,8 @@ class Scheduler:
 
     def _completed(self, poll: Poll, report: PollReport, now: float) -> None:
         # The reason as it is stored (masked, cut short): events carry what history shows.
-        reason = self.shown_reason(report.reason) or ""
         self.bus.publish(PollCompleted(report.trigger, poll.due_at, poll.started_at, now - poll.started_at,
-                                       report.result, reason, report.error, poll.slot.due_at))
+                                       report.result, report.stored_reason, report.error, poll.slot.due_at))
 
     def _after_inflight(self, slot: Slot, now: float) -> None:
         if slot.waiting:
@@ -626,16 +678,16 @@ class Scheduler:
         if tc.cooldown > 0:
             outcome = self.apply_cooldown(slot, outcome, now)
         since = self._recovered(slot, errors_before, now) if errors_before else None
-        # Kept as the trigger said it; masked once when it is written (flush), not at every poll.
-        stats.last_reason = None if outcome.fires or not outcome.skip_reason else outcome.skip_reason
         if not outcome.fires:
+            report = self._skip_report(slot, outcome.skip_reason)
+            stats.last_reason = report.stored_reason or None
             stats.last_result = "skipped"
             self._dirty[tc.name] = stats
             if outcome.state_updates or outcome.cursor is not None or slot.error_alerted:
                 # State that must survive (a cursor, a file forgotten) is written now, with no fire.
                 self._record(slot, [], outcome, now)
-            report = self._skip_report(slot, outcome.skip_reason)
         else:
+            stats.last_reason = None
             results = self._record(slot, outcome.fires, outcome, now)
             fired = any(not r.suppressed for r in results)
             if fired and tc.cooldown > 0:
@@ -653,18 +705,19 @@ class Scheduler:
         stats.polls += 1
         stats.last_poll_at = now
         slot.due_at = stats.next_poll_at = self._next_due(slot, poll, now)
-        stats.last_reason = reason or None
+        report = self._skip_report(slot, reason)
+        stats.last_reason = report.stored_reason or None
         stats.last_result = "skipped"
         self._dirty[slot.config.name] = stats
-        return self._skip_report(slot, reason)
+        return report
 
-    @staticmethod
-    def _skip_report(slot: Slot, reason: str) -> PollReport:
+    def _skip_report(self, slot: Slot, reason: str) -> PollReport:
         report = slot.skip_report
-        if report is None or report.reason is not reason:
-            # One report per trigger while its reason stays the same object (a shared outcome's):
-            # reports are read, never changed, so a skipped poll need not build one.
-            report = slot.skip_report = PollReport(slot.config.name, "skipped", _NO_FIRES, None, False, reason)
+        if report is None or (report.reason is not reason and report.reason != reason):
+            # One report per trigger while its reason stays the same (a shared outcome's): reports
+            # are read, never changed, so a skipped poll need not build one, nor mask its reason.
+            report = slot.skip_report = PollReport(slot.config.name, "skipped", _NO_FIRES, None, False, reason,
+                                                   self.shown_reason(reason) or "")
         return report
 
     @staticmethod
@@ -726,7 +779,7 @@ class Scheduler:
                 req.state = st
         if contexts:
             stats.last_result = "fired"
-        stats.last_reason = self.shown_reason(stats.last_reason)
+        self._counters_written(slot)
         results = self.store.record_fires(slot.name, slot.config.workflow, requests, stats, now, outcome.cursor,
                                           outcome.state_updates)
         if contexts and all(r.suppressed for r in results):
@@ -783,6 +836,7 @@ class Scheduler:
         backoff = self._backoff(tc, slot.impl, n)
         slot.due_at = slot.grid_at = max(poll.due_at + backoff, now)
         stats.next_poll_at = slot.due_at
+        self._counters_written(slot)
         self.store.record_error(tc.name, message, stats, now)
         self._dirty.pop(tc.name, None)
         since = slot.own.get(STREAK_SINCE_KEY)
@@ -831,8 +885,13 @@ class Scheduler:
         FLUSH_BATCH; between batches ``stop()`` may end it early (the rest is written next time).
 
         ``yield_to()`` true between batches (polls have come due) ends it early too, but the flush
-        stays pending (:meth:`flush_pending`) and the next call goes on with it at once: writing
-        20,000 counters takes 100+ ms, which spread triggers due meanwhile must not wait for."""
+        stays pending (:meth:`flush_pending`) and the next call goes on with it at once.
+
+        With a :class:`CounterWriter`, the loop only takes snapshots of the counters (batch by
+        batch, as above), and hands them over together once all are taken (the store writes them
+        grouped by row); the writer's thread writes them. ``force`` (shutdown) waits until they are
+        written. Without one, the batches are written here."""
+        writer = self.writer
         if not self._flushing:
             if not force and now - self._last_flush < STATS_FLUSH_EVERY:
                 return
@@ -850,31 +909,43 @@ class Scheduler:
                 self._dirty.clear()
             else:
                 dirty = [self._dirty.pop(name) for name in list(itertools.islice(self._dirty, batch))]
-            for st in dirty:
-                st.last_reason = self.shown_reason(st.last_reason)
-            self.store.flush_stats(dirty)
-            for st in dirty:
-                st.polls = 0
+            if writer is None:
+                self.store.flush_stats(dirty)
+                for st in dirty:
+                    st.polls = 0
+            else:
+                snapshot = self._snapshot
+                for st in dirty:
+                    name = st.name
+                    taken = snapshot.get(name)  # taken earlier in this flush (polled again since)
+                    snapshot[name] = PollStats(name, st.last_poll_at, st.last_result, st.next_poll_at,
+                                               st.polls + (taken.polls if taken else 0), st.consecutive_errors,
+                                               st.last_reason)
+                    st.polls = 0
             if stop is not None and stop():
                 self._flushing = False
                 return
         self._flushing = False
+        if writer is not None:
+            if self._snapshot:
+                snapshots = list(self._snapshot.values())
+                self._snapshot.clear()
+                writer.submit(snapshots)
+            if force:
+                writer.wait()
 
-
-def _poll_context(poll: Poll) -> PollContext:
-    slot = poll.slot
-    return PollContext(poll.due_at, poll.started_at, slot.cursor, slot.kv, slot.config.timeout)
-
-
-def execute_poll(poll: Poll) -> Any:
-    """Call the trigger once. Thread-agnostic: it reads the slot, never writes scheduler state."""
-    slot = poll.slot
-    if slot.impl is None:
-        raise RuntimeError(slot.load_error or "trigger is not set up")
-    bare = slot.impl.poll_bare
-    if bare is not None:
-        return bare()
-    return slot.impl.poll(_poll_context(poll))
+    def _counters_written(self, slot: Slot) -> None:
+        """A write of ``slot``'s counters is about to be made on the loop (a fire's, an error's): a
+        snapshot of them taken earlier must not land after it. One being written is waited for; one
+        not handed over yet is dropped, its poll count carried into the write."""
+        writer = self.writer
+        if writer is None:
+            return
+        taken = self._snapshot.pop(slot.name, None)
+        if taken is not None:
+            slot.stats.polls += taken.polls
+        if writer.busy:
+            writer.wait()
 
 
 def _result_only(stats: PollStats) -> PollStats:

@@ -291,7 +291,9 @@ class Store(ABC):
         """Store the enable/disable override (seen by the loop through :meth:`changes`)."""
     @abstractmethod
     def flush_stats(self, stats: Iterable[PollStats]) -> None:
-        """Write skipped polls' counters in one transaction (fenced per trigger)."""
+        """Write skipped polls' counters (fenced per trigger), each trigger at most once per call.
+        Called by the counter writer's thread (trigctl.counters) while the loop goes on; a backend
+        may split a big call into several transactions (SQLite: grouped by row)."""
     @abstractmethod
     def load_kv(self, trigger: str) -> dict[str, Any]: ...
     @abstractmethod

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,11 @@ from trigctl.store.base import (
     sql_dedupe_status,
 )
 
+_ROWID = itemgetter(6)
 MAX_ERROR_CHARS = 4000  # an error message kept in history (a trigger may raise a megabyte of text)
 
 BUSY_TIMEOUT_MS = 15_000
+FLUSH_ROWS = 500  # counters per transaction (~1 ms of the state's lock)
 PRUNE_BATCH = 5_000  # rows per prune transaction
 
 MIGRATIONS: list[str] = [
@@ -173,6 +176,64 @@ def _reason(text: str | None) -> str | None:
     return safe_text(text, MAX_ERROR_CHARS) if text else None
 
 
+_FLUSH_BY_ROWID = ("UPDATE triggers SET last_poll_at = ?, last_result = ?, last_reason = ?, next_poll_at = ?, "
+                   "polls = polls + ?, consecutive_errors = ? WHERE rowid = ? AND name = ?")
+_FLUSH_BY_NAME = ("UPDATE triggers SET last_poll_at = ?, last_result = ?, last_reason = ?, next_poll_at = ?, "
+                  "polls = polls + ?, consecutive_errors = ? WHERE name = ?")
+
+
+FLUSH_CHUNK = 64  # counters per UPDATE statement (512 parameters)
+#: UPDATE ... FROM (VALUES ...): SQLite 3.33+. One statement for FLUSH_CHUNK rows releases the GIL
+#: once for all of them, where executemany releases and takes it back at every row: a writer thread
+#: doing that while the loop is busy gets the GIL back only every switch interval (5 ms), and each
+#: forced switch makes the loop wait for a thread the OS may not be running.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+_FLUSH_STATEMENTS: dict[int, str] = {}
+
+
+def _flush_statement(n: int) -> str:
+    sql = _FLUSH_STATEMENTS.get(n)
+    if sql is None:
+        sql = _FLUSH_STATEMENTS[n] = (
+            "UPDATE triggers SET last_poll_at = v.column1, last_result = v.column2, last_reason = v.column3, "
+            "next_poll_at = v.column4, polls = polls + v.column5, consecutive_errors = v.column6 FROM (VALUES "
+            + ",".join(["(?,?,?,?,?,?,?,?)"] * n) + ") AS v WHERE triggers.rowid = v.column7 AND triggers.name = v.column8")
+    return sql
+
+
+def _update_rows(c: sqlite3.Connection, rows: list[tuple]) -> int:
+    """Counter rows (``_FLUSH_BY_ROWID``'s parameters, one trigger once) written; how many matched."""
+    if not _UPDATE_FROM:
+        return c.executemany(_FLUSH_BY_ROWID, rows).rowcount
+    changed = 0
+    for i in range(0, len(rows), FLUSH_CHUNK):
+        part = rows[i:i + FLUSH_CHUNK]
+        changed += c.execute(_flush_statement(len(part)), [x for row in part for x in row]).rowcount
+    return changed
+
+
+class _StaleRowids(Exception):
+    """A counter update by rowid missed its row: the group is written again by name."""
+
+
+def _by_rowid_range(rows: list[tuple], size: int) -> list[list[tuple]]:
+    """``rows`` (rowid at index 6) in groups of about ``size``, each of one range of rowids, each
+    sorted: neighbouring rows share pages. Bucketed, not sorted whole: O(n) Python, which lets
+    other threads run, where one sort of 50,000 rows would hold the GIL for ~15 ms."""
+    if len(rows) <= size:
+        rows.sort(key=_ROWID)
+        return [rows]
+    low = min(r[6] for r in rows)
+    span = max(r[6] for r in rows) - low + 1
+    n = -(-len(rows) // size)
+    groups: list[list[tuple]] = [[] for _ in range(n)]
+    for r in rows:
+        groups[(r[6] - low) * n // span].append(r)
+    for g in groups:
+        g.sort(key=_ROWID)
+    return [g for g in groups if g]
+
+
 def _fs_problem(path: str) -> str | None:
     """Why the state's directory cannot be written, when the file system says so."""
     try:
@@ -229,6 +290,7 @@ class SQLiteStore(Store):
         self.process: ProcessInfo | None = None
         self._held: set[str] = set()  # the triggers this process holds (all it acquired: one process per state)
         self._data_version: int | None = None
+        self._rowids: dict[str, int] | None = None  # trigger name -> rowid of its row (counter writes)
         self.readonly = readonly
         try:
             if readonly and (path == ":memory:" or not Path(path).exists()):
@@ -562,17 +624,55 @@ class SQLiteStore(Store):
                           (n, int(enabled)))
 
     def flush_stats(self, stats: Iterable[PollStats]) -> None:
-        # Counters of triggers no longer held are dropped: another process owns them now.
-        rows = [(s.last_poll_at, s.last_result, _reason(s.last_reason), s.next_poll_at, s.polls, s.consecutive_errors, s.name)
-                for s in stats if self.holds(s.name)]
+        # Counters of triggers no longer held are dropped: another process owns them now. The rows
+        # are written by rowid, grouped by rowid range, FLUSH_ROWS to a transaction: each transaction
+        # then touches a few pages of the table, not all of them (in poll order, 500 counters of
+        # 10,000 triggers dirtied almost every page: ~4,000 WAL frames a second and long
+        # checkpoints), and the state's lock is let go between transactions, so a fire recorded
+        # meanwhile waits for one of them at most.
+        rowids = self._rowids
+        if rowids is None:
+            rowids = self._load_rowids()
+        held, started = self._held, self.process is not None
+        shown_in: str | None = None
+        shown_out: str | None = None
+        rows = []
+        missing = []
+        for s in stats:
+            name = s.name
+            if started and name not in held:
+                continue
+            reason = s.last_reason
+            if reason is not shown_in:  # most counters share one reason object: made safe once
+                shown_in, shown_out = reason, _reason(reason)
+            rowid = rowids.get(name)
+            row = (s.last_poll_at, s.last_result, shown_out, s.next_poll_at, s.polls, s.consecutive_errors, rowid, name)
+            if rowid is None:
+                missing.append(row)
+            else:
+                rows.append(row)
+        if missing:  # rows added since the rowids were read (sync_triggers, `enable` of a new name)
+            rowids = self._load_rowids()
+            for row in missing:
+                if row[7] in rowids:
+                    rows.append(row[:6] + (rowids[row[7]], row[7]))
         if not rows:
             return
-        with self._tx() as c:
-            c.executemany(
-                "UPDATE triggers SET last_poll_at = ?, last_result = ?, last_reason = ?, next_poll_at = ?, polls = polls + ?, "
-                "consecutive_errors = ? WHERE name = ?",
-                rows,
-            )
+        for group in _by_rowid_range(rows, FLUSH_ROWS):
+            try:
+                with self._tx() as c:
+                    if _update_rows(c, group) != len(group):
+                        raise _StaleRowids  # rolled back: nothing of this group was written
+            except _StaleRowids:
+                # A rowid moved (a VACUUM by another tool): by name, and the rowids read again.
+                self._rowids = None
+                with self._tx() as c:
+                    c.executemany(_FLUSH_BY_NAME, [row[:6] + (row[7],) for row in group])
+            time.sleep(0)  # the GIL, for a loop that waits for it, between transactions
+
+    def _load_rowids(self) -> dict[str, int]:
+        self._rowids = {r["name"]: r["rowid"] for r in self._query("SELECT rowid, name FROM triggers")}
+        return self._rowids
 
     def load_kv(self, trigger: str) -> dict[str, Any]:
         return {from_exact_text(r["key"]): json.loads(r["value"])
