@@ -172,3 +172,36 @@ def test_a_big_file_without_aliases_with_one_mistake_hears_of_its_mistake(write_
         load_config(path)
     line = path.read_text().splitlines().index("    evrey: 5s") + 1
     assert f":{line}:5:" in str(e.value) and "evrey" in str(e.value) and "too large" not in str(e.value), str(e.value)[:300]
+
+
+def test_counters_of_many_triggers_are_written_less_often_than_those_of_a_few(write_yaml, callables, clock,
+                                                                            monkeypatch):
+    """Skipped polls' counters reach the state at most 1 s late for up to STATS_FLUSH_ROWS changed
+    triggers; more wait longer (about that many rows a second), never past STATS_FLUSH_MAX."""
+    import trigctl.scheduler as scheduler
+
+    assert scheduler.flush_period(1) == scheduler.flush_period(2_000) == 1.0
+    assert scheduler.flush_period(4_000) == 2.0 and scheduler.flush_period(10_000) == 5.0
+    assert scheduler.flush_period(1_000_000) == scheduler.STATS_FLUSH_MAX == 5.0
+    callables("def skip():\n    return None\n")
+    path = write_yaml(BASE.replace("  jitter: 250ms\n", "  jitter: 0s\n") + many(30, interval="1s"))
+    now = clock.now
+    sched, store = make_scheduler(path, now)
+    drive(sched, now)  # counters written at start (force)
+
+    def polled_at(t: float) -> int:
+        return sum(1 for row in store.trigger_rows().values() if row.last_poll_at == t)
+
+    monkeypatch.setattr(scheduler, "STATS_FLUSH_ROWS", 10)  # 30 changed: every 3 s
+    for step in (1.0, 2.0):
+        drive_without_flush(sched, now + step)
+        sched.flush(now + step)
+        assert polled_at(now + step) == 0  # not yet
+    drive_without_flush(sched, now + 3.0)
+    sched.flush(now + 3.0)
+    assert polled_at(now + 3.0) == 30
+    assert all(row.polls == 4 for row in store.trigger_rows().values())  # no poll lost on the way
+    monkeypatch.setattr(scheduler, "STATS_FLUSH_ROWS", 2_000)  # a few triggers: every second
+    drive_without_flush(sched, now + 4.0)
+    sched.flush(now + 4.0)
+    assert polled_at(now + 4.0) == 30
