@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from trigctl.gate import SHELL_GATE_ARGV, native_gate
 from trigctl.runlog import RunLog
@@ -41,8 +42,11 @@ def test_steps_posted_while_a_write_is_under_way_share_the_next_commit(tmp_path)
     first_in, release = threading.Event(), threading.Event()
     apply = store.apply_run_steps
 
+    writers: list[threading.Thread] = []
+
     def apply_run_steps(steps):
         batches.append([f"{name}:{args[0]}" for name, args in steps])
+        writers.append(threading.current_thread())
         if len(batches) == 1:
             first_in.set()
             assert release.wait(10)
@@ -63,7 +67,11 @@ def test_steps_posted_while_a_write_is_under_way_share_the_next_commit(tmp_path)
     release.set()
     writer.join(10)
     assert not writer.is_alive()
+    wait_for(lambda: len(done) == 5, message="the drain thread's write")
     assert len(batches) == 2 and log.commits == 2 and log.steps == 1 + 3 * 5
+    # The run thread wrote its own step only; what came meanwhile was written by another thread, so
+    # a run thread never keeps writing for the others while its task waits.
+    assert writers[0] is writer and writers[1] is not writer and writers[1].name == "trigctl-runlog"
     assert batches[1] == [f"{s}:{rid}" for rid in runs[1:] for s in ("task_started", "task_finished", "finish_run")]
     assert done == [(rid, True) for rid in runs[1:]]  # each run's callback once its end is written
     for rid in runs[1:]:

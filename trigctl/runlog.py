@@ -5,7 +5,8 @@ one lock: at hundreds of runs a second the threads (and the loop, which records 
 runs on the same store) spent their time queueing for that lock, and every transaction wrote its
 own pages to the WAL. Here a thread that has something to write appends it to one list; if no
 thread is writing, it becomes the writer and commits everything in the list in one transaction
-(``Store.apply_run_steps``), again and again until the list is empty. Threads that arrive while a
+(``Store.apply_run_steps``); what was appended meanwhile goes to a drain thread, which writes until
+the list is empty, so a run thread never writes for long for others. Threads that arrive while a
 write is under way only append (and, for a step they must see done, wait for it). So with one run
 at a time nothing changes (the thread writes its own step at once, no hand-off to another thread),
 and under load the steps of many runs share a commit.
@@ -73,9 +74,14 @@ class RunLog:
             if self._writing:
                 return  # the thread writing now takes these in its next batch
             self._writing = True
-        self._write()
+        self._write(drain=False)
 
-    def _write(self) -> None:
+    def _write(self, drain: bool) -> None:
+        """Write what is pending. A run thread (``drain`` false) writes one batch, which holds its own
+        steps, and hands what came meanwhile to a drain thread: under steady load the list seldom
+        empties, and a run thread kept writing for the others would hold its own task at the gate,
+        leave its output undrained and its timeout unwatched. The drain thread writes until the list
+        is empty."""
         while True:
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -83,11 +89,27 @@ class RunLog:
                     self._writing = False
                     return
             try:
-                results = self.store.apply_run_steps([(s.name, s.args) for s in batch])
-            except BaseException as e:  # noqa: BLE001 - every waiter must hear of it, this thread goes on
-                results = [e] * len(batch)
-            self.commits += 1
-            self.steps += len(batch)
+                self._commit(batch)
+            except BaseException:
+                with self._lock:  # (a SystemExit in a callback): the next submit writes what is pending
+                    self._writing = False
+                raise
+            if not drain:
+                with self._lock:
+                    if not self._pending:
+                        self._writing = False
+                        return
+                threading.Thread(target=self._write, args=(True,), name="trigctl-runlog", daemon=True).start()
+                return
+
+    def _commit(self, batch: list[_Step]) -> None:
+        try:
+            results = self.store.apply_run_steps([(s.name, s.args) for s in batch])
+        except BaseException as e:  # noqa: BLE001 - every waiter must hear of it, this thread goes on
+            results = [e] * len(batch)
+        self.commits += 1
+        self.steps += len(batch)
+        try:
             for step, result in zip(batch, results):
                 if isinstance(result, BaseException):
                     step.error = result
@@ -100,3 +122,7 @@ class RunLog:
                         step.done(step.result, step.error)
                     except Exception:  # noqa: BLE001 - another run's callback must not stop this writer
                         log.exception("a run's completion failed")
+        finally:
+            for step in batch:  # every waiter wakes, even if a callback raised past the loop
+                if step.event is not None:
+                    step.event.set()
