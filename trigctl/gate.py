@@ -39,6 +39,12 @@ SHELL_GATE_ARGV = ("/bin/sh", "-c", SHELL_GATE, "trigctl-task")
 # stay the script's own): the same gate, then the script with stdin from /dev/null.
 SHELL_GATE_LINE = "read -r _ || exit 125; exec </dev/null; "
 BINARY = Path(__file__).resolve().parent / "_gate" / "gate-x86_64"
+SOURCE = BINARY.parent / "gate.c"
+# The build command of the docstring: the committed binary is what these give of SOURCE (a test
+# rebuilds it where gcc is found and compares the bytes).
+BUILD_ARGS = ("-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
+              "-fno-asynchronous-unwind-tables", "-fno-pie", "-no-pie", "-fcf-protection=none",
+              "-Wl,--build-id=none", "-Wl,-z,noseparate-code", "-s")
 
 
 def native_gate(dirs: list[str]) -> str | None:

@@ -9,6 +9,7 @@
 #define ENOENT 2
 #define EACCES 13
 #define ENOEXEC 8
+#define ENOTDIR 20
 
 static long sys3(long n, long a, long b, long c) {
     long r;
@@ -52,7 +53,8 @@ __attribute__((used)) void gate(long *sp) {
     for (char *p = prog; *p; p++)
         if (*p == '/') {
             long e = run(prog, args, envp);
-            die(e == -ENOENT ? 127 : 126, prog, e == -ENOENT ? ": not found\n" : ": cannot run\n");
+            long missing = e == -ENOENT || e == -ENOTDIR;  /* as a shell says of a path that is not there */
+            die(missing ? 127 : 126, prog, missing ? ": not found\n" : ": cannot run\n");
         }
     const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; /* dash's default */
     for (char **e = envp; *e; e++) {
@@ -64,7 +66,7 @@ __attribute__((used)) void gate(long *sp) {
         const char *end = path;
         while (*end && *end != ':') end++;
         long d = end - path;
-        if (d + n + 2 <= (long)sizeof buf && n > 0) {
+        if (d + n + 3 <= (long)sizeof buf && n > 0) {  /* ".", "/" and the NUL at most */
             long i = 0;
             if (d == 0) buf[i++] = '.';  /* an empty entry is the working directory */
             for (long j = 0; j < d; j++) buf[i++] = path[j];
