@@ -427,7 +427,12 @@ class RunExecution:
                 return outcome, attempts
             log.info("run %s task %s failed (%s); retrying in %ss", self.run.id, task.name, outcome.error, delay)
             deferred, self._deferred = self._deferred, []
-            self.runner.runlog.post(deferred)  # `show` has the failed attempt while the retry waits
+
+            def written(_result: Any, error: BaseException | None, run_id: int = self.run.id, name: str = task.name) -> None:
+                if error is not None:  # the retry goes on; the attempt's row stays `running` in the state
+                    log.warning("run %s task %s: its failed attempt cannot be recorded (%s)", run_id, name, error)
+
+            self.runner.runlog.post(deferred, written)  # `show` has the failed attempt while the retry waits
             if self.cancel_event.wait(delay):
                 return TaskOutcome("cancelled", None, "cancelled"), attempts
             delay *= 2
