@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import pct, rss_mb  # noqa: E402
+from _common import pct, python_triggers_project, rss_mb  # noqa: E402
 
 
 def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
@@ -33,14 +33,9 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
     from trigctl.scheduler import Scheduler
     from trigctl.store.sqlite import SQLiteStore
 
-    tmp = Path(tempfile.mkdtemp(prefix="trigctl-bench-"))
+    yaml_path = python_triggers_project(n, spread)
+    tmp = yaml_path.parent
     os.environ.setdefault("TRIGCTL_CACHE_DIR", str(tmp / "cache"))  # a first start; bench_startup.py has later ones
-    (tmp / "bench_callables.py").write_text("def noop():\n    return None\n")
-    lines = ["version: 1", "workflows:", "  wf:", "    tasks:", "      - run: 'true'", "triggers:"]
-    for i in range(n):
-        lines += [f"  - name: t{i}", "    type: python", "    callable: bench_callables:noop", "    workflow: wf",
-                  "    interval: 1s"] + (["    jitter: 1s"] if spread else [])
-    (tmp / "triggers.yaml").write_text("\n".join(lines) + "\n")
     # Start-up, as `trigctl run` does it: the full load (schema, callables imported), the state
     # opened, every trigger's row written, the loop started; until the first poll is called.
     t_start = time.monotonic()
