@@ -407,6 +407,12 @@ def _fast_load(text: str) -> Any:
         # crash it) and has no size budget
         raise _NeedMarks
     try:
+        return _block_load(text)
+    except _Unusual:
+        pass
+    except Exception:  # any trouble at all: the careful loader explains it
+        raise _NeedMarks from None
+    try:
         return _plain_load(text)
     except _Unusual:
         pass
@@ -423,7 +429,161 @@ class _Unusual(Exception):
 
 
 _STR = "tag:yaml.org,2002:str"
+_PLAIN_IMPLICIT = (True, False)  # a plain scalar's `implicit`, as libyaml's events give it
+
+
+class _Scalars:
+    """Scalars as PyYAML reads them: the tag its resolver gives one as written (cached: a file
+    repeats its keys and most values), the value its constructor makes of one that is no plain
+    string (each distinct one made once: they are immutable)."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.tags: dict[tuple, str] = {}
+        self.constructed: dict[tuple[str, str], Any] = {}
+
+    def tag(self, raw: str, implicit: tuple[bool, bool]) -> str:
+        key = (raw, implicit)
+        tag = self.tags.get(key)
+        if tag is None:
+            tag = self.tags[key] = self.loader.resolve(yaml.ScalarNode, raw, implicit)
+        return tag
+
+    def value(self, raw: str, tag: str) -> Any:
+        value = self.constructed.get((tag, raw), _NO_KEY)
+        if value is _NO_KEY:
+            node = yaml.ScalarNode(tag, raw)
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except Exception:  # a `=` or `<<` key, !!int abc: PyYAML's own way decides
+                raise _Unusual from None
+            finally:
+                self.loader.constructed_objects.pop(node, None)
+            self.constructed[(tag, raw)] = value
+        return value
 _PLAIN_COLLECTION_TAGS = (None, "!", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+
+
+# The block subset _block_load reads: keys of ASCII letters, digits, _ and -; values plain (ASCII
+# words without ": " or a comment) or quoted without a quote, backslash or anything but printable
+# ASCII inside.
+_WORD = r"[A-Za-z0-9_./:@=+~^-]"
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\n -~]")
+_BLOCK_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}")
+_BLOCK_VALUE = re.compile(rf"-?[A-Za-z0-9_./~]{_WORD}*(?: +{_WORD}+)*" + r"|'[ -&(-~]*'" + r'|"[ !#-\[\]-~]*"')
+
+
+def _block_load(text: str) -> Any:
+    """``_plain_load(text)`` for the plain block style most files are written in (and generated
+    files of many triggers are), read line by line without libyaml's events: a mapping at the top;
+    nested mappings and lists by indentation (a list also at its key's indentation); scalars on
+    their key's line, plain or quoted as _BLOCK_KEY and _BLOCK_VALUE allow, typed
+    by PyYAML's resolver and constructors (_Scalars). Any other line (flow style, block scalars, a
+    trailing comment, a tab, a value continued on the next line, `---`...) or any indentation
+    this does not expect raises _Unusual: libyaml reads the file. A repeated key raises _NeedMarks."""
+    if _NOT_PRINTABLE_ASCII.search(text):
+        raise _Unusual  # a tab, a CR, a control character (an error libyaml explains), UTF-8
+    loader = _UniqueKeyLoader("")
+    try:
+        scalars = _Scalars(loader)
+        good_key = _BLOCK_KEY.fullmatch
+        keys_seen: set[str] = set()  # keys that passed good_key
+        built: dict[str, Any] = {}  # a key or value as written -> as built (a file repeats most)
+        # The open mappings and lists, innermost last: (indentation, the dict or list, its keys as
+        # written (None: a list)); `pending` is a key of the innermost mapping whose value comes on
+        # the next lines (a nested mapping or list) or not at all (null).
+        stack: list[tuple[int, Any, set | None]] = []
+        pending: Any = _NO_KEY
+        for line in text.split("\n"):
+            rest = line.lstrip(" ")
+            if not rest or rest[0] == "#":
+                continue  # blank, or a comment
+            indent = len(line) - len(rest)
+            dash = rest[:2] == "- "
+            if dash:
+                rest = rest[2:]
+            key: str | None
+            keyed_value: str | None
+            item: str | None = None
+            key, colon, keyed_value = rest.partition(": ")
+            if not colon:
+                if rest[-1:] == ":":
+                    key, keyed_value = rest[:-1], None
+                else:
+                    key, item = None, rest
+            if key is not None and key not in keys_seen:
+                if not good_key(key):
+                    raise _Unusual
+                keys_seen.add(key)
+            if pending is not _NO_KEY:
+                top_indent, top, _ = stack[-1]
+                if not dash and indent > top_indent:
+                    stack.append((indent, {}, set()))
+                    top[pending] = stack[-1][1]
+                elif dash and indent >= top_indent:
+                    stack.append((indent, [], None))
+                    top[pending] = stack[-1][1]
+                pending = _NO_KEY  # else it stays null
+            elif not stack:
+                if indent or dash or key is None:
+                    raise _Unusual  # the top is no mapping, or starts indented
+                stack.append((0, {}, set()))
+            while stack[-1][0] > indent or (stack[-1][2] is None and stack[-1][0] == indent and not dash):
+                stack.pop()
+                if not stack:
+                    raise _Unusual
+            top_indent, container, written = stack[-1]
+            if top_indent != indent:
+                raise _Unusual
+            if dash:
+                if written is not None:
+                    raise _Unusual  # a list item where a mapping's key belongs
+                if item is not None:
+                    value = built.get(item, _NO_KEY)
+                    if value is _NO_KEY:
+                        value = built[item] = _block_scalar(item, scalars)
+                    container.append(value)
+                    continue
+                mapping: dict = {}
+                container.append(mapping)
+                written = set()
+                stack.append((indent + 2, mapping, written))
+                container = mapping
+            elif written is None:
+                raise _Unusual  # a key in a list
+            if key is None:
+                raise _Unusual  # a bare value in a mapping
+            if key in written:
+                raise _NeedMarks  # a duplicate key: the careful loader reports it
+            written.add(key)
+            name = built.get(key, _NO_KEY)
+            if name is _NO_KEY:
+                name = built[key] = _block_scalar(key, scalars)
+            if keyed_value is None:
+                pending = name
+                container[name] = None  # its place among the keys; the value follows (or stays null)
+            else:
+                value = built.get(keyed_value, _NO_KEY)
+                if value is _NO_KEY:
+                    value = built[keyed_value] = _block_scalar(keyed_value, scalars)
+                container[name] = value
+        if not stack:
+            raise _Unusual  # nothing but comments
+        return stack[0][1]
+    finally:
+        loader.dispose()
+
+
+def _block_scalar(text: str, scalars: _Scalars) -> Any:
+    if not _BLOCK_VALUE.fullmatch(text):
+        raise _Unusual  # flow style, a comment, an escape, a tag, a space too many...
+    first = text[0]
+    if first == "'" or first == '"':
+        return text[1:-1]
+    if ": " in text or text[-1] == ":":
+        raise _Unusual  # a mapping on one line, or a key, in a place for a value
+    tag = scalars.tag(text, _PLAIN_IMPLICIT)
+    return text if tag == _STR else scalars.value(text, tag)
 
 
 def _plain_load(text: str) -> Any:
@@ -438,11 +598,9 @@ def _plain_load(text: str) -> Any:
     loader = _UniqueKeyLoader(text)
     try:
         get_event = loader.get_event
-        resolve = loader.resolve
+        scalars = _Scalars(loader)
         scalar_event, seq_start, map_start = yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent
         seq_end, map_end = yaml.SequenceEndEvent, yaml.MappingEndEvent
-        tags: dict[tuple, str] = {}
-        constructed: dict[tuple[str, str], Any] = {}
         stack: list[Any] = []  # the open lists and dicts
         keys: list[Any] = []  # per open dict: the key waiting for its value (_NO_KEY: none)
         written: list[set | None] = []  # per open dict: its keys as written; None for a list
@@ -458,23 +616,8 @@ def _plain_load(text: str) -> Any:
                 raw = event.value
                 tag = event.tag
                 if tag is None or tag == "!":
-                    cache_key = (raw, event.implicit)
-                    tag = tags.get(cache_key)
-                    if tag is None:
-                        tag = tags[cache_key] = resolve(yaml.ScalarNode, raw, event.implicit)
-                if tag == _STR:
-                    value = raw
-                else:
-                    value = constructed.get((tag, raw), _NO_KEY)
-                    if value is _NO_KEY:
-                        node = yaml.ScalarNode(tag, raw, event.start_mark, event.end_mark, style=event.style)
-                        try:
-                            value = loader.construct_object(node, deep=True)
-                        except Exception:  # a `=` or `<<` key, !!int abc: PyYAML's own way decides
-                            raise _Unusual from None
-                        finally:
-                            loader.constructed_objects.pop(node, None)
-                        constructed[(tag, raw)] = value
+                    tag = scalars.tag(raw, event.implicit)
+                value = raw if tag == _STR else scalars.value(raw, tag)
                 if not stack:
                     result = value
                     break
