@@ -188,3 +188,105 @@ def test_default_applies_to_empty_variables_and_unset_errors_name_the_item():
 def test_zero_timeout_is_refused():
     out = errors(GOOD.replace("    workflow: wf\n", "    workflow: wf\n    timeout: 0s\n"))
     assert any("timeout must be greater than 0" in e for e in out), out
+
+
+def _many(item: str, n: int) -> str:
+    """GOOD's header and n triggers t0..t{n-1} that differ only by name (``item``: their other lines)."""
+    head = GOOD.split("triggers:\n")[0] + "triggers:\n"
+    return head + "".join(f"  - name: t{i}\n{item}" for i in range(n))
+
+
+def test_triggers_that_differ_only_by_name_each_get_their_own_config_and_errors():
+    # The checks of a trigger like one checked before are not run again (validate._trigger_config):
+    # every trigger still gets its own name, position, options and error at its own line.
+    cfg = parse_config(_many("    type: python\n    callable: os.getcwd\n    workflow: wf\n    args: {x: 1}\n", 3), "t.yaml", {})
+    assert [(t.name, t.index) for t in cfg.triggers] == [("t0", 0), ("t1", 1), ("t2", 2)]
+    assert cfg.triggers[0].options == cfg.triggers[2].options and cfg.triggers[0].options is not cfg.triggers[2].options
+    out = errors(_many("    type: python\n    callable: os:sep\n    workflow: wf\n", 3))
+    assert [e.split(": ")[0:2] for e in out] == [["t.yaml:11:15", "triggers[0](t0).callable"],
+                                                 ["t.yaml:15:15", "triggers[1](t1).callable"],
+                                                 ["t.yaml:19:15", "triggers[2](t2).callable"]], out
+    out = errors(_many("    type: python\n    callable: os.getcwd\n    workflow: wf\n    interval: 0s\n", 2))
+    assert [e.split(": ")[0] for e in out] == ["t.yaml:13:15", "t.yaml:18:15"], out
+
+
+def test_triggers_whose_values_differ_only_in_type_are_built_apart():
+    # 1, 1.0 and true are equal in Python: a shape tells them apart by type.
+    text = _many("    type: python\n    callable: os.getcwd\n    workflow: wf\n    args: {x: 1}\n", 1) + \
+        "  - name: u\n    type: python\n    callable: os.getcwd\n    workflow: wf\n    args: {x: true}\n" + \
+        "  - name: v\n    type: python\n    callable: os.getcwd\n    workflow: wf\n    args: {x: 1.0}\n"
+    xs = [t.options["args"]["x"] for t in parse_config(text, "t.yaml", {}).triggers]
+    assert [(type(x), x) for x in xs] == [(int, 1), (bool, True), (float, 1.0)]
+
+
+@pytest.mark.parametrize("text", [
+    "a: 1\nb: 01\nc: 0x1F\nd: 1_000\ne: .inf\nf: ~\ng: yes\nh: On\ni: '1'\nj: !!str 2\nk: !!float 3\n",
+    "a: 2024-01-01\nb: 2024-01-01 10:00:00+02:00\nc: [1, {d: e}, [f]]\nd: {}\ne: []\n",
+    "1: a\n01: b\ntrue: c\nnull: d\nyes: e\n",
+    "a: |\n  lit\n  x\nb: >\n  fold\n  ed\nc: \"q\\u00e9\\n\"\nd: plain\n  continued\n",
+    "- 1\n- [2]\n", "plain scalar\n", "", "a: !!binary aGVsbG8=\n", "=: 1\n", "a: !!set {x, y}\n",
+    # lines the line-by-line parse leaves to libyaml (or that are errors)
+    "- - x\n", "a:\n-\n", "a:\n- b\n c: d\n", "a:\n  - b\n  c: d\n",
+    "a: b\n  c\n", "a: b # c\n", "a:  two spaces\n", "a: x\n b: y\n", "a:\tb\n", "a: b\r\nc: d\r\n",
+    "a: caf\u00e9\n", "a: x\n---\nb: y\n", "key:value\n", "on: 1\ntrue: 2\n", "a: =\n", "a: 'it''s'\n",
+])
+def test_the_fast_yaml_parses_read_what_pyyaml_reads(text):
+    import yaml
+
+    from trigctl.config.yaml_loader import _block_load, _NeedMarks, _plain_load, _UniqueKeyLoader, _Unusual
+
+    def typed(v):  # == with the types: 1 == True == 1.0
+        if isinstance(v, dict):
+            return [(typed(k), typed(x)) for k, x in v.items()]
+        if isinstance(v, (list, set)):
+            return [typed(x) for x in v]
+        return (type(v), v)
+
+    try:
+        expected = typed(yaml.load(text, Loader=_UniqueKeyLoader))  # noqa: S506 - a safe loader
+    except Exception:  # noqa: BLE001 - the fast parses must not read it either
+        expected = "error"
+    for load in (_block_load, _plain_load):
+        try:
+            got = typed(load(text))
+        except _Unusual:  # left to the next parse, down to PyYAML's own
+            continue
+        except (_NeedMarks, yaml.YAMLError):
+            got = "error"
+        assert got == expected, load.__name__
+
+
+@pytest.mark.parametrize("text", [
+    _many("    type: python\n    callable: os.getcwd\n    workflow: wf\n    interval: 1s\n", 3),
+    # nesting, lists at their key's indentation or deeper, null values, comments, quotes, keys and
+    # values typed by the resolver
+    "version: 1\n# c\nworkflows:\n  wf:\n    tasks:\n      - run: 'true'\n        name: \"a #b\"\n   # c\n"
+    "triggers:\n- name: t0\n  type: python\n  interval: 1s\n  labels:\n  - x\n  - 2\n  on_error:\n\n    after: 3\n"
+    "- name: t1\n  enabled: false\n  empty:\n  nested:\n    k: v\nlast:\n",
+    "a:\n  b:\n    c: 1:20\n  d: -1\ne:\n- x\n- 2024-01-01\non: ~\nk: .5\n",
+    "a:\n- b:\n  - c\n  d: http://h:80/p x=y\n- e: ''\n",
+])
+def test_the_line_by_line_parse_reads_the_block_style_itself_as_pyyaml_does(text):
+    import yaml
+
+    from trigctl.config.yaml_loader import _block_load
+
+    def typed(v):
+        if isinstance(v, dict):
+            return [(typed(k), typed(x)) for k, x in v.items()]
+        if isinstance(v, list):
+            return [typed(x) for x in v]
+        return (type(v), v)
+
+    assert typed(_block_load(text)) == typed(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("text", ["a: 1\na: 2\n", "a: {b: 1, b: 2}\n", "? [a]\n: b\n", "a: 1\n---\nb: 2\n"])
+def test_the_fast_yaml_parse_leaves_duplicates_complex_keys_and_documents_to_the_careful_one(text):
+    from trigctl.config.yaml_loader import _block_load, _NeedMarks, _plain_load
+
+    with pytest.raises(_NeedMarks):
+        _plain_load(text)
+    if text == "a: 1\na: 2\n":  # the one in the block style the line-by-line parse reads itself
+        with pytest.raises(_NeedMarks):
+            _block_load(text)

