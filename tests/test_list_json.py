@@ -153,3 +153,16 @@ def test_list_json_times_round_as_iso_does(tmp_path, stamp):
         store.close()
     out = _assert_same_as_before(project)
     assert f'"last_poll_at": {render.json_text(render.iso(stamp))}' in out
+
+
+def test_state_lines_are_those_of_the_multiline_pattern():
+    """`list` finds the state's line with a faster pattern (api.state_lines): the same matches."""
+    import random
+    import re
+
+    rng = random.Random(13)
+    parts = ["state: a\n", "state:b\r\n", "  state: x\n", "xstate: y\n", "state\t:z", "\n", "statex: q\n",
+             "state : w\n", "#state: c\n", "state:\n", "\r\n", "\r", "stat e: 1\n", "state: é # c\n"]
+    for _ in range(5000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 8)))
+        assert api.state_lines(text) == re.findall(r"(?m)^state[ \t]*:(.*)$", text), repr(text)

@@ -70,9 +70,7 @@ def state_from_yaml(path: str) -> str | None:
     except (OSError, UnicodeDecodeError, TooLarge):
         return None  # the loader explains
     base = Path(path).resolve().parent
-    # As (?m)^state[ \t]*:(.*)$, with a literal first ("\n" before the text for its first line):
-    # the regex engine then skips to each candidate (a 5 MB file: ~1 ms instead of ~40).
-    found = re.findall(r"\nstate[ \t]*:([^\n]*)", "\n" + text)
+    found = state_lines(text)
     if not found:
         return None if "state" in text else str(base / ".trigctl/state.db")
     if len(found) > 1:
@@ -88,6 +86,15 @@ def state_from_yaml(path: str) -> str | None:
     if "$" in value:
         return None
     return value if "://" in value else str(base / value)
+
+
+def state_lines(text: str) -> list[str]:
+    """What follows ``state:`` on each line that starts with it: re.findall(r"(?m)^state[ \t]*:(.*)$"),
+    with a literal first ("\n" before the text for its first line), which the regex engine skips to
+    (a 5 MB file: ~10 ms instead of ~140)."""
+    import re
+
+    return re.findall(r"\nstate[ \t]*:([^\n]*)", "\n" + text)
 
 
 class Project:
