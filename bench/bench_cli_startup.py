@@ -60,8 +60,10 @@ def make_state(cache: Path, yaml_path: Path, rows: int) -> Path:
     if not marker.exists():
         for suffix in ("", "-wal", "-shm", ".lock"):
             Path(str(db) + suffix).unlink(missing_ok=True)
-        subprocess.run(trigctl_cmd() + ["prune", "--older-than", "36500d", "-c", str(yaml_path)], check=True,
-                       capture_output=True)
+        # A new empty state (`prune` no longer creates one: reading commands never create a state).
+        from trigctl.store.sqlite import SQLiteStore
+
+        SQLiteStore(str(db)).close()
         t = time.time()
         rng = random.Random(1)
         c = sqlite3.connect(db, isolation_level=None)

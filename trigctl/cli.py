@@ -364,11 +364,10 @@ def list_(config_path, state, as_json) -> None:
     """Each trigger: type, workflow, interval, enabled, last poll and result, next poll, runs, errors."""
     from trigctl import api
 
-    triggers = api.list_triggers(config_path=config_path, state=state)
     if as_json:
-        render.print_json([t.as_dict() for t in triggers])
+        sys.stdout.write(api.list_json(config_path=config_path, state=state, indent=render.json_indent()) + "\n")
     else:
-        render.trigger_table(triggers)
+        render.trigger_table(api.list_triggers(config_path=config_path, state=state))
 
 
 @main.command()

@@ -115,14 +115,22 @@ def json_text(doc: Any, indent: int | None = None) -> str:
     """JSON of ``doc``, UTF-8 where it can be, with the characters of :data:`_UNSAFE` as ``\\uXXXX``
     escapes: the same data (a lone surrogate stays one), but nothing a terminal would act on and
     nothing that cannot be encoded. They can only occur inside JSON strings, where an escape is valid."""
-    text = json.dumps(doc, indent=indent, default=str, ensure_ascii=False)
+    return safe_json(json.dumps(doc, indent=indent, default=str, ensure_ascii=False))
+
+
+def safe_json(text: str) -> str:
+    """JSON text (from json.dumps with ensure_ascii off, or from the database) with the characters
+    of :data:`_UNSAFE` escaped, as :func:`json_text` writes it."""
     return text if text.isascii() and "\x7f" not in text else _UNSAFE.sub(_json_escape, text)
 
 
-def print_json(doc: Any) -> None:
+def json_indent() -> int | None:
     # Indented for a person at a terminal; compact for pipes (the C encoder: 10x faster on big lists).
-    indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json_text(doc, indent) + "\n")
+    return 2 if sys.stdout.isatty() else None
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json_text(doc, json_indent()) + "\n")
 
 
 def _console():

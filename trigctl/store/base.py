@@ -286,6 +286,13 @@ class Store(ABC):
         """Make sure every named trigger has a state row (existing rows are kept)."""
     @abstractmethod
     def trigger_rows(self) -> dict[str, TriggerRow]: ...
+    def list_rows(self) -> dict[str, tuple[Any, ...]]:
+        """What `list --json` shows of each trigger's row: (enabled, last_poll_at, last_result,
+        next_poll_at, active_runs, fires, consecutive_errors, last_reason, holder), values as
+        :meth:`trigger_rows` has them (``enabled`` may be 0/1 for False/True)."""
+        return {name: (r.enabled, r.last_poll_at, r.last_result, r.next_poll_at, r.active_runs, r.fires,
+                       r.consecutive_errors, r.last_reason, r.holder) for name, r in self.trigger_rows().items()}
+
     @abstractmethod
     def set_enabled(self, names: Iterable[str], enabled: bool) -> None:
         """Store the enable/disable override (seen by the loop through :meth:`changes`)."""
