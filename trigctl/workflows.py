@@ -69,9 +69,9 @@ CONFIG_VARS = frozenset({"TRIGCTL_CONFIG", "TRIGCTL_STATE", "TRIGCTL_DEBUG"})
 
 
 def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_file: str,
-             extra: dict[str, str] | None = None) -> dict[bytes, bytes]:
+             extra: dict[str, str] | None = None, whole: str | None = None) -> dict[bytes, bytes]:
     """The parent environment, the task's `env:`, TRIGCTL_<KEY> per scalar context key, then the
-    reserved names (which win over everything).
+    reserved names (which win over everything). ``whole``: the context as JSON, if the caller has it.
 
     As bytes, the form the OS takes: the parent's is copied as it is stored (os.environb), not
     decoded name by name and encoded again when the process starts; that round trip of a few dozen
@@ -103,7 +103,8 @@ def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_fil
         b"TRIGCTL_CONTEXT_FILE": fsencode(context_file),
         b"TRIGCTL_OUTPUT": fsencode(output_file),
     })
-    whole = json.dumps(context)
+    if whole is None:
+        whole = json.dumps(context)
     if len(whole) <= MAX_ENV_VALUE:
         env[b"TRIGCTL_CONTEXT"] = whole.encode()
     else:
@@ -217,7 +218,7 @@ def _private_dir(parent: str | None) -> str:
 
 class RunFiles:
     """A run's files, flat in per-process private directories (no directory per run): `files / name`
-    gives a path and remembers it, remove() deletes them all.
+    gives a path (a str) and remembers it, remove() deletes them all.
 
     Creating and deleting files is most of what a short run costs on a journaling filesystem (ext4
     allocating inodes while others are being deleted): the small ones (TRIGCTL_OUTPUT,
@@ -229,10 +230,10 @@ class RunFiles:
         self._log = os.path.join(log_dir, f"run{run_id}-")
         self.created: list[str] = []
 
-    def __truediv__(self, name: str) -> Path:
+    def __truediv__(self, name: str) -> str:
         path = (self._log if name.endswith(".log") else self._small) + name
         self.created.append(path)
-        return Path(path)
+        return path
 
     def remove(self) -> None:
         for path in self.created:
@@ -420,7 +421,7 @@ class RunExecution:
             if task.kind == "http":
                 self._task_started(idx, task.name, started_at, None, None)
                 self._recorded = True
-            out_path = str(tmp / f"task{idx}.log") if task.kind == "http" else ""  # a process's output: a pipe
+            out_path = tmp / f"task{idx}.log" if task.kind == "http" else ""  # a process's output: a pipe
             try:
                 outcome = self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
             except TaskError as e:
@@ -471,18 +472,19 @@ class RunExecution:
             return TaskOutcome("failed", None, timeout_msg)
         if task.kind == "http":
             return self._http(task, context, out_path, timeout, timeout_msg)
-        output_file = str(tmp / f"task{idx}.vars")
-        context_file = str(tmp / f"task{idx}.context.json")
+        output_file = tmp / f"task{idx}.vars"
+        context_file = tmp / f"task{idx}.context.json"
+        whole = json.dumps(context)
         _write_file(output_file, "")
-        _write_file(context_file, json.dumps(context))
-        env = task_env(self.run, context, output_file, context_file, dict(task.env))
+        _write_file(context_file, whole)
+        env = task_env(self.run, context, output_file, context_file, dict(task.env), whole)
         cwd = self.runner.resolve_cwd(task.cwd)
         if task.kind == "run":
             argv = ["/bin/sh", "-c", SHELL_GATE_LINE + (task.run or ""), "/bin/sh"]
         elif task.kind == "argv":
             argv = fill_argv(task.argv or (), context)
         else:  # call: a child process, so a timeout can stop it
-            result_file = str(tmp / f"task{idx}.result.json")
+            result_file = tmp / f"task{idx}.result.json"
             argv = call_argv(task.call or "", self.runner.config.base_dir, context_file, result_file, env,
                              bool(task.env and "PYTHONPATH" in task.env))
         # The task waits at a gate until its process group is recorded: if trigctl dies before that,
