@@ -660,40 +660,50 @@ class WorkflowRunner:
                     self._gate = gate_argv(list(dict.fromkeys(self._dirs)))
         return self._gate
 
+    def claim_room(self) -> int:
+        """How many runs may start now (the store's claim_room: fires claim their runs at once)."""
+        if self.paused:
+            return 0
+        with self._lock:
+            return self.config.max_concurrent_runs - len(self.active)
+
     def pump(self, stop: Callable[[], bool] | None = None) -> list[RunRow]:
-        """Start queued runs while there is room (and ``stop()`` is not true: a signal arrived).
-        Returns the runs started."""
-        started = []
+        """Start the runs that fires claimed (Store.take_claimed: they are running in the state
+        already), then queued runs while there is room (and ``stop()`` is not true: a signal
+        arrived). Returns the runs started."""
+        started = [run for run in self.store.take_claimed() if self._start(run)]
         while not self.paused and not (stop is not None and stop()):
-            with self._lock:
-                room = self.config.max_concurrent_runs - len(self.active)
+            room = self.claim_room()
             if room <= 0:
                 break
             runs = self.store.claim_queued(self.clock(), room)
             if not runs:
                 break
-            for run in runs:
-                workflow = self.config.workflows.get(run.workflow)
-                if workflow is None:
-                    self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
-                    continue
-                ex = RunExecution(self, run, workflow)
-                with self._lock:
-                    self.active[run.id] = ex
-                    spawn = self._idle_workers == 0
-                    if spawn:
-                        self._workers += 1
-                    else:
-                        self._idle_workers -= 1
-                self._queue.put(ex)
-                if spawn:
-                    threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
-                started.append(run)
-                if self.bus.wants(RunStarted):
-                    self.bus.publish(RunStarted(run.id, run.trigger_name, run.workflow))
+            started += [run for run in runs if self._start(run)]
             if len(runs) < room:
                 break
         return started
+
+    def _start(self, run: RunRow) -> bool:
+        """Hand a claimed run to a worker thread (False: its workflow is gone; the run failed)."""
+        workflow = self.config.workflows.get(run.workflow)
+        if workflow is None:
+            self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
+            return False
+        ex = RunExecution(self, run, workflow)
+        with self._lock:
+            self.active[run.id] = ex
+            spawn = self._idle_workers == 0
+            if spawn:
+                self._workers += 1
+            else:
+                self._idle_workers -= 1
+        self._queue.put(ex)
+        if spawn:
+            threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
+        if self.bus.wants(RunStarted):
+            self.bus.publish(RunStarted(run.id, run.trigger_name, run.workflow))
+        return True
 
     def _worker(self) -> None:
         while True:
