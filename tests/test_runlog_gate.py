@@ -98,6 +98,66 @@ def test_a_waited_step_raises_its_own_error_and_the_others_are_written(tmp_path)
     store.close()
 
 
+# ------------------------------------------------------------------- runs claimed by their fire
+
+
+def _fires(store, ns):
+    reqs = [FireRequest({"n": i}, dedupe_hash("t", {"n": i}, None), "running", 3) for i in ns]
+    return [r.run_id for r in store.record_fires("t", "w", reqs, PollStats("t"), NOW, None, {})]
+
+
+def test_fires_claim_their_runs_in_their_own_transaction_oldest_queued_first(tmp_path):
+    """With room (Store.claim_room), record_fires marks runs running and owned in the fire's own
+    transaction, the oldest queued first (a run queued before keeps its turn), up to the room less
+    what was claimed and not yet taken; take_claimed hands each claimed run over once."""
+    store = _store(tmp_path)
+    old = _fires(store, [0])  # no claim_room: queued
+    room = [2]
+    store.claim_room = lambda: (room[0], NOW + 5)
+    new = _fires(store, [1, 2, 3])
+    assert [store.get_run(r).status for r in old + new] == ["running", "running", "queued", "queued"]
+    room[0] = 3  # two claimed, not taken yet: one more, the oldest queued (not this fire's)
+    (fourth,) = _fires(store, [4])
+    claimed = store.take_claimed()
+    assert [r.id for r in claimed] == old + new[:2]
+    assert store.get_run(new[2]).status == "queued" and store.get_run(fourth).status == "queued"
+    assert all(r.status == "running" and r.started_at == NOW + 5 and r.owner_pid == os.getpid() for r in claimed)
+    assert store.take_claimed() == []
+    room[0] = 0
+    (later,) = _fires(store, [5])
+    assert store.get_run(later).status == "queued" and store.take_claimed() == []
+    store.close()
+
+
+def test_a_run_claimed_by_its_fire_is_started_by_the_next_pump(tmp_path, write_yaml):
+    from trigctl.config import load_config
+    from trigctl.workflows import WorkflowRunner
+
+    cfg = load_config(write_yaml("""
+        version: 1
+        max_concurrent_runs: 1
+        workflows:
+          w:
+            tasks:
+              - argv: ['true']
+        triggers:
+          - {name: t, type: python, callable: "os:getpid", workflow: w}
+    """))
+    store = SQLiteStore(cfg.state_location())
+    store.sync_triggers(["t"])
+    runner = WorkflowRunner(cfg, store)
+    store.claim_room = lambda: (runner.claim_room(), time.time())
+    first, second = _fires(store, [1, 2])  # room for one
+    assert store.get_run(second).status == "queued"
+    assert [r.id for r in runner.pump()] == [first]
+    assert runner.join(30)
+    assert store.get_run(first).status == "succeeded"
+    assert [r.id for r in runner.pump()] == [second]  # the queued one, by claim_queued
+    assert runner.join(30)
+    assert store.get_run(second).status == "succeeded"
+    store.close()
+
+
 # ------------------------------------------------------------------------------------ the gate
 
 @pytest.fixture(params=["shell", "native"])

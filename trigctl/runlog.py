@@ -5,8 +5,10 @@ one lock: at hundreds of runs a second the threads (and the loop, which records 
 runs on the same store) spent their time queueing for that lock, and every transaction wrote its
 own pages to the WAL. Here a thread that has something to write appends it to one list; if no
 thread is writing, it becomes the writer and commits everything in the list in one transaction
-(``Store.apply_run_steps``); what was appended meanwhile goes to a drain thread, which writes until
-the list is empty, so a run thread never writes for long for others. Threads that arrive while a
+(``Store.apply_run_steps``); what was appended meanwhile goes to the drain thread (one, started on
+first use and kept: under load a hand-off came every few runs, and a new thread each time cost as
+much as a run's writes), which writes until the list is empty, so a run thread never writes for
+long for others. Threads that arrive while a
 write is under way only append (and, for a step they must see done, wait for it). So with one run
 at a time nothing changes (the thread writes its own step at once, no hand-off to another thread),
 and under load the steps of many runs share a commit.
@@ -27,6 +29,8 @@ from trigctl.store.base import Store
 
 log = logging.getLogger("trigctl.workflows")
 
+DRAIN_IDLE = 30.0  # seconds the drain thread waits for another hand-off before it exits
+
 Done = Callable[[Any, "BaseException | None"], None]
 
 
@@ -46,6 +50,8 @@ class RunLog:
         self._lock = threading.Lock()
         self._pending: list[_Step] = []
         self._writing = False
+        self._drainer: threading.Thread | None = None
+        self._kick = threading.Event()  # set: the drain thread owns the writing and has a list to write
         self.commits = 0  # transactions written (for benchmarks and tests)
         self.steps = 0
 
@@ -99,8 +105,32 @@ class RunLog:
                     if not self._pending:
                         self._writing = False
                         return
-                threading.Thread(target=self._write, args=(True,), name="trigctl-runlog", daemon=True).start()
+                self._hand_off()
                 return
+
+    def _hand_off(self) -> None:
+        """The writing (and what is pending) goes to the drain thread."""
+        with self._lock:  # the kick under the lock: an idle drain thread that is exiting sees it
+            self._kick.set()
+            if self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain, name="trigctl-runlog", daemon=True)
+                self._drainer.start()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                if not self._kick.wait(DRAIN_IDLE):
+                    with self._lock:
+                        if not self._kick.is_set():  # idle: the next hand-off starts another
+                            self._drainer = None
+                            return
+                    continue
+                self._kick.clear()  # no other hand-off comes before this write ends: this thread writes
+                self._write(drain=True)
+        except BaseException:  # a SystemExit in a callback: the next hand-off starts another
+            with self._lock:
+                self._drainer = None
+            raise
 
     def _commit(self, batch: list[_Step]) -> None:
         try:

@@ -107,6 +107,9 @@ class Runner:
         # timeout (seen as a closed-loop benchmark stopping), so it waits for a writer thread.
         self.workflows = WorkflowRunner(config, store, clock, on_finished=self._run_finished,
                                         kill_grace=kill_grace, bus=bus)
+        # A poll's fires start their runs in its own transaction (not after a signal: queued runs
+        # stay queued for the next start).
+        store.claim_room = lambda: (0 if self._stopping() else self.workflows.claim_room(), self.clock())
         self._event = threading.Event()
         self.dispatcher = Dispatcher(self._post)
         # The loop runs on an "owner" thread and calls Python triggers inline (~1 µs a dispatch).

@@ -69,37 +69,55 @@ CONFIG_VARS = frozenset({"TRIGCTL_CONFIG", "TRIGCTL_STATE", "TRIGCTL_DEBUG"})
 
 
 def task_env(run: RunRow, context: dict[str, Any], output_file: str, context_file: str,
-             extra: dict[str, str] | None = None) -> dict[str, str]:
+             extra: dict[str, str] | None = None, whole: str | None = None) -> dict[bytes, bytes]:
     """The parent environment, the task's `env:`, TRIGCTL_<KEY> per scalar context key, then the
-    reserved names (which win over everything)."""
-    env = dict(os.environ)
-    env.update(extra or {})
+    reserved names (which win over everything). ``whole``: the context as JSON, if the caller has it.
+
+    As bytes, the form the OS takes: the parent's is copied as it is stored (os.environb), not
+    decoded name by name and encoded again when the process starts; that round trip of a few dozen
+    inherited variables was a sixth of what a short task cost trigctl."""
+    env = parent_environ()
+    fsencode = os.fsencode
+    for name, value in (extra or {}).items():
+        try:
+            env[fsencode(name)] = fsencode(value)
+        except UnicodeEncodeError as e:
+            raise TaskError(f"env: {_short(name)} cannot be passed to a process ({e.reason})") from None
     for key, value in context.items():
         name = env_name(key)
         if name in CONFIG_VARS:
             continue
         if isinstance(value, bool):
-            env[name] = "true" if value else "false"
+            env[fsencode(name)] = b"true" if value else b"false"
         elif isinstance(value, (str, int, float)):
             text = env_text(str(value))
             if "\x00" not in text and len(text) <= MAX_ENV_VALUE:
-                env[name] = text
+                env[fsencode(name)] = fsencode(text)
         elif value is None:
-            env[name] = ""
-    env.update(
-        TRIGCTL_RUN_ID=str(run.id),
-        TRIGCTL_TRIGGER=run.trigger_name,
-        TRIGCTL_WORKFLOW=run.workflow,
-        TRIGCTL_TRIGGERED_AT=iso(run.triggered_at) or "",
-        TRIGCTL_CONTEXT_FILE=context_file,
-        TRIGCTL_OUTPUT=output_file,
-    )
-    whole = json.dumps(context)
+            env[fsencode(name)] = b""
+    env.update({
+        b"TRIGCTL_RUN_ID": str(run.id).encode(),
+        b"TRIGCTL_TRIGGER": fsencode(env_text(run.trigger_name)),
+        b"TRIGCTL_WORKFLOW": fsencode(env_text(run.workflow)),
+        b"TRIGCTL_TRIGGERED_AT": (iso(run.triggered_at) or "").encode(),
+        b"TRIGCTL_CONTEXT_FILE": fsencode(context_file),
+        b"TRIGCTL_OUTPUT": fsencode(output_file),
+    })
+    if whole is None:
+        whole = json.dumps(context)
     if len(whole) <= MAX_ENV_VALUE:
-        env["TRIGCTL_CONTEXT"] = whole
+        env[b"TRIGCTL_CONTEXT"] = whole.encode()
     else:
-        env.pop("TRIGCTL_CONTEXT", None)
+        env.pop(b"TRIGCTL_CONTEXT", None)
     return env
+
+
+def parent_environ() -> dict[bytes, bytes]:
+    """A copy of trigctl's environment as bytes (what a child process inherits)."""
+    data = getattr(os.environ, "_data", None)  # CPython's store behind os.environb (POSIX): bytes to bytes
+    if os.name == "posix" and isinstance(data, dict):
+        return dict(data)
+    return {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
 
 
 def env_text(text: str) -> str:
@@ -200,7 +218,7 @@ def _private_dir(parent: str | None) -> str:
 
 class RunFiles:
     """A run's files, flat in per-process private directories (no directory per run): `files / name`
-    gives a path and remembers it, remove() deletes them all.
+    gives a path (a str) and remembers it, remove() deletes them all.
 
     Creating and deleting files is most of what a short run costs on a journaling filesystem (ext4
     allocating inodes while others are being deleted): the small ones (TRIGCTL_OUTPUT,
@@ -212,10 +230,10 @@ class RunFiles:
         self._log = os.path.join(log_dir, f"run{run_id}-")
         self.created: list[str] = []
 
-    def __truediv__(self, name: str) -> Path:
+    def __truediv__(self, name: str) -> str:
         path = (self._log if name.endswith(".log") else self._small) + name
         self.created.append(path)
-        return Path(path)
+        return path
 
     def remove(self) -> None:
         for path in self.created:
@@ -234,7 +252,7 @@ _CALL_BOOT = ("import sys; sys.path.append(sys.argv[1]); "
 _TRIGCTL_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def call_argv(dotted: str, base_dir: Path, context_file: str, result_file: str, env: dict[str, str],
+def call_argv(dotted: str, base_dir: Path, context_file: str, result_file: str, env: dict[bytes, bytes],
               pythonpath_from_task: bool) -> list[str]:
     """The command line of a `call:` child. Its sys.path is the interpreter's own (standard library,
     site-packages, and the user's site-packages when trigctl's interpreter has them), after it
@@ -245,7 +263,8 @@ def call_argv(dotted: str, base_dir: Path, context_file: str, result_file: str, 
     import site
 
     anchor = str(base_dir) if pythonpath_from_task else os.getcwd()
-    extra = [os.path.normpath(os.path.join(anchor, e)) for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
+    pythonpath = os.fsdecode(env.get(b"PYTHONPATH", b""))
+    extra = [os.path.normpath(os.path.join(anchor, e)) for e in pythonpath.split(os.pathsep) if e]
     user_site = ""
     if site.ENABLE_USER_SITE and site.USER_SITE and site.USER_SITE in sys.path:
         user_site = site.USER_SITE
@@ -402,7 +421,7 @@ class RunExecution:
             if task.kind == "http":
                 self._task_started(idx, task.name, started_at, None, None)
                 self._recorded = True
-            out_path = str(tmp / f"task{idx}.log") if task.kind == "http" else ""  # a process's output: a pipe
+            out_path = tmp / f"task{idx}.log" if task.kind == "http" else ""  # a process's output: a pipe
             try:
                 outcome = self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
             except TaskError as e:
@@ -453,18 +472,19 @@ class RunExecution:
             return TaskOutcome("failed", None, timeout_msg)
         if task.kind == "http":
             return self._http(task, context, out_path, timeout, timeout_msg)
-        output_file = str(tmp / f"task{idx}.vars")
-        context_file = str(tmp / f"task{idx}.context.json")
+        output_file = tmp / f"task{idx}.vars"
+        context_file = tmp / f"task{idx}.context.json"
+        whole = json.dumps(context)
         _write_file(output_file, "")
-        _write_file(context_file, json.dumps(context))
-        env = task_env(self.run, context, output_file, context_file, dict(task.env))
+        _write_file(context_file, whole)
+        env = task_env(self.run, context, output_file, context_file, dict(task.env), whole)
         cwd = self.runner.resolve_cwd(task.cwd)
         if task.kind == "run":
             argv = ["/bin/sh", "-c", SHELL_GATE_LINE + (task.run or ""), "/bin/sh"]
         elif task.kind == "argv":
             argv = fill_argv(task.argv or (), context)
         else:  # call: a child process, so a timeout can stop it
-            result_file = str(tmp / f"task{idx}.result.json")
+            result_file = tmp / f"task{idx}.result.json"
             argv = call_argv(task.call or "", self.runner.config.base_dir, context_file, result_file, env,
                              bool(task.env and "PYTHONPATH" in task.env))
         # The task waits at a gate until its process group is recorded: if trigctl dies before that,
@@ -640,40 +660,50 @@ class WorkflowRunner:
                     self._gate = gate_argv(list(dict.fromkeys(self._dirs)))
         return self._gate
 
+    def claim_room(self) -> int:
+        """How many runs may start now (the store's claim_room: fires claim their runs at once)."""
+        if self.paused:
+            return 0
+        with self._lock:
+            return self.config.max_concurrent_runs - len(self.active)
+
     def pump(self, stop: Callable[[], bool] | None = None) -> list[RunRow]:
-        """Start queued runs while there is room (and ``stop()`` is not true: a signal arrived).
-        Returns the runs started."""
-        started = []
+        """Start the runs that fires claimed (Store.take_claimed: they are running in the state
+        already), then queued runs while there is room (and ``stop()`` is not true: a signal
+        arrived). Returns the runs started."""
+        started = [run for run in self.store.take_claimed() if self._start(run)]
         while not self.paused and not (stop is not None and stop()):
-            with self._lock:
-                room = self.config.max_concurrent_runs - len(self.active)
+            room = self.claim_room()
             if room <= 0:
                 break
             runs = self.store.claim_queued(self.clock(), room)
             if not runs:
                 break
-            for run in runs:
-                workflow = self.config.workflows.get(run.workflow)
-                if workflow is None:
-                    self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
-                    continue
-                ex = RunExecution(self, run, workflow)
-                with self._lock:
-                    self.active[run.id] = ex
-                    spawn = self._idle_workers == 0
-                    if spawn:
-                        self._workers += 1
-                    else:
-                        self._idle_workers -= 1
-                self._queue.put(ex)
-                if spawn:
-                    threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
-                started.append(run)
-                if self.bus.wants(RunStarted):
-                    self.bus.publish(RunStarted(run.id, run.trigger_name, run.workflow))
+            started += [run for run in runs if self._start(run)]
             if len(runs) < room:
                 break
         return started
+
+    def _start(self, run: RunRow) -> bool:
+        """Hand a claimed run to a worker thread (False: its workflow is gone; the run failed)."""
+        workflow = self.config.workflows.get(run.workflow)
+        if workflow is None:
+            self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
+            return False
+        ex = RunExecution(self, run, workflow)
+        with self._lock:
+            self.active[run.id] = ex
+            spawn = self._idle_workers == 0
+            if spawn:
+                self._workers += 1
+            else:
+                self._idle_workers -= 1
+        self._queue.put(ex)
+        if spawn:
+            threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
+        if self.bus.wants(RunStarted):
+            self.bus.publish(RunStarted(run.id, run.trigger_name, run.workflow))
+        return True
 
     def _worker(self) -> None:
         while True:

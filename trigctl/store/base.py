@@ -349,6 +349,17 @@ class Store(ABC):
     def set_error_alerted(self, trigger: str, alerted: bool) -> None: ...
 
     # -- runs
+    #: Set by the loop (Runner) where the backend claims in the fire's own transaction: how many
+    #: runs a poll's fires may start at once (0: none), and the time they start (taken inside the
+    #: transaction: after the end of a run whose key a fire takes over). The runs so claimed are
+    #: running and owned by this process when record_fires returns; :meth:`take_claimed` hands
+    #: them to the runner.
+    claim_room: Callable[[], tuple[int, float]] | None = None
+
+    def take_claimed(self) -> list[RunRow]:
+        """The runs claimed by fires (see :attr:`claim_room`) since the last call, oldest first."""
+        return []
+
     @abstractmethod
     def claim_next_queued(self, now: float) -> RunRow | None: ...
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:

@@ -294,6 +294,7 @@ class SQLiteStore(Store):
         self._held: set[str] = set()  # the triggers this process holds (all it acquired: one process per state)
         self._data_version: int | None = None
         self._rowids: dict[str, int] | None = None  # trigger name -> rowid of its row (counter writes)
+        self._claimed: list[RunRow] = []  # claimed by fires (claim_room), not yet taken by the runner
         self.readonly = readonly
         try:
             if readonly and (path == ":memory:" or not Path(path).exists()):
@@ -748,8 +749,21 @@ class SQLiteStore(Store):
             )
             if updates:
                 self._apply_kv(c, trigger, updates)
+            # The new runs start in this transaction where there is room (the oldest queued first:
+            # the claim is claim_queued's), which saves the loop a transaction per run it starts.
+            room, started_at = self.claim_room() if self.claim_room is not None and started else (0, now)
+            room -= len(self._claimed)
+            claimed = self._claim(c, started_at, room) if room > 0 else []
+        if claimed:
+            with self._lock:
+                self._claimed.extend(claimed)
         stats.polls = 0
         return results
+
+    def take_claimed(self) -> list[RunRow]:
+        with self._lock:
+            runs, self._claimed = self._claimed, []
+        return runs
 
     def _fire_one(self, c: sqlite3.Connection, trigger: str, workflow: str, f: FireRequest, now: float) -> FireResult:
         """Record one fire. Dedupe is the insert's own: the partial unique index on active keys
@@ -863,16 +877,19 @@ class SQLiteStore(Store):
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
         """The oldest ``limit`` queued runs, marked running and owned by this process, in one transaction."""
         with self._tx() as c:
-            # `status IN (...)` lets SQLite use the partial index on active runs (no table scan)
-            cur = c.execute("SELECT * FROM runs WHERE status IN ('queued', 'running') AND status = 'queued' ORDER BY id LIMIT ?", (limit,))
-            cols = [d[0] for d in cur.description]
-            rows = [dict(zip(cols, row)) for row in cur.fetchall()]
-            if not rows:
-                return []
-            pid, start = os.getpid(), self._my_start
-            owner = self.process.id if self.process is not None else None
-            c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ?, owner_start = ?, owner_process = ? "
-                          "WHERE id = ?", [(now, pid, start, owner, r["id"]) for r in rows])
+            return self._claim(c, now, limit)
+
+    def _claim(self, c: sqlite3.Connection, now: float, limit: int) -> list[RunRow]:
+        # `status IN (...)` lets SQLite use the partial index on active runs (no table scan)
+        cur = c.execute("SELECT * FROM runs WHERE status IN ('queued', 'running') AND status = 'queued' ORDER BY id LIMIT ?", (limit,))
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, row)) for row in cur.fetchall()]
+        if not rows:
+            return []
+        pid, start = os.getpid(), self._my_start
+        owner = self.process.id if self.process is not None else None
+        c.executemany("UPDATE runs SET status = 'running', started_at = ?, owner_pid = ?, owner_start = ?, owner_process = ? "
+                      "WHERE id = ?", [(now, pid, start, owner, r["id"]) for r in rows])
         for r in rows:
             r.update(status="running", started_at=now, owner_pid=pid, owner_start=start, owner_process=owner)
         return [self._run(r) for r in rows]
