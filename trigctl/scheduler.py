@@ -639,20 +639,49 @@ class Scheduler:
         from the loop). A skip that changes nothing but counters, the common case by far, is
         completed here in one loop over locals: with 10,000 polls a second, each 0.1 µs is 1 ms."""
         reports: list[PollReport] = []
-        slots, pop, skipped, push = self.slots, results.popleft, self._skipped, self._push
+        slots, pop, skipped = self.slots, results.popleft, self._skipped
+        dirty, rand = self._dirty, self.rng.random
+        buckets, keys, heappush = self._buckets, self._keys, heapq.heappush
         published = self.bus.wants(PollCompleted)
         while results:
             if stop is not None and stop():
                 break
             poll, result, error = pop()
             slot = poll.slot
+            stats = slot.stats
             if (error is None and type(result) is PollOutcome and not result.fires and not result.state_updates
                     and result.cursor is None and slot.in_flight is poll and not poll.timed_out and not poll.stale
-                    and not slot.waiting and not slot.error_alerted and slot.stats.consecutive_errors == 0
+                    and not slot.waiting and not slot.error_alerted and stats.consecutive_errors == 0
                     and slots.get(slot.name) is slot):
                 slot.in_flight = None
-                report = skipped(slot, poll, result.skip_reason, now)
-                push(slot)
+                reason = result.skip_reason
+                report = slot.skip_report
+                impl = slot.impl
+                grid = slot.grid_at
+                tc = slot.config
+                if (report is None or report.reason is not reason or grid > now or impl is None
+                        or impl.has_own_schedule or grid + tc.interval <= now):
+                    report = skipped(slot, poll, reason, now)
+                else:  # _skipped, inline, for the common case: an interval trigger on its grid, the same reason
+                    stats.polls += 1
+                    stats.last_poll_at = now
+                    grid = slot.grid_at = grid + tc.interval
+                    jitter = tc.jitter
+                    slot.due_at = stats.next_poll_at = due = grid + jitter * rand() if jitter > 0 else grid
+                    stats.last_reason = report.stored_reason or None
+                    stats.last_result = "skipped"
+                    dirty[slot.name] = stats
+                    key = slot.queued = int(due * _PER_SECOND)  # _push, inline
+                    bucket = buckets.get(key)
+                    if bucket is None:
+                        buckets[key] = [slot]
+                        heappush(keys, key)
+                    else:
+                        bucket.append(slot)
+                    if published:
+                        self._completed(poll, report, now)
+                    continue
+                self._push(slot)
                 if published:
                     self._completed(poll, report, now)
                 continue
