@@ -161,3 +161,28 @@ def _call(sched: Scheduler, poll):
         return sched.execute(poll), None
     except Exception as e:  # noqa: BLE001
         return None, e
+
+
+def test_next_due_stays_exact_as_the_earliest_bucket_changes(tmp_path, callables, clock):
+    """next_due() remembers the earliest bucket's minimum: entries added, or that minimum's entry
+    dead or moved, are seen."""
+    callables("def skip():\n    return None\n")
+    sched, _ = make_scheduler(project(tmp_path, "p", python_triggers("abc")), clock.now)
+    run(sched, clock.now, sched.tick(clock.now))
+    t = clock.now + 10
+    a, b, c = (sched.slots[n] for n in "abc")
+    for slot, due in ((a, t + 0.0006), (b, t + 0.0004), (c, t + 0.9)):
+        slot.due_at = slot.grid_at = due
+        sched._push(slot)
+    assert sched.next_due() == t + 0.0004
+    assert sched.next_due() == t + 0.0004  # (remembered)
+    c.due_at = c.grid_at = t + 0.0001
+    sched._push(c)  # added to the same bucket, earlier
+    assert sched.next_due() == t + 0.0001
+    c.due_at = c.grid_at = t + 0.9
+    sched._push(c)  # the earliest moved on
+    assert sched.next_due() == t + 0.0004
+    sched.leases_lost(["b"])  # its entry is dead
+    assert sched.next_due() == t + 0.0006
+    assert [p.slot.name for p in sched.tick(t + 0.001)] == ["a"]
+    assert sched.next_due() == t + 0.9

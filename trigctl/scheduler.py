@@ -178,6 +178,8 @@ class Scheduler:
         #: one by one (each is live while its slot's `queued` is still that key)
         self._ready: deque[Slot] = deque()
         self._ready_key: int | None = None
+        #: next_due()'s last answer: (bucket, entries looked at, the slot with the earliest due time, it)
+        self._earliest: tuple[list[Slot], int, Slot, float] | None = None
         self._last_flush = 0.0
         self.alerts: list[int] = []  # runs started by on_error and on_recover
         # Polls in flight by timeout: each deque is in start order, so also in deadline order.
@@ -395,6 +397,7 @@ class Scheduler:
         self._buckets.clear()
         self._ready.clear()
         self._ready_key = None
+        self._earliest = None
 
     def _take(self, now: float, now_key: int) -> bool:
         """Move the due entries of the earliest bucket into ``_ready``, in due order (equal due times
@@ -432,14 +435,25 @@ class Scheduler:
         keys, buckets = self._keys, self._buckets
         while keys:
             key = keys[0]
-            best: float | None = None
-            for slot in buckets[key]:
+            bucket = buckets[key]
+            # The earliest bucket's live minimum, remembered: entries are only appended to a bucket,
+            # so while that entry is live with the same due time only the ones added since are
+            # looked at (a flush asks between its batches; a bucket may hold 50,000).
+            seen = self._earliest
+            start, best_slot = 0, None
+            if seen is not None and seen[0] is bucket and seen[2].queued == key and seen[2].due_at == seen[3]:
+                start, best_slot = seen[1], seen[2]
+            best = best_slot.due_at if best_slot is not None else None
+            for i in range(start, len(bucket)):
+                slot = bucket[i]
                 if slot.queued == key and (best is None or slot.due_at < best):
-                    best = slot.due_at
-            if best is not None:
+                    best, best_slot = slot.due_at, slot
+            if best_slot is not None and best is not None:
+                self._earliest = (bucket, len(bucket), best_slot, best)
                 return best
             heapq.heappop(keys)  # only dead entries
             del buckets[key]
+        self._earliest = None
         return None
 
     def wake(self, name: str, now: float) -> None:
