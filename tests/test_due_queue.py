@@ -7,7 +7,6 @@ half-way (a hand-off) leaves the rest for the next one, and `complete_all()` lea
 from __future__ import annotations
 
 import random
-import textwrap
 from collections import deque
 
 from helpers import make_scheduler
@@ -16,20 +15,13 @@ from trigctl.config import load_config
 from trigctl.scheduler import BUCKET_WIDTH, Scheduler
 from trigctl.store.sqlite import SQLiteStore
 
-YAML = """
-version: 1
-workflows:
-  wf:
-    tasks:
-      - run: "true"
-triggers:
-"""
+YAML = "version: 1\nworkflows: {wf: {tasks: [{run: 'true'}]}}\ntriggers:\n"
 
 
 def project(tmp_path, name: str, triggers: str):
     """A YAML beside the callables' module, with a state of its own."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"state: .trigctl/{name}.db\n" + textwrap.dedent(YAML).lstrip("\n") + triggers)
+    path.write_text(f"state: .trigctl/{name}.db\n" + YAML + triggers)
     return path
 
 
