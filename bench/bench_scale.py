@@ -1,11 +1,15 @@
 """Scale: N python-callable triggers at interval 1 s, all due at once or spread; trigctl vs APScheduler 3.
 
-    python bench/bench_scale.py --n 1000 10000 20000 --seconds 10 [--peer]
+    python bench/bench_scale.py --n 1000 10000 20000 --seconds 10 [--peer] [--profile]
+    python bench/bench_scale.py --child trigctl,50000,spread --seconds 6 [--profile]
 
 Each (system, N, phase) runs in its own subprocess so RSS is its own. Lateness is due time ->
 callable entered. The floor is one heap of due times calling the same function inline (what any
 scheduler in Python could reach on this machine); p99 / floor is the ratio to it in the same run.
 Start-up is the YAML (loaded as `trigctl run` does) to the first poll. Prints a markdown table.
+``--profile``: each trigctl child samples its threads during the measured window (bench/_common.py's
+Sampler, every 2 ms; it takes the GIL to sample, so the figures of that run are a little worse) and
+prints the profile on stderr.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import pct, python_triggers_project, rss_mb  # noqa: E402
+from _common import Sampler, pct, python_triggers_project, rss_mb  # noqa: E402
 
 
-def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
+def run_trigctl(n: int, seconds: float, spread: bool, profile: bool = False) -> dict:
     from trigctl.config import load_config
     from trigctl.runner import Runner
     from trigctl.scheduler import Scheduler
@@ -66,10 +70,14 @@ def run_trigctl(n: int, seconds: float, spread: bool) -> dict:
         time.sleep(0.05)
     time.sleep(2.0)
     lateness.clear()
+    sampler = Sampler().start() if profile else None
     cpu0, wall0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
     cpu1, wall1 = time.process_time(), time.monotonic()
     sample = list(lateness)
+    if sampler is not None:
+        sampler.stop()
+        print(sampler.report(), file=sys.stderr)
     rss = rss_mb()
     runner.stop()
     t.join(30)
@@ -170,11 +178,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 10000, 20000])
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--peer", action="store_true", help="also run APScheduler 3 (pip install 'apscheduler<4')")
+    ap.add_argument("--profile", action="store_true", help="trigctl children: a sampling profile of the measured window, on stderr")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         system, n, phase = args.child.split(",")
-        fn = {"trigctl": run_trigctl, "floor": run_floor, "apscheduler": run_apscheduler}[system]
+        if system == "trigctl":
+            print(json.dumps(run_trigctl(int(n), args.seconds, phase == "spread", args.profile)))
+            return
+        fn = {"floor": run_floor, "apscheduler": run_apscheduler}[system]
         print(json.dumps(fn(int(n), args.seconds, phase == "spread")))
         return
     rows = []
@@ -184,10 +196,12 @@ def main() -> None:
         for phase in ("at once", "spread"):
             for system in systems:
                 out = subprocess.run([sys.executable, __file__, "--seconds", str(args.seconds), "--child",
-                                      f"{system},{n},{'spread' if phase == 'spread' else 'once'}"],
+                                      f"{system},{n},{'spread' if phase == 'spread' else 'once'}"]
+                                     + (["--profile"] if args.profile else []),
                                      capture_output=True, text=True)
-                if out.returncode != 0:
+                if out.returncode != 0 or (args.profile and out.stderr):
                     print(out.stderr, file=sys.stderr)
+                if out.returncode != 0:
                     continue
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 r = rows[-1]
