@@ -5,6 +5,7 @@ Both stores pass it; PostgreSQL runs against a throwaway server (tests/pg.py).""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -348,3 +349,32 @@ def test_a_failing_run_step_fails_alone(store):
     assert got.status == "succeeded" and [t["name"] for t in got.tasks] == ["a"]
     with pytest.raises(ValueError, match="not a run step"):
         store.apply_run_steps([("prune", (NOW,))])
+
+
+def test_a_transaction_the_server_ended_as_idle_is_a_lost_connection(request):
+    """A process stopped (SIGSTOP, a frozen VM) inside a transaction has it ended by the server's
+    idle_in_transaction_session_timeout (trigctl sets it): on resuming, that is a lost connection,
+    reopened, not a state error that stops the loop (seen in tests/test_scaleout.py, exit 1 instead
+    of 3 when the stop landed inside a transaction)."""
+    from trigctl.store.postgres import PostgresStore
+
+    url = request.getfixturevalue("pg_url")  # skips, saying why, without PostgreSQL
+    import psycopg
+
+    s = PostgresStore(url)
+    try:
+        s.sync_triggers(["t"])
+        with s._main.lock:
+            conn = s._main.get()
+            pid = conn.info.backend_pid
+            conn.execute("SET idle_in_transaction_session_timeout = '100ms'")
+            conn.execute("BEGIN")  # a transaction left idle, as by a process stopped inside it
+        with psycopg.connect(url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() != (0,):
+                assert time.monotonic() < deadline, "the server never ended the idle transaction"
+                time.sleep(0.02)
+        s.set_enabled(["t"], False)  # reconnects and writes
+        assert s.trigger_rows()["t"].enabled is False
+    finally:
+        s.close()

@@ -194,9 +194,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_CONN_ERRORS: tuple[type[BaseException], ...] = ()
-if psycopg is not None:
-    _CONN_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class Unreachable(StateError):
@@ -366,13 +363,11 @@ class PostgresStore(Store):
                 except StateError as e:  # cannot connect at all
                     error: BaseException = e
                     which.drop()
-                except _CONN_ERRORS as e:
+                except psycopg.Error as e:  # a lost connection (see _is_connection_loss) is retried
                     if not self._is_connection_loss(which, e):
                         raise StateError(f"state {self.path}: {self._first_line(e)}") from None
                     error = e
                     which.drop()
-                except psycopg.Error as e:
-                    raise StateError(f"state {self.path}: {self._first_line(e)}") from None
             now = time.monotonic()
             if now + delay > deadline or self._closed:
                 if isinstance(error, StateError):
@@ -391,8 +386,10 @@ class PostgresStore(Store):
         if conn is None or conn.closed or conn.broken:
             return True
         sqlstate = getattr(e, "sqlstate", None) or ""
-        # 57P01 admin shutdown (pg_terminate_backend), 08xxx connection exceptions
-        return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+        # 57P01 admin shutdown (pg_terminate_backend), 08xxx connection exceptions; 25P03 and 57P05:
+        # the server ended the session for idling in a transaction (a process stopped inside one:
+        # SIGSTOP, a frozen VM) or at all
+        return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "25P03", "57P05")
 
     def _tx(self, fn: Callable[[Any], Any], *, fence: str | None = None) -> Any:
         """A write on the main connection; with ``fence``, only while this process holds that
