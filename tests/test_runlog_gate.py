@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -155,6 +156,52 @@ def test_a_run_claimed_by_its_fire_is_started_by_the_next_pump(tmp_path, write_y
     assert [r.id for r in runner.pump()] == [second]  # the queued one, by claim_queued
     assert runner.join(30)
     assert store.get_run(second).status == "succeeded"
+    store.close()
+
+
+_CRASH_AFTER_THE_FIRE = """
+import os, sys, time
+from trigctl.store.base import FireRequest, PollStats, dedupe_hash
+from trigctl.store.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+store.sync_triggers(["t"]); store.start_process(); store.acquire_triggers(["t"], time.time())
+store.claim_room = lambda: (1, time.time())  # as the loop sets it: room for the fire's run
+(res,) = store.record_fires("t", "w", [FireRequest({"n": 1}, dedupe_hash("t", {"n": 1}, None), "running", 3)],
+                            PollStats("t"), time.time(), None, {})
+assert store.get_run(res.run_id).status == "running"
+print(res.run_id)
+os._exit(0)  # the loop dies before its pump hands the claimed run to a worker
+"""
+
+
+def test_a_run_its_fire_claimed_that_never_started_is_run_after_a_crash(tmp_path, write_yaml):
+    """A fire's run claimed in the fire's transaction is `running` before any task of it starts:
+    a crash before the runner takes it leaves a run that did nothing. The next start queues it
+    again (queued runs survive restarts) rather than marking it interrupted, which with
+    `on_interrupt: mark` would drop the fire."""
+    from conftest import run_trigctl
+
+    from trigctl.config import load_config
+
+    path = write_yaml("""
+        version: 1
+        workflows:
+          w:
+            tasks:
+              - argv: ['true']
+        triggers:
+          - {name: t, type: python, callable: "os:sync", workflow: w, on_interrupt: mark}
+    """)
+    state = load_config(path).state_location()
+    crashed = subprocess.run([sys.executable, "-c", _CRASH_AFTER_THE_FIRE, state], capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == 0, crashed.stderr
+    run_id = int(crashed.stdout)
+    done = run_trigctl("run", "--once", "-c", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = SQLiteStore(state)
+    run = store.get_run(run_id)
+    assert (run.status, run.attempt, run.rerun_of) == ("succeeded", 1, None)
+    assert [t["status"] for t in run.tasks] == ["succeeded"]
     store.close()
 
 

@@ -191,6 +191,9 @@ class Runner:
                                   "another `trigctl run` is using this state (stop it first)")
         # Queued runs stay queued (the queue survives restarts); only dead owners' runs are taken over.
         for run in self.store.orphaned_runs():
+            if not run.tasks and self.store.requeue_unstarted(run.id):
+                log.info("run %d: claimed but not started by the previous process; queued again", run.id)
+                continue
             for task in run.tasks:
                 if task.get("pgid"):
                     if kill_recorded_group(task.get("pid"), task["pgid"], task.get("proc_start")):
