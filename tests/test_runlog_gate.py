@@ -331,3 +331,37 @@ def test_the_committed_gate_is_what_its_source_builds_to(tmp_path):
     done = subprocess.run(["gcc", *BUILD_ARGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert built.read_bytes() == BINARY.read_bytes(), "rebuild trigctl/_gate/gate-x86_64 (see trigctl/gate.py)"
+
+
+def test_a_cancel_of_a_run_its_fire_claimed_is_not_lost_before_the_pump_takes_it(tmp_path, write_yaml):
+    """The loop looks at the state's changes (cancel requests) before its pump in a tick: a `trigctl
+    cancel` of a run its fire claimed moments before (running in the state, not yet with a worker)
+    still stops it; the request is not dropped for a run the runner does not hold yet."""
+    from trigctl.config import load_config
+    from trigctl.runner import Runner
+
+    cfg = load_config(write_yaml("""
+        version: 1
+        workflows:
+          w:
+            tasks:
+              - argv: ['sleep', '30']  # a cancel that came too late would wait for it
+        triggers:
+          - {name: t, type: python, callable: "os:sync", workflow: w}
+    """))
+    store = SQLiteStore(cfg.state_location())
+    store.sync_triggers(["t"])
+    store.start_process()
+    store.acquire_triggers(["t"], time.time())
+    runner = Runner(cfg, store, install_signals=False)
+    store.changes()  # the change feed's baseline, as the loop takes it at start
+    (run_id,) = _fires(store, [1])
+    assert store.get_run(run_id).status == "running" and runner.workflows.count() == 0
+    other = SQLiteStore(cfg.state_location())  # `trigctl cancel`, from another connection
+    assert other.request_cancel(run_id, time.time()) == "running"
+    other.close()
+    runner._watch_state(time.time())
+    runner.workflows.pump()
+    assert runner.workflows.join(30)
+    assert store.get_run(run_id).status == "cancelled"
+    store.close()

@@ -461,6 +461,10 @@ class Runner:
             if want != slot.enabled:
                 self.scheduler.set_enabled(name, want, now)
                 self.bus.publish(TriggerEnabled(name, slot.due_at) if want else TriggerDisabled(name))
+        if changes.cancel_requested:
+            # A run its fire claimed (SQLite) is running in the state before the pump hands it to a
+            # worker: handed over now, so that a cancel request for it finds it.
+            self.workflows.pump(stop=self._stopping)
         for run_id in changes.cancel_requested:
             if self.workflows.cancel(run_id):
                 self.bus.publish(RunCancelling(run_id))
