@@ -103,7 +103,8 @@ def test_a_rerun_not_made_because_a_once_key_was_given_up_says_so(write_yaml, ca
     req = sched.fire_requests(sched.slots["o"], [{"job": 1}])[0]
     run_id = store.enqueue_run("o", "wf", req.context, time.time(), dedupe="once", context_hash=req.context_hash,
                                max_attempts=tc.max_attempts).run_id
-    assert [r.id for r in store.claim_queued(time.time(), 1)] == [run_id]  # running: the process "dies" now
+    assert [r.id for r in store.claim_queued(time.time(), 1)] == [run_id]
+    store.task_started(run_id, 0, "t1", time.time(), None, None, None)  # its task began: the process "dies" now
     bus = EventBus()
     seen: list[ev.RunInterrupted] = []
     bus.subscribe(seen.append, [ev.RunInterrupted])

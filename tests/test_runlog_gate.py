@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -158,6 +159,52 @@ def test_a_run_claimed_by_its_fire_is_started_by_the_next_pump(tmp_path, write_y
     store.close()
 
 
+_CRASH_AFTER_THE_FIRE = """
+import os, sys, time
+from trigctl.store.base import FireRequest, PollStats, dedupe_hash
+from trigctl.store.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+store.sync_triggers(["t"]); store.start_process(); store.acquire_triggers(["t"], time.time())
+store.claim_room = lambda: (1, time.time())  # as the loop sets it: room for the fire's run
+(res,) = store.record_fires("t", "w", [FireRequest({"n": 1}, dedupe_hash("t", {"n": 1}, None), "running", 3)],
+                            PollStats("t"), time.time(), None, {})
+assert store.get_run(res.run_id).status == "running"
+print(res.run_id)
+os._exit(0)  # the loop dies before its pump hands the claimed run to a worker
+"""
+
+
+def test_a_run_its_fire_claimed_that_never_started_is_run_after_a_crash(tmp_path, write_yaml):
+    """A fire's run claimed in the fire's transaction is `running` before any task of it starts:
+    a crash before the runner takes it leaves a run that did nothing. The next start queues it
+    again (queued runs survive restarts) rather than marking it interrupted, which with
+    `on_interrupt: mark` would drop the fire."""
+    from conftest import run_trigctl
+
+    from trigctl.config import load_config
+
+    path = write_yaml("""
+        version: 1
+        workflows:
+          w:
+            tasks:
+              - argv: ['true']
+        triggers:
+          - {name: t, type: python, callable: "os:sync", workflow: w, on_interrupt: mark}
+    """)
+    state = load_config(path).state_location()
+    crashed = subprocess.run([sys.executable, "-c", _CRASH_AFTER_THE_FIRE, state], capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == 0, crashed.stderr
+    run_id = int(crashed.stdout)
+    done = run_trigctl("run", "--once", "-c", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = SQLiteStore(state)
+    run = store.get_run(run_id)
+    assert (run.status, run.attempt, run.rerun_of) == ("succeeded", 1, None)
+    assert [t["status"] for t in run.tasks] == ["succeeded"]
+    store.close()
+
+
 # ------------------------------------------------------------------------------------ the gate
 
 @pytest.fixture(params=["shell", "native"])
@@ -284,3 +331,37 @@ def test_the_committed_gate_is_what_its_source_builds_to(tmp_path):
     done = subprocess.run(["gcc", *BUILD_ARGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert built.read_bytes() == BINARY.read_bytes(), "rebuild trigctl/_gate/gate-x86_64 (see trigctl/gate.py)"
+
+
+def test_a_cancel_of_a_run_its_fire_claimed_is_not_lost_before_the_pump_takes_it(tmp_path, write_yaml):
+    """The loop looks at the state's changes (cancel requests) before its pump in a tick: a `trigctl
+    cancel` of a run its fire claimed moments before (running in the state, not yet with a worker)
+    still stops it; the request is not dropped for a run the runner does not hold yet."""
+    from trigctl.config import load_config
+    from trigctl.runner import Runner
+
+    cfg = load_config(write_yaml("""
+        version: 1
+        workflows:
+          w:
+            tasks:
+              - argv: ['sleep', '30']  # a cancel that came too late would wait for it
+        triggers:
+          - {name: t, type: python, callable: "os:sync", workflow: w}
+    """))
+    store = SQLiteStore(cfg.state_location())
+    store.sync_triggers(["t"])
+    store.start_process()
+    store.acquire_triggers(["t"], time.time())
+    runner = Runner(cfg, store, install_signals=False)
+    store.changes()  # the change feed's baseline, as the loop takes it at start
+    (run_id,) = _fires(store, [1])
+    assert store.get_run(run_id).status == "running" and runner.workflows.count() == 0
+    other = SQLiteStore(cfg.state_location())  # `trigctl cancel`, from another connection
+    assert other.request_cancel(run_id, time.time()) == "running"
+    other.close()
+    runner._watch_state(time.time())
+    runner.workflows.pump()
+    assert runner.workflows.join(30)
+    assert store.get_run(run_id).status == "cancelled"
+    store.close()

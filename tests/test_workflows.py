@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import pytest
@@ -173,3 +174,22 @@ def test_task_env_cannot_override_reserved_names(setup):
     _, store, runner = setup("  wf:\n    tasks:\n      - run: 'echo $TRIGCTL_TRIGGER $MINE'\n        env: {TRIGCTL_TRIGGER: spoofed, MINE: 'yes'}\n")
     run = run_one(store, runner, {})
     assert run.tasks[0]["output_tail"].strip() == "t yes"
+
+
+def test_the_task_environment_is_the_parent_one_byte_exact_with_the_config_and_context_over_it(setup, tmp_path, monkeypatch):
+    # task_env copies os.environ's bytes (workflows.parent_environ): a value that is not UTF-8
+    # reaches the task as it is; the task's env: and the context override the parent's variables,
+    # and the reserved names win over both.
+    monkeypatch.setitem(os.environb, b"I13_RAW", b"caf\xe9\xff")
+    monkeypatch.setitem(os.environb, b"I13_MINE", b"parent")
+    monkeypatch.setitem(os.environb, b"TRIGCTL_N", b"parent")
+    monkeypatch.setitem(os.environb, b"TRIGCTL_WORKFLOW", b"parent")
+    out = tmp_path / "env.bin"
+    dump = ("import os; open(os.environ['OUT'], 'wb').write(b'\\\\0'.join(k + b'=' + v for k, v in sorted(os.environb.items())))")
+    _, store, runner = setup(f"  wf:\n    tasks:\n      - argv: ['{sys.executable}', '-c', \"{dump}\"]\n"
+                             f"        env: {{OUT: '{out}', I13_MINE: 'config', TRIGCTL_N: 'config'}}\n")
+    run = run_one(store, runner, {"n": 7, "w": "caf\udce9"})
+    assert run.status == "succeeded", run.tasks
+    env = dict(item.split(b"=", 1) for item in out.read_bytes().split(b"\0"))
+    assert env[b"I13_RAW"] == b"caf\xe9\xff" and env[b"I13_MINE"] == b"config"
+    assert env[b"TRIGCTL_N"] == b"7" and env[b"TRIGCTL_W"] == b"caf\xe9" and env[b"TRIGCTL_WORKFLOW"] == b"wf"

@@ -191,6 +191,9 @@ class Runner:
                                   "another `trigctl run` is using this state (stop it first)")
         # Queued runs stay queued (the queue survives restarts); only dead owners' runs are taken over.
         for run in self.store.orphaned_runs():
+            if not run.tasks and self.store.requeue_unstarted(run.id):
+                log.info("run %d: claimed but not started by the previous process; queued again", run.id)
+                continue
             for task in run.tasks:
                 if task.get("pgid"):
                     if kill_recorded_group(task.get("pid"), task["pgid"], task.get("proc_start")):
@@ -458,6 +461,10 @@ class Runner:
             if want != slot.enabled:
                 self.scheduler.set_enabled(name, want, now)
                 self.bus.publish(TriggerEnabled(name, slot.due_at) if want else TriggerDisabled(name))
+        if changes.cancel_requested:
+            # A run its fire claimed (SQLite) is running in the state before the pump hands it to a
+            # worker: handed over now, so that a cancel request for it finds it.
+            self.workflows.pump(stop=self._stopping)
         for run_id in changes.cancel_requested:
             if self.workflows.cancel(run_id):
                 self.bus.publish(RunCancelling(run_id))

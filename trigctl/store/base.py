@@ -360,6 +360,13 @@ class Store(ABC):
         """The runs claimed by fires (see :attr:`claim_room`) since the last call, oldest first."""
         return []
 
+    def requeue_unstarted(self, run_id: int) -> bool:
+        """Put a dead owner's running run back in the queue if none of its tasks started (claimed by
+        its fire or by claim_queued, the process died before a worker began it): it did nothing,
+        and queued runs survive restarts. False: left to recovery (interrupted, maybe rerun); a
+        backend whose task records may be missing (the database away) always leaves it."""
+        return False
+
     @abstractmethod
     def claim_next_queued(self, now: float) -> RunRow | None: ...
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:

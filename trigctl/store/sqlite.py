@@ -765,6 +765,15 @@ class SQLiteStore(Store):
             runs, self._claimed = self._claimed, []
         return runs
 
+    def requeue_unstarted(self, run_id: int) -> bool:
+        # A task's row is written before its process passes the start gate (an http: task's before
+        # its request): a run without one ran nothing.
+        with self._tx() as c:
+            cur = c.execute("UPDATE runs SET status = 'queued', started_at = NULL, owner_pid = NULL, owner_start = NULL, "
+                            "owner_process = NULL WHERE id = ? AND status = 'running' AND cancel_requested = 0 "
+                            "AND NOT EXISTS (SELECT 1 FROM tasks WHERE run_id = ?)", (run_id, run_id))
+            return cur.rowcount == 1
+
     def _fire_one(self, c: sqlite3.Connection, trigger: str, workflow: str, f: FireRequest, now: float) -> FireResult:
         """Record one fire. Dedupe is the insert's own: the partial unique index on active keys
         refuses a second holder (ON CONFLICT DO NOTHING), and a `once` key that succeeded or was
