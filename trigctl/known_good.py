@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from trigctl.store.base import Store
 
 
-def _key(config_path: str) -> str:
+def snapshot_key(config_path: str) -> str:
+    """The snapshot's key in the state: the file's resolved path."""
     return str(Path(config_path).resolve())
 
 
@@ -45,7 +46,7 @@ def known_summaries(config_path: str, fingerprint: str | None, store: Store | No
         except Exception:
             return None  # the command's own open of the state says what is wrong with it
     try:
-        return reader.config_snapshot(_key(config_path), fingerprint)
+        return reader.config_snapshot(snapshot_key(config_path), fingerprint)
     finally:
         if reader is not store:
             reader.close()
