@@ -282,7 +282,7 @@ def test_a_snapshot_saved_before_schema_6_is_saved_again_by_run(tmp_path):
     key, fingerprint = snapshot_key(str(config)), config_fingerprint(config)
     from trigctl.config import load_config, trigger_summaries
 
-    summaries = trigger_summaries(load_config(config))
+    summaries = trigger_summaries(load_config(config, light=True))  # no import: another test's mytriggers may be loaded
     conn.execute("INSERT INTO config_snapshot VALUES (?, ?, ?)", (key, fingerprint, json.dumps(summaries)))
     conn.commit()
     conn.close()
