@@ -112,10 +112,23 @@ def list_runs(roots: dict[str, Path], dirs: dict[str, Path], runs: int) -> dict[
                 times[name].append(time.perf_counter() - t0)
             assert out.stdout.startswith(b"["), out.stdout[:200]
             outputs[name] = out.stdout
-    if "ref" in roots:  # the other checkout's `list --json` on this checkout's state: the same bytes
-        script = roots["ref"] / ".venv" / "bin" / "trigctl"
-        out = subprocess.run([str(script), "list", "--json"], cwd=dirs["trigctl"], env=envs["trigctl"], capture_output=True, check=True)
-        print(f"list --json: ref's output on the same state is byte for byte the same: {out.stdout == outputs['trigctl']}", flush=True)
+    if "ref" in roots:
+        # This checkout's `list --json` on a copy of the other's state, the snapshot saved as `run`
+        # saves it (the other may not read this checkout's schema): the same bytes as the other's.
+        copy = dirs["ref"].with_name(dirs["ref"].name + "-copy")
+        shutil.copytree(dirs["ref"], copy, ignore=shutil.ignore_patterns("cache", "pycache"))
+        python = ROOT / ".venv" / "bin" / "python"
+        save = ("import sys; from trigctl.config import load_config, trigger_summaries; from trigctl.snapshot import "
+                "config_fingerprint; from trigctl.store.sqlite import SQLiteStore; cfg = load_config(sys.argv[1]); "
+                "s = SQLiteStore(sys.argv[2]); s.save_config_snapshot(str(cfg.path), config_fingerprint(cfg.path), "
+                "trigger_summaries(cfg)); s.close()")
+        env = {**envs["trigctl"], "PYTHONPATH": str(ROOT)}
+        subprocess.run([str(python), "-c", save, str(copy / "triggers.yaml"), str(copy / "state.db")], env=env, check=True)
+        script = ROOT / ".venv" / "bin" / "trigctl"
+        out = subprocess.run([str(script), "list", "--json"], cwd=copy, env=envs["trigctl"], capture_output=True, check=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        print(f"list --json: this checkout's output on a copy of ref's state is byte for byte ref's: "
+              f"{out.stdout == outputs['ref']}", flush=True)
     return {name: statistics.median(v) for name, v in times.items()}
 
 

@@ -184,19 +184,18 @@ def test_skips_are_stored_with_the_batched_counters_not_per_poll(write_yaml, cal
 
 
 def test_a_version_4_state_is_migrated_to_carry_last_reason(tmp_path):
+    from trigctl.store.sqlite import MIGRATIONS
+
     path = tmp_path / "state.db"
-    store = SQLiteStore(str(path))
-    store.sync_triggers(["t"])
-    store.close()
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE triggers DROP COLUMN last_reason")
-    conn.execute("PRAGMA user_version = 4")
+    conn.executescript("".join(MIGRATIONS[:4]) + "; PRAGMA user_version = 4;")  # as trigctl wrote it then
+    conn.execute("INSERT INTO triggers (name) VALUES ('t')")
     conn.commit()
     conn.close()
     store = SQLiteStore(str(path))
     try:
         assert store.trigger_rows()["t"].last_reason is None
-        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 5
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     finally:
         store.close()
 

@@ -5,7 +5,8 @@ paying the full check each time.
 `list` shows of it (:meth:`Store.save_config_snapshot`), keyed by the file's fingerprint (its bytes
 and the environment variables it reads, :mod:`trigctl.snapshot`). A snapshot is saved only for a
 config that passed the full check, so a matching one means "these bytes are valid": the file is
-not parsed again. Any other file is checked fully, with the errors `validate` gives.
+not parsed again. Any other file is checked fully, with the errors `validate` gives. With SQLite the
+snapshot is also saved as rows that `list --json` is written from (docs/design.md).
 
 What the fingerprint cannot see (a module a `python` trigger imports was deleted since) is found
 by `validate` and `run`, which always check fully.
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from trigctl.store.base import Store
 
 
-def _key(config_path: str) -> str:
+def snapshot_key(config_path: str) -> str:
+    """The snapshot's key in the state: the file's resolved path."""
     return str(Path(config_path).resolve())
 
 
@@ -45,7 +47,7 @@ def known_summaries(config_path: str, fingerprint: str | None, store: Store | No
         except Exception:
             return None  # the command's own open of the state says what is wrong with it
     try:
-        return reader.config_snapshot(_key(config_path), fingerprint)
+        return reader.config_snapshot(snapshot_key(config_path), fingerprint)
     finally:
         if reader is not store:
             reader.close()

@@ -124,6 +124,38 @@ def safe_json(text: str) -> str:
     return text if text.isascii() and "\x7f" not in text else _UNSAFE.sub(_json_escape, text)
 
 
+def list_json_parts(summaries: list[dict[str, Any]]) -> list[tuple[str, bool, str, str, str]] | None:
+    """The parts of each trigger's `list --json` object that only the YAML decides, as
+    :func:`json_text` writes them: (name, enabled, head, enabled JSON, mid), where the object is
+    ``head + <enabled> + mid + <last_poll_at> + ...`` (trigctl.store.sqlite writes the rest). None
+    if a summary lacks a key or a name cannot be stored as text."""
+    from json.encoder import encode_basestring  # json.dumps's own (C) encoder of a str
+
+    values: dict[Any, str] = {}
+
+    def encoded(value: Any) -> str:  # types, workflows, intervals repeat: each encoded once
+        key = (type(value), value)
+        text = values.get(key)
+        if text is None:
+            text = values[key] = json_text(value)
+        return text
+
+    out = []
+    try:
+        for tc in summaries:
+            name = tc["name"]
+            if not isinstance(name, str):
+                return None
+            name.encode("utf-8")  # a lone surrogate: not storable as SQLite text
+            head = (f'{{"name": {safe_json(encode_basestring(name))}, "type": {encoded(tc["type"])}, '
+                    f'"workflow": {encoded(tc["workflow"])}, "interval": {encoded(tc["interval"])}, "enabled": ')
+            out.append((name, bool(tc["enabled"]), head, encoded(tc["enabled"]),
+                        f', "dedupe": {encoded(tc["dedupe"])}, "last_poll_at": '))
+    except (KeyError, TypeError, UnicodeEncodeError):
+        return None
+    return out
+
+
 def json_indent() -> int | None:
     # Indented for a person at a terminal; compact for pipes (the C encoder: 10x faster on big lists).
     return 2 if sys.stdout.isatty() else None

@@ -319,6 +319,13 @@ class Store(ABC):
         """Whether a snapshot of these bytes is saved (without reading it: 50,000 triggers, ~5 MB)."""
         return self.config_snapshot(config_path, fingerprint) is not None
 
+    def list_json_text(self, config_path: str, fingerprint: str, tail: str) -> str | None:
+        """`list --json` (compact) of the YAML whose snapshot of these bytes is saved, written by the
+        backend; ``tail`` closes each object (``, "loop_alive": ...}``). An object the backend leaves
+        to the caller is ``"\\0<its position in the snapshot>"``. None: no such snapshot, or the
+        backend does not write it (PostgreSQL: trigctl.api.list_json builds it in Python)."""
+        return None
+
     @abstractmethod
     def changes(self) -> Changes | None:
         """What other processes changed since the previous call (None: nothing). The first call

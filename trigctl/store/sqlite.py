@@ -168,6 +168,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE triggers ADD COLUMN last_reason TEXT;
     """,
+    # 6: the snapshot as a table too, each trigger's part of `list --json` that only the YAML decides
+    # encoded once, so that `list --json` is written by one query (SQLiteStore.list_json_text).
+    # list_rows: how many rows it has (-1: the summary cannot be written so; NULL: saved before 6).
+    """
+    ALTER TABLE config_snapshot ADD COLUMN list_rows INTEGER;
+    CREATE TABLE config_snapshot_rows (
+        config_path TEXT NOT NULL,
+        pos INTEGER NOT NULL,          -- the YAML's order
+        name TEXT NOT NULL,
+        trigger_rowid INTEGER,         -- triggers.rowid of `name` when saved: a hint, checked against the name
+        enabled INTEGER NOT NULL,      -- the YAML's enabled
+        head TEXT NOT NULL,            -- '{"name": ..., "type": ..., "workflow": ..., "interval": ..., "enabled": '
+        enabled_json TEXT NOT NULL,    -- the YAML's enabled as JSON
+        mid TEXT NOT NULL,             -- ', "dedupe": ..., "last_poll_at": '
+        PRIMARY KEY (config_path, pos)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -183,6 +200,50 @@ _FLUSH_BY_NAME = ("UPDATE triggers SET last_poll_at = ?, last_result = ?, last_r
 
 
 _ACTIVE_RUNS = "SELECT trigger_name, count(*) AS n FROM runs WHERE status IN ('queued','running') GROUP BY trigger_name"
+
+
+def _iso_sql(x: str) -> str:
+    """render.iso of ``x`` in SQL, for 0 <= x < 253402300799 (checked by _LIST_SLOW): strftime
+    rounds to the millisecond, so it is given the millisecond that iso keeps. iso rounds the
+    microsecond half to even and cuts it to the millisecond; half up gives the same millisecond
+    (a tie between two microseconds that straddle a millisecond is at an odd one, rounded up by
+    both), and adding 0.5 to the microseconds in floating point is exact but where a power of two
+    lies within 0.5, never a millisecond."""
+    ms = f"(CAST({x} AS INTEGER) * 1000 + CAST((({x} - CAST({x} AS INTEGER)) * 1e6 + 0.5) AS INTEGER) / 1000)"
+    return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || strftime('%Y-%m-%dT%H:%M:%fZ', {ms} / 1000.0, 'unixepoch') || '"' END"""
+
+
+def _time_slow(x: str) -> str:
+    # NULL is not slow; text and blobs compare greater than any number.
+    return f"NOT ({x} >= 0 AND {x} < 253402300799)"
+
+
+_LIST_ENABLED = "CASE WHEN t.enabled IS NULL THEN s.enabled ELSE t.enabled END"
+# Text is written by json_quote, as json.dumps does (ensure_ascii off) for valid UTF-8; the caller's
+# render.safe_json then escapes what json_text escapes beyond it, and text that is not UTF-8 is read
+# as the other queries read it (SQLiteStore._query).
+_LIST_SLOW = " OR ".join([
+    "(s.trigger_rowid IS NOT NULL AND t.name IS NOT s.name)",
+    "typeof(t.enabled) NOT IN ('null', 'integer')",
+    _time_slow("t.last_poll_at"), _time_slow("t.next_poll_at"),
+    "typeof(t.last_result) NOT IN ('null', 'text')", "typeof(t.last_reason) NOT IN ('null', 'text')",
+    "typeof(coalesce(t.fires, 0)) != 'integer'", "typeof(coalesce(t.consecutive_errors, 0)) != 'integer'",
+])
+_LIST_JSON = f"""
+SELECT group_concat(piece, ', ') FROM (
+    SELECT CASE WHEN {_LIST_SLOW} THEN char(0) || s.pos ELSE printf(
+        '%s%s%s%s, "last_result": %s, "next_poll_at": %s, "active_runs": %d, "fires": %d, "consecutive_errors": %d, "last_reason": %s%s',
+        s.head, CASE WHEN t.enabled IS NULL THEN s.enabled_json WHEN t.enabled THEN 'true' ELSE 'false' END, s.mid,
+        {_iso_sql("t.last_poll_at")}, coalesce(json_quote(t.last_result), 'null'),
+        CASE WHEN {_LIST_ENABLED} THEN {_iso_sql("t.next_poll_at")} ELSE 'null' END,
+        coalesce(a.n, 0), coalesce(t.fires, 0), coalesce(t.consecutive_errors, 0), coalesce(json_quote(t.last_reason), 'null'), ?2)
+    END AS piece
+    FROM config_snapshot_rows s
+    LEFT JOIN triggers t ON t.rowid = coalesce(s.trigger_rowid, (SELECT rowid FROM triggers WHERE name = s.name))
+    LEFT JOIN ({_ACTIVE_RUNS}) a ON a.trigger_name = s.name
+    WHERE s.config_path = ?1
+    ORDER BY s.pos
+)"""
 
 
 FLUSH_CHUNK = 64  # counters per UPDATE statement (512 parameters)
@@ -691,9 +752,19 @@ class SQLiteStore(Store):
                 for r in self._query("SELECT key, value FROM trigger_kv WHERE trigger_name = ?", (trigger,))}
 
     def save_config_snapshot(self, config_path: str, fingerprint: str, triggers: list[dict[str, Any]]) -> None:
+        from trigctl.render import list_json_parts
+
+        parts = list_json_parts(triggers)
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO config_snapshot (config_path, fingerprint, triggers) VALUES (?, ?, ?)",
-                      (config_path, fingerprint, json.dumps(triggers)))
+            c.execute("INSERT OR REPLACE INTO config_snapshot (config_path, fingerprint, triggers, list_rows) VALUES (?, ?, ?, ?)",
+                      (config_path, fingerprint, json.dumps(triggers), -1 if parts is None else len(parts)))
+            c.execute("DELETE FROM config_snapshot_rows WHERE config_path = ?", (config_path,))
+            if parts:
+                rowids = dict(c.execute("SELECT name, rowid FROM triggers").fetchall())
+                c.executemany("INSERT INTO config_snapshot_rows (config_path, pos, name, trigger_rowid, enabled, head, "
+                              "enabled_json, mid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              [(config_path, pos, name, rowids.get(name), enabled, head, enabled_json, mid)
+                               for pos, (name, enabled, head, enabled_json, mid) in enumerate(parts)])
 
     def config_snapshot(self, config_path: str, fingerprint: str) -> list[dict[str, Any]] | None:
         rows = self._query("SELECT triggers FROM config_snapshot WHERE config_path = ? AND fingerprint = ?",
@@ -701,8 +772,22 @@ class SQLiteStore(Store):
         return json.loads(rows[0]["triggers"]) if rows else None
 
     def has_config_snapshot(self, config_path: str, fingerprint: str) -> bool:
-        return bool(self._query("SELECT 1 FROM config_snapshot WHERE config_path = ? AND fingerprint = ?",
-                                (config_path, fingerprint)))
+        # One saved before schema 6 lacks its rows: `run` saves it again.
+        return bool(self._query("SELECT 1 FROM config_snapshot WHERE config_path = ? AND fingerprint = ? "
+                                "AND list_rows IS NOT NULL", (config_path, fingerprint)))
+
+    def list_json_text(self, config_path: str, fingerprint: str, tail: str) -> str | None:
+        # One query writes it: the YAML's parts as saved, the state's values (_LIST_JSON). A value
+        # off that path (a time before 1970 or after 9999, an odd type, a row whose rowid moved)
+        # makes its trigger's object "\0<pos>", written by the caller.
+        rows = self._query("SELECT list_rows FROM config_snapshot WHERE config_path = ? AND fingerprint = ?",
+                           (config_path, fingerprint), tuples=True)
+        if not rows or rows[0][0] is None or rows[0][0] < 0:
+            return None
+        if rows[0][0] == 0:
+            return "[]"
+        (text,), = self._query(_LIST_JSON, (config_path, tail), tuples=True)
+        return f"[{text}]"
 
     def load_all_kv(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
