@@ -352,6 +352,9 @@ def test_sigkill_at_many_moments_loses_nothing(project, tmp_path):
         expected: set[str] = set()
         proc = RunProc(project, *args, log=tmp_path / "trigctl.log")
         try:
+            # Its signal handlers are in place once it logs its start: a SIGTERM sent before (the work
+            # may all be done already) would kill the interpreter while it still imports.
+            proc.wait_line('"event": "start"', timeout=30)
             produced = {j for jobs in producer.produced.values() for j in jobs}
 
             def drained():
