@@ -30,6 +30,7 @@ from trigctl.procs import (
     drain,
     kill_group,
     proc_start_time,
+    spawn,
     tail_text,
     terminate_group,
     wait_reading,
@@ -499,8 +500,7 @@ class RunExecution:
         out_r, out_w = os.pipe()
         try:
             gated = argv if task.kind == "run" else [*self.runner.gate(), *argv]
-            proc = subprocess.Popen(gated, cwd=cwd, env=env,
-                                    stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = spawn(gated, cwd, env, gate_r, out_w)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
             os.close(gate_w)
             os.close(out_r)
