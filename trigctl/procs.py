@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -154,6 +155,7 @@ def kill_recorded_group(pid: int | None, pgid: int | None, proc_start: str | Non
 # lacks process_group and allow_vfork; later ones may change it): elsewhere spawn() is Popen.
 _FORK_EXEC = (_posixsubprocess is not None and sys.implementation.name == "cpython"
               and (3, 11) <= sys.version_info[:2] <= (3, 13))
+_reap_lock = threading.Lock()
 _unreaped: list[int] = []  # children whose Child was dropped before they were reaped (see Child.__del__)
 
 
@@ -203,13 +205,20 @@ class Child:
 
 
 def _reap_dropped() -> None:
-    for pid in list(_unreaped):
-        try:
-            done = os.waitpid(pid, os.WNOHANG)[0] == pid
-        except ChildProcessError:
-            done = True
-        if done:
-            _unreaped.remove(pid)
+    # One thread at a time, and a PID leaves the list as it is reaped: once reaped, the PID can be
+    # handed to a new child, whose exit another thread must not collect.
+    if not _reap_lock.acquire(blocking=False):
+        return
+    try:
+        for pid in list(_unreaped):
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0] == pid
+            except ChildProcessError:
+                done = True
+            if done:
+                _unreaped.remove(pid)
+    finally:
+        _reap_lock.release()
 
 
 def spawn(argv: list[str], cwd: str, env: dict[bytes, bytes], stdin: int, stdout: int) -> Child | subprocess.Popen:
