@@ -275,7 +275,6 @@ def test_gated_tasks_of_a_real_run_keep_their_shell_semantics(tmp_path, write_ya
     """Through WorkflowRunner: a `run:` script's own line numbers, stdin from /dev/null, argv found in
     PATH through the gate; every task row and the run's end written (in shared transactions)."""
     from trigctl.config import load_config
-    from trigctl.workflows import WorkflowRunner
 
     callables("def f():\n    return None\n", "gatetasks")
     cfg = load_config(write_yaml("""
@@ -300,11 +299,7 @@ def test_gated_tasks_of_a_real_run_keep_their_shell_semantics(tmp_path, write_ya
         return apply(steps)
 
     store.apply_run_steps = apply_run_steps  # type: ignore[method-assign]
-    run_id = store.enqueue_run("x", "w", {"n": 5}, time.time()).run_id
-    runner = WorkflowRunner(cfg, store)
-    assert [r.id for r in runner.pump()] == [run_id]
-    assert runner.join(30)
-    run = store.get_run(run_id)
+    run = _run_to_its_end(cfg, store, {"n": 5})
     tasks = {t["name"]: t for t in run.tasks}
     assert run.status == "succeeded" and list(tasks) == ["stdin", "found", "broken", "last"]
     assert tasks["stdin"]["output_tail"] == "stdin-done /bin/sh\n"  # cat read /dev/null, not the gate's pipe
@@ -365,3 +360,50 @@ def test_a_cancel_of_a_run_its_fire_claimed_is_not_lost_before_the_pump_takes_it
     assert runner.workflows.join(30)
     assert store.get_run(run_id).status == "cancelled"
     store.close()
+
+
+def test_a_task_whose_row_cannot_be_written_never_runs(tmp_path, write_yaml, callables):
+    """The gate opens on the thread that commits the task's row; if that write fails (a full disk),
+    the gate's pipe is closed unwritten: the task never runs, its gate is reaped, and the run ends
+    failed with the error (a later task does not start either)."""
+    from trigctl.config import load_config
+    from trigctl.store.base import StateError
+
+    callables("def f():\n    return None\n", "gatefail")
+    cfg = load_config(write_yaml("""
+        version: 1
+        workflows:
+          w: {tasks: [{name: t, argv: [touch, "ran-{{n}}"]}, {name: u, run: 'touch after'}]}
+        triggers:
+          - {name: x, type: python, callable: "gatefail:f", workflow: w}
+    """))
+    store = SQLiteStore(cfg.state_location())
+    record = store.apply_run_steps
+    gates: list[int] = []
+
+    def apply_run_steps(steps):
+        for name, args in steps:
+            if name == "task_started" and args[4] is not None:
+                gates.append(args[4])
+                raise StateError("cannot write the state: disk full")
+        return record(steps)
+
+    store.apply_run_steps = apply_run_steps  # type: ignore[method-assign]
+    run = _run_to_its_end(cfg, store, {"n": 7})
+    assert run.status == "failed" and "disk full" in (run.error or "")
+    assert not (tmp_path / "ran-7").exists() and not (tmp_path / "after").exists()
+    assert len(gates) == 1
+    with pytest.raises(ChildProcessError):  # the gate was reaped
+        os.waitpid(gates[0], os.WNOHANG)
+    store.close()
+
+
+def _run_to_its_end(cfg, store, context):
+    """One run of trigger x's workflow, started by a WorkflowRunner and waited for; its row at the end."""
+    from trigctl.workflows import WorkflowRunner
+
+    run_id = store.enqueue_run("x", "w", context, time.time()).run_id
+    runner = WorkflowRunner(cfg, store)
+    assert [r.id for r in runner.pump()] == [run_id]
+    assert runner.join(30)
+    return store.get_run(run_id)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import select
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
+
+try:
+    import _posixsubprocess
+except ImportError:  # not POSIX
+    _posixsubprocess = None  # type: ignore[assignment]
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -88,7 +96,7 @@ def group_running(pgid: int) -> bool:
     return False
 
 
-def kill_group(pgid: int, grace: float = 5.0, proc: subprocess.Popen | None = None) -> None:
+def kill_group(pgid: int, grace: float = 5.0, proc: subprocess.Popen | Child | None = None) -> None:
     """SIGTERM the group, then SIGKILL whatever is left after ``grace`` seconds.
 
     With ``proc`` (the group's leader, our child) it is reaped while waiting, so a group that dies
@@ -113,7 +121,7 @@ def kill_group(pgid: int, grace: float = 5.0, proc: subprocess.Popen | None = No
         pass
 
 
-def terminate_group(proc: subprocess.Popen, grace: float) -> None:
+def terminate_group(proc: subprocess.Popen | Child, grace: float) -> None:
     """Kill the group led by our child ``proc`` (see :func:`kill_group`) and reap ``proc``.
 
     Also after ``proc`` exited: children it left in its group are terminated (the group id cannot
@@ -139,6 +147,152 @@ def kill_recorded_group(pid: int | None, pgid: int | None, proc_start: str | Non
         return False
     kill_group(pgid, grace)
     return True
+
+
+# ------------------------------------------------------------------------------ starting tasks
+
+# The argument list of _posixsubprocess.fork_exec that Popen passes on CPython 3.11 to 3.13 (3.10's
+# lacks process_group and allow_vfork; later ones may change it): elsewhere spawn() is Popen.
+_FORK_EXEC = (_posixsubprocess is not None and sys.implementation.name == "cpython"
+              and (3, 11) <= sys.version_info[:2] <= (3, 13))
+_reap_lock = threading.Lock()
+_unreaped: list[int] = []  # children whose Child was dropped before they were reaped (see Child.__del__)
+
+
+class Child:
+    """A started process (what spawn() gives): ``pid``, ``args``, ``returncode``, ``poll()`` and
+    ``wait(timeout)`` as Popen's, for a child whose pipes the caller owns."""
+
+    __slots__ = ("pid", "args", "returncode")
+
+    def __init__(self, pid: int, args: list[str]):
+        self.pid, self.args = pid, args
+        self.returncode: int | None = None
+
+    def _reaped(self, flags: int) -> int | None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): the exit status is lost, as with Popen
+            self.returncode = 0
+            return 0
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self.returncode if self.returncode is not None else self._reaped(os.WNOHANG)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            delay = 0.0005
+            while self._reaped(os.WNOHANG) is None:  # as Popen.wait(timeout): look with a growing pause
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                delay = min(delay * 2, left, 0.05)
+                time.sleep(delay)
+            return self.returncode  # type: ignore[return-value]
+        code = self._reaped(0)
+        assert code is not None
+        return code
+
+    def __del__(self) -> None:
+        if self.returncode is None:  # not reaped (stuck in the kernel past its grace): the next spawn tries
+            _unreaped.append(self.pid)
+
+
+def _reap_dropped() -> None:
+    # One thread at a time, and a PID leaves the list as it is reaped: once reaped, the PID can be
+    # handed to a new child, whose exit another thread must not collect.
+    if not _reap_lock.acquire(blocking=False):
+        return
+    try:
+        for pid in list(_unreaped):
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0] == pid
+            except ChildProcessError:
+                done = True
+            if done:
+                _unreaped.remove(pid)
+    finally:
+        _reap_lock.release()
+
+
+def spawn(argv: list[str], cwd: str, env: dict[bytes, bytes], stdin: int, stdout: int) -> Child | subprocess.Popen:
+    """Start ``argv`` in a new session (its own process group) with stdin and stdout (stderr: the
+    same) on these descriptors and no other descriptor open: ``Popen(argv, cwd=cwd, env=env,
+    stdin=stdin, stdout=stdout, stderr=STDOUT, start_new_session=True)``, the same errors
+    (OSError, with the program or ``cwd`` as its filename; ValueError for a NUL byte).
+
+    On CPython 3.11-3.13 without Popen's Python side: Popen encodes every environment variable
+    (two ``os.fsencode`` calls each, ~100 a task) and builds its object, about half of what
+    starting a short task cost trigctl's parent process. The child is started the same way
+    (``_posixsubprocess.fork_exec``: vfork, signals restored, descriptors closed)."""
+    if not _FORK_EXEC:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    if _unreaped:
+        _reap_dropped()
+    sys.audit("subprocess.Popen", argv[0], argv, cwd, env)
+    env_list = []
+    for k, v in env.items():
+        if b"=" in k:
+            raise ValueError("illegal environment variable name")
+        env_list.append(k + b"=" + v)
+    executable = os.fsencode(argv[0])
+    if os.path.dirname(executable):
+        executables: tuple[bytes, ...] = (executable,)
+    else:  # as Popen (os._execvpe): looked up in the PATH the child gets
+        executables = tuple(os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env))  # type: ignore[arg-type]
+    err_r, err_w = os.pipe()  # the child's exec failure, as "ExceptionName:hex errno:message"
+    low = []
+    while err_w < 3:  # must not land on a standard descriptor of the child
+        low.append(err_w)
+        err_w = os.dup(err_w)
+    for fd in low:
+        os.close(fd)
+    try:
+        try:
+            pid = _posixsubprocess.fork_exec(
+                argv, executables, True, (err_w,), cwd, env_list,
+                stdin, -1, -1, stdout, -1, stdout, err_r, err_w,
+                True, True, -1, None, None, None, -1, None,  # type: ignore[arg-type]
+                getattr(subprocess, "_USE_VFORK", True))
+        finally:
+            os.close(err_w)
+        data = bytearray()
+        while True:
+            part = os.read(err_r, 50000)
+            data += part
+            if not part or len(data) > 50000:
+                break
+    finally:
+        os.close(err_r)
+    child = Child(pid, argv)
+    if data:
+        child.wait()
+        raise _child_error(bytes(data), argv[0], cwd)
+    return child
+
+
+def _child_error(data: bytes, program: str, cwd: str) -> Exception:
+    """The exception Popen raises for what the child wrote to its error pipe."""
+    try:
+        name, hex_errno, message = data.split(b":", 2)
+        text = message.decode()
+    except ValueError:
+        return subprocess.SubprocessError(f"Bad exception data from child: {data!r}")
+    kind = getattr(builtins, name.decode("ascii", "replace"), subprocess.SubprocessError)
+    if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        kind = subprocess.SubprocessError
+    if issubclass(kind, OSError) and hex_errno:
+        number = int(hex_errno, 16)
+        filename = cwd if text == "noexec" else program  # "noexec": chdir(cwd) failed
+        return kind(number, os.strerror(number) if number else ("" if text == "noexec" else text), filename)
+    return kind(text)
 
 
 # ------------------------------------------------------------------------------ reading output
@@ -194,7 +348,7 @@ class OutputHead:
         return bytes(self._buf)
 
 
-def wait_reading(proc: subprocess.Popen, sinks: dict[int, OutputTail | OutputHead], timeout: float | None,
+def wait_reading(proc: subprocess.Popen | Child, sinks: dict[int, OutputTail | OutputHead], timeout: float | None,
                  progress: Callable[[], float | None] | None = None) -> int:
     """Wait for ``proc`` to exit (TimeoutExpired after ``timeout``) while reading its output pipes,
     each into its sink. Woken by the exit itself (a pidfd) and by output; the end of the output is

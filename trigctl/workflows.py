@@ -30,6 +30,7 @@ from trigctl.procs import (
     drain,
     kill_group,
     proc_start_time,
+    spawn,
     tail_text,
     terminate_group,
     wait_reading,
@@ -164,9 +165,19 @@ class ResultTooLarge(Exception):
 def read_capped(path: str, what: str, limit: int = MAX_TASK_RESULT_BYTES) -> bytes:
     """A file a task wrote for trigctl, at most ``limit`` bytes: a larger one raises ResultTooLarge
     without being read (a task can write gigabytes; trigctl's memory must not follow)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data = f.read(limit + 1) if size <= limit else b""
+    # os-level calls: a file object adds an isatty ioctl, a second fstat and reads (once per task)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = b""
+        if size <= limit:
+            while len(data) <= limit:
+                chunk = os.read(fd, limit + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        os.close(fd)
     if size > limit or len(data) > limit:
         raise ResultTooLarge(f"{what} is larger than {MAX_TASK_RESULT_TEXT} ({max(size, len(data))} bytes); "
                              f"trigctl reads at most {limit} bytes of it")
@@ -205,7 +216,8 @@ def _write_file(path: str, text: str) -> None:
     """A small private file (owner-only, like the directory it is in)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, text.encode())
+        if text:
+            os.write(fd, text.encode())
     finally:
         os.close(fd)
 
@@ -324,6 +336,16 @@ class _OutputSoFar:
         return self._next
 
 
+class _Gate:
+    """A task's start gate, opened by whichever thread commits the task's row."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class RunExecution:
     """One run, on its own thread."""
 
@@ -364,6 +386,31 @@ class RunExecution:
         """The task's row, written (with what was deferred before it) before this returns."""
         deferred, self._deferred = self._deferred, []
         self.runner.runlog.call("task_started", self.run.id, idx, name, started_at, pid, pid, proc_start, before=deferred)
+
+    def _open_gate_once_recorded(self, idx: int, name: str, started_at: float, pid: int, gate_w: int) -> _Gate:
+        """Write the task's row (with what was deferred before it) and, once it is committed, let
+        the task pass its start gate (on the thread that committed it: this thread goes on to wait
+        for the task, not for the commit). If the row cannot be written, the gate's pipe is closed
+        unwritten (the gate exits 125, the task never runs) and the error is in ``error``."""
+        gate = _Gate()
+        deferred, self._deferred = self._deferred, []
+
+        def written(_result: Any, error: BaseException | None) -> None:
+            try:
+                if error is None:
+                    self._recorded = True
+                    try:
+                        os.write(gate_w, b"\n")
+                    except BrokenPipeError:  # cancelled (killed) at the gate
+                        pass
+                gate.error = error
+            finally:
+                os.close(gate_w)
+                gate.done.set()
+
+        step = ("task_started", (self.run.id, idx, name, started_at, pid, pid, proc_start_time(pid)))
+        self.runner.runlog.post([*deferred, step], written)
+        return gate
 
     # -- the run
     def _main(self) -> None:
@@ -499,8 +546,7 @@ class RunExecution:
         out_r, out_w = os.pipe()
         try:
             gated = argv if task.kind == "run" else [*self.runner.gate(), *argv]
-            proc = subprocess.Popen(gated, cwd=cwd, env=env,
-                                    stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = spawn(gated, cwd, env, gate_r, out_w)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument
             os.close(gate_w)
             os.close(out_r)
@@ -508,17 +554,11 @@ class RunExecution:
         finally:
             os.close(gate_r)
             os.close(out_w)
+        gate: _Gate | None = None
         try:
             with self._proc_lock:
                 self._pgid = proc.pid
-            try:
-                self._task_started(idx, task.name, started_at, proc.pid, proc_start_time(proc.pid))
-                self._recorded = True
-                os.write(gate_w, b"\n")
-            except BrokenPipeError:  # cancelled (killed) at the gate
-                pass
-            finally:
-                os.close(gate_w)
+            gate = self._open_gate_once_recorded(idx, task.name, started_at, proc.pid, gate_w)
             if self.cancel_event.is_set():
                 kill_group(proc.pid, self.runner.kill_grace)
             try:
@@ -537,6 +577,10 @@ class RunExecution:
             drain({out_r: sink})
         finally:
             os.close(out_r)
+            if gate is not None:
+                gate.done.wait()  # (at once, unless the task was killed before its record was written)
+        if gate.error is not None:  # not recorded: the gate exited 125 without running the task
+            raise gate.error
         output = sink.text()
         if self.cancel_event.is_set():
             return TaskOutcome("cancelled", code, "cancelled", output=output)
