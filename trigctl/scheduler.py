@@ -53,6 +53,7 @@ _DUE_AT = operator.attrgetter("due_at")
 
 MAX_MESSAGE = 20_000  # characters of an error message kept before masking (4,000 are stored)
 FLUSH_BATCH = 2000  # counters per transaction: under load, a signal is looked at between batches
+STOP_CHECK_EVERY = 64  # polls started (or completed) between two looks at stop(): ~0.5 ms of them
 YIELDING_FLUSH_BATCH = 250  # counters per transaction when due polls may cut in (a few ms each)
 STATS_FLUSH_EVERY = 1.0  # seconds: skipped polls reach the state file in batches, at most this late...
 STATS_FLUSH_ROWS = 2_000  # ...for up to this many changed triggers; more wait longer, so that about this
@@ -97,6 +98,9 @@ class Slot:
     queued: int | None = None
     started: bool = False
     skip_report: PollReport | None = None  # the last skipped poll's report, reused (see _success)
+    #: the slot's last poll, completed as a plain skip and referenced by nothing else: the next poll
+    #: reuses it (a Poll built per poll was a tenth of the tick's time at 50,000 triggers)
+    spare: Poll | None = None
     #: this process holds the trigger's lease (always with SQLite; with a shared state, while the
     #: lease keeper says so: trigctl.scaleout)
     held: bool = True
@@ -111,6 +115,9 @@ class Poll:
     timed_out: bool = False
     stale: bool = False  # started under a lease since lost: its result is dropped, not recorded
     called_at: float = 0.0  # monotonic: when an inline call of it began (the runner's hand-off watch)
+    #: how many times the object was reused (Slot.spare): an entry of the deadline queues that names
+    #: an earlier use is dead
+    use: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +189,9 @@ class Scheduler:
         self._earliest: tuple[list[Slot], int, Slot, float] | None = None
         self._last_flush = 0.0
         self.alerts: list[int] = []  # runs started by on_error and on_recover
-        # Polls in flight by timeout: each deque is in start order, so also in deadline order.
-        self._deadlines: dict[float, deque[Poll]] = {}
+        # Polls in flight by timeout, as (poll, its use): each deque is in start order, so also in
+        # deadline order. An entry is live while its poll is in flight, not timed out, in that use.
+        self._deadlines: dict[float, deque[tuple[Poll, int]]] = {}
         self._dirty: dict[str, PollStats] = {}
         self._flushing = False  # a flush started and not finished (cut short for due polls)
         #: with a shared state, the monotonic time the leases lapse unless renewed: no poll starts past it
@@ -547,7 +555,8 @@ class Scheduler:
         deadlines = self._deadlines
         lease_deadline = self.lease_deadline
         last_timeout: float | None = None
-        queue: deque[Poll] = deque()  # replaced at the first poll (timeout differs from None)
+        queue: deque[tuple[Poll, int]] = deque()  # replaced at the first poll (timeout differs from None)
+        countdown = 1  # stop() before the first poll, then every STOP_CHECK_EVERY (a call per poll cost 2 %)
         while True:
             if not ready:
                 if not self._take(now, now_key):
@@ -557,9 +566,12 @@ class Scheduler:
             if slot.queued != key:  # re-pushed since, removed, or its lease lost
                 continue
             slot.queued = None
-            if stop is not None and stop():
-                self._push(slot)  # (not polled: still due)
-                return
+            countdown -= 1
+            if not countdown:
+                countdown = STOP_CHECK_EVERY
+                if stop is not None and stop():
+                    self._push(slot)  # (not polled: still due)
+                    return
             if not slot.enabled or not slot.held:
                 continue
             if lease_deadline is not None and time.monotonic() >= lease_deadline:
@@ -569,14 +581,20 @@ class Scheduler:
                 slot.waiting = True
                 continue
             timeout = slot.config.timeout
-            poll = Poll(slot, slot.due_at, now, now + timeout)
+            poll = slot.spare
+            if poll is None:
+                poll = Poll(slot, slot.due_at, now, now + timeout)
+            else:
+                slot.spare = None
+                poll.due_at, poll.started_at, poll.deadline = slot.due_at, now, now + timeout
+                poll.use += 1
             slot.in_flight = poll
             if timeout != last_timeout:
                 found = deadlines.get(timeout)
                 if found is None:
                     found = deadlines[timeout] = deque()
                 queue, last_timeout = found, timeout
-            queue.append(poll)
+            queue.append((poll, poll.use))
             yield poll
 
     def _start_all(self, now: float, stop: Callable[[], bool] | None) -> Iterator[Poll]:
@@ -600,7 +618,7 @@ class Scheduler:
             queue = self._deadlines.get(timeout)
             if queue is None:
                 queue = self._deadlines[timeout] = deque()
-            queue.append(poll)
+            queue.append((poll, 0))
             yield poll
 
     #: Run one poll, on whatever thread the runner chose (execute_poll, with no frame of its own:
@@ -613,10 +631,11 @@ class Scheduler:
         """Polls past their timeout become errors now; the call itself is left to return."""
         reports = []
         for queue in self._deadlines.values():
-            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out or queue[0].deadline <= now):
-                poll = queue.popleft()
+            while queue and (not _live(queue[0]) or queue[0][0].deadline <= now):
+                poll, use = queue.popleft()
                 slot = poll.slot
-                if slot.in_flight is poll and not poll.timed_out and not poll.stale and self.slots.get(slot.name) is slot:
+                if (slot.in_flight is poll and poll.use == use and not poll.timed_out and not poll.stale
+                        and self.slots.get(slot.name) is slot):
                     poll.timed_out = True
                     try:
                         report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
@@ -631,10 +650,10 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         best = None
         for queue in self._deadlines.values():
-            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out):
+            while queue and not _live(queue[0]):
                 queue.popleft()  # completed or already expired: drop lazily
-            if queue and (best is None or queue[0].deadline < best):
-                best = queue[0].deadline
+            if queue and (best is None or queue[0][0].deadline < best):
+                best = queue[0][0].deadline
         return best
 
     def busy(self) -> bool:
@@ -655,9 +674,13 @@ class Scheduler:
         reports: list[PollReport] = []
         slots, pop, skipped = self.slots, results.popleft, self._skipped
         published = self.bus.wants(PollCompleted)
+        countdown = 1  # stop() before the first result, then every STOP_CHECK_EVERY
         while results:
-            if stop is not None and stop():
-                break
+            countdown -= 1
+            if not countdown:
+                countdown = STOP_CHECK_EVERY
+                if stop is not None and stop():
+                    break
             poll, result, error = pop()
             slot = poll.slot
             if (error is None and type(result) is PollOutcome and not result.fires and not result.state_updates
@@ -668,6 +691,8 @@ class Scheduler:
                 report = skipped(slot, poll, result.skip_reason, now)
                 if published:
                     self._completed(poll, report, now)
+                if slot.impl is not None and not slot.impl.blocking:  # (a pool's worker may still hold a blocking poll for a moment)
+                    slot.spare = poll  # done with (an event copies its values): the next poll reuses it
                 continue
             report_or_none = self.complete(poll, result, error, now)
             if report_or_none is not None and report_or_none.result != "skipped":
@@ -1049,6 +1074,12 @@ class Scheduler:
             slot.stats.polls += taken.polls
         if writer.busy:
             writer.wait()
+
+
+def _live(entry: tuple[Poll, int]) -> bool:
+    """An entry of the deadline queues names a poll in flight, in that use of the object, not timed out."""
+    poll, use = entry
+    return poll.slot.in_flight is poll and poll.use == use and not poll.timed_out
 
 
 def _result_only(stats: PollStats) -> PollStats:
