@@ -98,9 +98,6 @@ class Slot:
     queued: int | None = None
     started: bool = False
     skip_report: PollReport | None = None  # the last skipped poll's report, reused (see _success)
-    #: the slot's last poll, completed as a plain skip and referenced by nothing else: the next poll
-    #: reuses it (a Poll built per poll was a tenth of the tick's time at 50,000 triggers)
-    spare: Poll | None = None
     #: this process holds the trigger's lease (always with SQLite; with a shared state, while the
     #: lease keeper says so: trigctl.scaleout)
     held: bool = True
@@ -115,9 +112,6 @@ class Poll:
     timed_out: bool = False
     stale: bool = False  # started under a lease since lost: its result is dropped, not recorded
     called_at: float = 0.0  # monotonic: when an inline call of it began (the runner's hand-off watch)
-    #: how many times the object was reused (Slot.spare): an entry of the deadline queues that names
-    #: an earlier use is dead
-    use: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +183,8 @@ class Scheduler:
         self._earliest: tuple[list[Slot], int, Slot, float] | None = None
         self._last_flush = 0.0
         self.alerts: list[int] = []  # runs started by on_error and on_recover
-        # Polls in flight by timeout, as (poll, its use): each deque is in start order, so also in
-        # deadline order. An entry is live while its poll is in flight, not timed out, in that use.
-        self._deadlines: dict[float, deque[tuple[Poll, int]]] = {}
+        # Polls in flight by timeout: each deque is in start order, so also in deadline order.
+        self._deadlines: dict[float, deque[Poll]] = {}
         self._dirty: dict[str, PollStats] = {}
         self._flushing = False  # a flush started and not finished (cut short for due polls)
         #: with a shared state, the monotonic time the leases lapse unless renewed: no poll starts past it
@@ -555,7 +548,7 @@ class Scheduler:
         deadlines = self._deadlines
         lease_deadline = self.lease_deadline
         last_timeout: float | None = None
-        queue: deque[tuple[Poll, int]] = deque()  # replaced at the first poll (timeout differs from None)
+        queue: deque[Poll] = deque()  # replaced at the first poll (timeout differs from None)
         countdown = 1  # stop() before the first poll, then every STOP_CHECK_EVERY (a call per poll cost 2 %)
         while True:
             if not ready:
@@ -581,20 +574,14 @@ class Scheduler:
                 slot.waiting = True
                 continue
             timeout = slot.config.timeout
-            poll = slot.spare
-            if poll is None:
-                poll = Poll(slot, slot.due_at, now, now + timeout)
-            else:
-                slot.spare = None
-                poll.due_at, poll.started_at, poll.deadline = slot.due_at, now, now + timeout
-                poll.use += 1
+            poll = Poll(slot, slot.due_at, now, now + timeout)
             slot.in_flight = poll
             if timeout != last_timeout:
                 found = deadlines.get(timeout)
                 if found is None:
                     found = deadlines[timeout] = deque()
                 queue, last_timeout = found, timeout
-            queue.append((poll, poll.use))
+            queue.append(poll)
             yield poll
 
     def _start_all(self, now: float, stop: Callable[[], bool] | None) -> Iterator[Poll]:
@@ -618,7 +605,7 @@ class Scheduler:
             queue = self._deadlines.get(timeout)
             if queue is None:
                 queue = self._deadlines[timeout] = deque()
-            queue.append((poll, 0))
+            queue.append(poll)
             yield poll
 
     #: Run one poll, on whatever thread the runner chose (execute_poll, with no frame of its own:
@@ -631,11 +618,10 @@ class Scheduler:
         """Polls past their timeout become errors now; the call itself is left to return."""
         reports = []
         for queue in self._deadlines.values():
-            while queue and (not _live(queue[0]) or queue[0][0].deadline <= now):
-                poll, use = queue.popleft()
+            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out or queue[0].deadline <= now):
+                poll = queue.popleft()
                 slot = poll.slot
-                if (slot.in_flight is poll and poll.use == use and not poll.timed_out and not poll.stale
-                        and self.slots.get(slot.name) is slot):
+                if slot.in_flight is poll and not poll.timed_out and not poll.stale and self.slots.get(slot.name) is slot:
                     poll.timed_out = True
                     try:
                         report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
@@ -650,10 +636,10 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         best = None
         for queue in self._deadlines.values():
-            while queue and not _live(queue[0]):
+            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out):
                 queue.popleft()  # completed or already expired: drop lazily
-            if queue and (best is None or queue[0][0].deadline < best):
-                best = queue[0][0].deadline
+            if queue and (best is None or queue[0].deadline < best):
+                best = queue[0].deadline
         return best
 
     def busy(self) -> bool:
@@ -691,8 +677,6 @@ class Scheduler:
                 report = skipped(slot, poll, result.skip_reason, now)
                 if published:
                     self._completed(poll, report, now)
-                if slot.impl is not None and not slot.impl.blocking:  # (a pool's worker may still hold a blocking poll for a moment)
-                    slot.spare = poll  # done with (an event copies its values): the next poll reuses it
                 continue
             report_or_none = self.complete(poll, result, error, now)
             if report_or_none is not None and report_or_none.result != "skipped":
@@ -1074,12 +1058,6 @@ class Scheduler:
             slot.stats.polls += taken.polls
         if writer.busy:
             writer.wait()
-
-
-def _live(entry: tuple[Poll, int]) -> bool:
-    """An entry of the deadline queues names a poll in flight, in that use of the object, not timed out."""
-    poll, use = entry
-    return poll.slot.in_flight is poll and poll.use == use and not poll.timed_out
 
 
 def _result_only(stats: PollStats) -> PollStats:
