@@ -618,10 +618,16 @@ class Scheduler:
         """Polls past their timeout become errors now; the call itself is left to return."""
         reports = []
         for queue in self._deadlines.values():
-            while queue and (queue[0].slot.in_flight is not queue[0] or queue[0].timed_out or queue[0].deadline <= now):
-                poll = queue.popleft()
+            while queue:  # (every completed poll passes here once: one look at it, then it is dropped)
+                poll = queue[0]
                 slot = poll.slot
-                if slot.in_flight is poll and not poll.timed_out and not poll.stale and self.slots.get(slot.name) is slot:
+                if slot.in_flight is not poll or poll.timed_out:  # completed, or expired already
+                    queue.popleft()
+                    continue
+                if poll.deadline > now:
+                    break
+                queue.popleft()
+                if not poll.stale and self.slots.get(slot.name) is slot:
                     poll.timed_out = True
                     try:
                         report = self._error(slot, poll, f"poll timed out after {slot.config.timeout:g}s", now)
