@@ -97,9 +97,9 @@ def test_a_tick_left_half_way_leaves_the_rest_for_the_next(tmp_path, callables, 
 
 
 def test_complete_all_leaves_every_slot_as_complete_does(tmp_path, callables, clock):
-    """Interval triggers on their grid (the inlined path), woken early, late by more than an interval,
-    with a changing skip reason, schedules, errors, fires: the same due times (jitter drawn in the
-    same order), grids and counters either way."""
+    """Interval triggers on their grid (the common path), woken early, woken while in flight, late by
+    more than an interval, with a changing skip reason, schedules, errors, fires: the same due times
+    (jitter drawn in the same order), grids and counters either way."""
     callables("""
         N = [0]
         def skip():
@@ -130,6 +130,7 @@ def test_complete_all_leaves_every_slot_as_complete_does(tmp_path, callables, cl
         scheds.append(sched)
     one, every = scheds
     now = clock.now
+    woken_in_flight = 0
     for step in range(60):
         now += 0.25 if step != 30 else 3.7  # once late by more than an interval
         if step % 9 == 4:
@@ -137,6 +138,11 @@ def test_complete_all_leaves_every_slot_as_complete_does(tmp_path, callables, cl
                 sched.wake("p2", now)  # polled before its slot on the grid
         polls = [sched.tick(now) for sched in scheds]
         assert [p.slot.name for p in polls[0]] == [p.slot.name for p in polls[1]]
+        p3_in_flight = step % 7 == 3 and every.slots["p3"].in_flight is not None
+        woken_in_flight += p3_in_flight
+        if step % 7 == 3:
+            for sched in scheds:
+                sched.wake("p3", now)  # in flight: it goes again as soon as it returns (slot.waiting)
         results = [_call(one, p) for p in polls[0]]  # one call each: the same results for both
         for poll, (result, error) in zip(polls[0], results):
             one.complete(poll, result, error, now + 0.01)
@@ -145,7 +151,10 @@ def test_complete_all_leaves_every_slot_as_complete_does(tmp_path, callables, cl
             b = every.slots[name]
             assert (a.due_at, a.grid_at, a.stats) == (b.due_at, b.grid_at, b.stats), (step, name)
         assert one.next_due() == every.next_due()
+        if p3_in_flight:
+            assert every.slots["p3"].due_at == now + 0.01  # due again at once, its grid unmoved
     assert every.slots["p1"].stats.polls > 10 and every.slots["reasons"].stats.last_result == "skipped"
+    assert woken_in_flight > 0
 
 
 def _call(sched: Scheduler, poll):
