@@ -7,6 +7,11 @@ Each (system, N, phase) runs in its own subprocess so RSS is its own. Lateness i
 callable entered. The floor is one heap of due times calling the same function inline (what any
 scheduler in Python could reach on this machine); p99 / floor is the ratio to it in the same run.
 Start-up is the YAML (loaded as `trigctl run` does) to the first poll. Prints a markdown table.
+"Missed" counts due polls never executed: each trigger is on a 1 s grid (its jitter is drawn inside
+its slot), so each has exactly ``seconds - 2`` grid slots in the window's first ``seconds - 2`` s, all
+due (jitter < 1 s) and executed (lateness < 1 s) before the window ends; missed = that number minus
+the distinct (trigger, slot) pairs executed. "executed/due" alone counts executions in the window,
+which also moves with the backlog at its two ends.
 ``--profile``: each trigctl child samples its threads during the measured window (bench/_common.py's
 Sampler, every 2 ms; it takes the GIL to sample, so the figures of that run are a little worse) and
 prints the profile on stderr.
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +53,8 @@ def run_trigctl(n: int, seconds: float, spread: bool, profile: bool = False) -> 
     store = SQLiteStore(str(tmp / "state.db"))
     lateness: list[float] = []
     record = lateness.append
+    # (trigger, the grid slot this poll is for), 16 bytes a poll (a tuple would add 50 MB at 50,000)
+    slots = Slots()
     original = Scheduler.execute
     first: list[float] = []
 
@@ -54,6 +62,7 @@ def run_trigctl(n: int, seconds: float, spread: bool, profile: bool = False) -> 
         if not first:
             first.append(time.monotonic())
         record(time.time() - poll.due_at)
+        slots.record(id(poll.slot), poll.slot.grid_at)
         return original(poll)
 
     Scheduler.execute = staticmethod(timed_execute)  # as it is: execute_poll, a staticmethod
@@ -70,7 +79,9 @@ def run_trigctl(n: int, seconds: float, spread: bool, profile: bool = False) -> 
         time.sleep(0.05)
     time.sleep(2.0)
     lateness.clear()
+    slots.clear()
     sampler = Sampler().start() if profile else None
+    t0 = time.time()
     cpu0, wall0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
     cpu1, wall1 = time.process_time(), time.monotonic()
@@ -79,10 +90,12 @@ def run_trigctl(n: int, seconds: float, spread: bool, profile: bool = False) -> 
         sampler.stop()
         print(sampler.report(), file=sys.stderr)
     rss = rss_mb()
+    missed = slots.missed(n, t0, seconds)  # after the RSS: its set is the bench's, not trigctl's
     runner.stop()
     t.join(30)
     due = n * seconds
     return {"system": "trigctl", "n": n, "phase": "spread" if spread else "at once", "executed": len(sample), "due": due,
+            "missed": missed,
             "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000, "max_ms": max(sample) * 1000 if sample else 0,
             "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss, "startup_s": first[0] - t_start if first else None}
 
@@ -105,6 +118,7 @@ def run_floor(n: int, seconds: float, spread: bool) -> dict:
     heapq.heapify(heap)
     lateness: list[float] = []
     record = lateness.append
+    slots = Slots()
     stop = threading.Event()
 
     def loop():
@@ -114,29 +128,60 @@ def run_floor(n: int, seconds: float, spread: bool) -> dict:
             while heap[0][0] <= now:
                 due, i = pop(heap)
                 record(time.time() - due)
+                slots.record(i, due)
                 fns[i]()
                 push(heap, (due + 1.0, i))
             stop.wait(max(heap[0][0] - time.time(), 0.002))
 
     th = threading.Thread(target=loop, daemon=True)
     th.start()
-    out = _measured("floor (inline heap)", n, spread, seconds, lateness, t0 + 2.0)
+    out = _measured("floor (inline heap)", n, spread, seconds, lateness, t0 + 2.0, slots)
     stop.set()
     th.join(5)
     return out
 
 
-def _measured(system: str, n: int, spread: bool, seconds: float, lateness: list[float], start: float) -> dict:
+class Slots:
+    """The (trigger, grid slot) of each poll executed, in two flat arrays."""
+
+    def __init__(self) -> None:
+        self.who, self.grid = array("q"), array("d")
+
+    def record(self, who: int, grid: float) -> None:
+        self.who.append(who)
+        self.grid.append(grid)
+
+    def clear(self) -> None:
+        del self.who[:], self.grid[:]
+
+    def missed(self, n: int, t0: float, seconds: float) -> int | None:
+        """Due polls never executed (see the module's docstring): ``n * (seconds - 2)`` grid slots
+        in ``[t0, t0 + seconds - 2)`` minus the distinct (trigger, slot) pairs executed among them."""
+        whole = int(seconds) - 2
+        if whole < 1:
+            return None
+        end = t0 + whole
+        who, grid = self.who[:], self.grid[:]
+        return n * whole - len({(w, g) for w, g in zip(who, grid) if t0 <= g < end})
+
+
+def _measured(system: str, n: int, spread: bool, seconds: float, lateness: list[float], start: float,
+              slots: Slots | None = None) -> dict:
     """From wall-clock ``start`` on, ``seconds`` of lateness samples, CPU and RSS, as a result row."""
     time.sleep(max(0, start - time.time()))
     lateness.clear()
+    if slots is not None:
+        slots.clear()
+    t0 = time.time()
     cpu0, wall0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
     cpu1, wall1 = time.process_time(), time.monotonic()
     sample = list(lateness)
+    rss = rss_mb()
     return {"system": system, "n": n, "phase": "spread" if spread else "at once", "executed": len(sample),
+            "missed": slots.missed(n, t0, seconds) if slots is not None else None,
             "due": n * seconds, "p50_ms": pct(sample, 50) * 1000, "p99_ms": pct(sample, 99) * 1000,
-            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss_mb()}
+            "max_ms": max(sample) * 1000 if sample else 0, "cpu": (cpu1 - cpu0) / (wall1 - wall0), "rss_mb": rss}
 
 
 def run_apscheduler(n: int, seconds: float, spread: bool) -> dict:
@@ -209,11 +254,12 @@ def main() -> None:
                     floor = r
                 ratio = r["p99_ms"] / floor["p99_ms"] if floor and floor["p99_ms"] > 0 else float("nan")
                 print(f"| {r['system']} | {r['n']} | {r['phase']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio:.2f} | "
-                      f"{r['max_ms']:.1f} | {r['executed']}/{r['due']:.0f} ({100 * r['executed'] / r['due']:.0f}%) | "
+                      f"{r['max_ms']:.1f} | {r['executed']}/{r['due']:.0f} ({100 * r['executed'] / r['due']:.2f}%) | "
+                      f"{'-' if r.get('missed') is None else r['missed']} | "
                       f"{r['cpu']:.2f} | {r['rss_mb']:.0f} | {_startup(r)} |", flush=True)
 
 
 if __name__ == "__main__":
-    print("| system | N | phase | p50 ms | p99 ms | p99 / floor | max ms | polls executed/due | CPU s/s | RSS MB | YAML → first poll s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| system | N | phase | p50 ms | p99 ms | p99 / floor | max ms | polls executed/due | missed | CPU s/s | RSS MB | YAML → first poll s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     main()

@@ -758,7 +758,10 @@ class Scheduler:
     def _next_due(self, slot: Slot, poll: Poll, now: float) -> float:
         tc = slot.config
         grid = slot.grid_at
-        if grid <= now < grid + tc.interval:  # on its grid, the common case: first (the hot path)
+        # On its grid and not late by an interval (from its own due time: with a jitter near the
+        # interval, a poll drawn late in its slot may end after the next slot began, and that slot
+        # is still due), the common case: first (the hot path).
+        if grid <= now < poll.due_at + tc.interval:
             impl = slot.impl
             if impl is None or not impl.has_own_schedule:
                 nxt = slot.grid_at = grid + tc.interval
