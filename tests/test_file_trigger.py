@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from watchdog.events import FileClosedEvent
 
 from trigctl.config import TriggerConfig
 from trigctl.triggers.base import PollContext, PollError, PollOutcome, trigger_types
@@ -325,6 +326,42 @@ class Waker:
         ok = self.event.wait(timeout)
         self.event.clear()
         return ok
+
+
+def test_a_wake_taken_by_a_backlog_share_still_leads_to_a_scan(tmp_path, inbox):
+    # More files than one poll fires: the rest is a backlog, worked a share a poll without scanning.
+    # A file that arrives meanwhile wakes the trigger, but that wake is spent on a share: when the
+    # backlog ends, the trigger asks for a scan at once (it used to wait for the next interval).
+    for i in range(FIRES_PER_POLL + 50):
+        put(inbox / f"f{i:05d}.csv")
+    trig = make(tmp_path, pattern="*.csv", settle=0, watch=False)
+    wake = Waker()
+    trig.start(wake)
+    try:
+        state: dict = {}
+        out = trig.poll(ctx(time.time() + 10, state))
+        assert len(out.fires) == FIRES_PER_POLL and wake.count == 1  # the next share asked for
+        apply(state, out)
+        late = inbox / "late.csv"
+        put(late)
+        trig._on_event(FileClosedEvent(str(late)))  # what the watch thread does for its close
+        assert wake.count == 2
+        out = trig.poll(ctx(time.time() + 10, state))  # the last share: the wake went to it
+        assert len(out.fires) == 50
+        apply(state, out)
+        assert wake.count == 3, "the end of the backlog did not ask for a scan"
+        assert [f["name"] for f in trig.poll(ctx(time.time() + 10, state)).fires] == ["late.csv"]
+        # With nothing new meanwhile, the end of a backlog asks for nothing more.
+        for i in range(FIRES_PER_POLL + 1):
+            put(inbox / f"g{i:05d}.csv")
+        before = wake.count
+        out = trig.poll(ctx(time.time() + 10, state))
+        apply(state, out)
+        assert wake.count == before + 1
+        trig.poll(ctx(time.time() + 10, state))
+        assert wake.count == before + 1
+    finally:
+        trig.close()
 
 
 def test_watch_event_wakes_the_trigger_and_close_stops_the_watch(tmp_path, inbox):

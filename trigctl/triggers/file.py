@@ -186,6 +186,10 @@ class FileTrigger(TriggerType):
         # The backlog is the first poll's and INIT_KEY is not written yet: with ignore_existing it is
         # written with the last share (until then, what is found counts as present at the first start).
         self._backlog_first = False
+        # Wake-ups from events and settle timers, counted, and the count when the last scan began: a
+        # wake taken by a backlog share (which does not scan) must still lead to a scan when it ends.
+        self._changes = 0
+        self._changes_at_scan = 0
 
     @classmethod
     def check(cls, options: Mapping[str, Any], base_dir: Path) -> list[tuple[tuple, str]]:
@@ -302,6 +306,12 @@ class FileTrigger(TriggerType):
         self._wake_now()
 
     def _wake_now(self) -> None:
+        """Something in the directory may have changed (an event, a settle timer): poll now."""
+        with self._lock:
+            self._changes += 1  # a scan begun before this may not have seen it
+        self._wake_next()
+
+    def _wake_next(self) -> None:
         wake = self._wake
         if wake is not None and not self._stopped:
             wake()
@@ -382,6 +392,7 @@ class FileTrigger(TriggerType):
         # would drop a close that lands in between, and its file would wait out the whole settle.
         with self._lock:
             closed, self._closed_files = self._closed_files, {}
+            self._changes_at_scan = self._changes
         files = self.scan()
 
         state = ctx.state
@@ -459,7 +470,12 @@ class FileTrigger(TriggerType):
                 updates[path] = None
         del self._backlog[:taken]
         if self._backlog:
-            self._wake_now()  # the next share at once (a poll in flight is repeated when it returns)
+            self._wake_next()  # the next share at once (a poll in flight is repeated when it returns)
+        elif self._changes != self._changes_at_scan:
+            # Events (or a settle timer) woke the trigger while the backlog was worked, and those
+            # polls did not scan: scan now, not at the next interval (files written during a big
+            # burst waited for it).
+            self._wake_next()
         if self._backlog_first and (not self._backlog or not self.ignore_existing):
             self._backlog_first = False
             updates[INIT_KEY] = True
