@@ -28,6 +28,7 @@ run files "$after" bench/bench_file_reaction.py
 run files_big "$after" bench/bench_file_reaction.py --big-only
 # bench_startup.py runs the --ref checkout itself (its .venv); a PYTHONPATH would make both the same code
 (cd "$after" && { echo "## startup $(date -u +%H:%M:%S)"; env -u PYTHONPATH $py bench/bench_startup.py --n 50000 --starts 2 --list-runs 3 --ref "$before" 2>&1; } >> "$out/startup.md")
-run cli "$after" bench/bench_cli_startup.py --runs 5
-run cli_before "$before" bench/bench_cli_startup.py --runs 5
+# each checkout its own cache: a newer trigctl migrates the cached state to a schema the older cannot open
+run cli "$after" bench/bench_cli_startup.py --runs 5 --cache "$out/cli-cache-after"
+run cli_before "$before" bench/bench_cli_startup.py --runs 5 --cache "$out/cli-cache-before"
 echo done >> "$out/DONE"
