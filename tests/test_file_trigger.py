@@ -360,6 +360,36 @@ def test_a_wake_taken_by_a_backlog_share_still_leads_to_a_scan(tmp_path, inbox):
         assert wake.count == before + 1
         trig.poll(ctx(time.time() + 10, state))
         assert wake.count == before + 1
+        # A file closed while the big scan itself runs (after it listed the directory) is counted
+        # against that scan: the backlog's end asks for another.
+        for i in range(FIRES_PER_POLL + 1):
+            put(inbox / f"h{i:05d}.csv")
+        during = inbox / "during.csv"
+        scan = trig.scan
+
+        def scan_then_a_close():
+            files = scan()
+            put(during)
+            trig._on_event(FileClosedEvent(str(during)))
+            return files
+
+        trig.scan = scan_then_a_close  # type: ignore[method-assign]
+        out = trig.poll(ctx(time.time() + 10, state))
+        trig.scan = scan  # type: ignore[method-assign]
+        assert len(out.fires) == FIRES_PER_POLL and "during.csv" not in [f["name"] for f in out.fires]
+        apply(state, out)
+        before = wake.count
+        apply(state, trig.poll(ctx(time.time() + 10, state)))  # the last share
+        assert wake.count == before + 1, "a close during the scan was not followed by a scan"
+        assert [f["name"] for f in trig.poll(ctx(time.time() + 10, state)).fires] == ["during.csv"]
+        # A settle timer that goes off during a share (it calls _wake_now) counts the same way.
+        for i in range(FIRES_PER_POLL + 1):
+            put(inbox / f"k{i:05d}.csv")
+        apply(state, trig.poll(ctx(time.time() + 10, state)))
+        trig._wake_now()
+        before = wake.count
+        apply(state, trig.poll(ctx(time.time() + 10, state)))
+        assert wake.count == before + 1, "a settle timer's wake during the backlog was lost"
     finally:
         trig.close()
 
