@@ -130,6 +130,44 @@ def test_fires_claim_their_runs_in_their_own_transaction_oldest_queued_first(tmp
     store.close()
 
 
+def test_a_claim_after_the_queue_was_seen_empty_needs_no_transaction_until_a_run_may_be_queued(tmp_path):
+    """claim_queued that found the queue empty remembers it: the pump asks after every fire and
+    every run's end, and those asks no longer cost a write transaction each. Anything that may queue
+    a run ends that: a fire without room, a requeue, a commit by another connection."""
+    store = _store(tmp_path)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+
+    def claim() -> tuple[list[int], bool]:
+        statements.clear()
+        ids = [r.id for r in store.claim_queued(NOW, 4)]
+        return ids, any(s.startswith("BEGIN") for s in statements)
+
+    assert claim() == ([], True)  # at start: runs may be queued from before
+    assert claim() == ([], False)  # seen empty
+    queued = _fires(store, [0, 1])  # no claim_room: both queued
+    assert claim() == (queued, True)
+    assert claim() == ([], False)
+    room = [2]
+    store.claim_room = lambda: (room[0], NOW)
+    (a,) = _fires(store, [2])  # claimed by its fire, with room left: nothing else was queued
+    assert store.take_claimed()[0].id == a and claim() == ([], False)
+    room[0] = 1
+    (d,) = _fires(store, [5])  # the room taken exactly: more may be queued, so the next claim looks
+    assert store.take_claimed()[0].id == d and claim() == ([], True)
+    b, c = _fires(store, [3, 4])  # room for one: the other is queued
+    assert store.take_claimed()[0].id == b and claim() == ([c], True)
+    assert claim() == ([], False)
+    assert store.requeue_unstarted(c)  # (a run none of whose tasks started)
+    assert claim() == ([c], True)
+    assert claim() == ([], False)
+    other = SQLiteStore(str(tmp_path / "state.db"))  # another connection queues a run
+    other._conn.execute("UPDATE runs SET status = 'queued' WHERE id = ?", (a,))
+    other.close()
+    assert claim() == ([a], True)
+    store.close()
+
+
 def test_a_run_claimed_by_its_fire_is_started_by_the_next_pump(tmp_path, write_yaml):
     from trigctl.config import load_config
     from trigctl.workflows import WorkflowRunner

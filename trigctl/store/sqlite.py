@@ -360,6 +360,14 @@ class SQLiteStore(Store):
         self._data_version: int | None = None
         self._rowids: dict[str, int] | None = None  # trigger name -> rowid of its row (counter writes)
         self._claimed: list[RunRow] = []  # claimed by fires (claim_room), not yet taken by the runner
+        # The queue seen empty: a claim that found fewer queued runs than it asked for remembers
+        # that moment (this connection's count of writes that may queue a run: a fire's insert, a
+        # requeue; and SQLite's data_version, which moves when another connection commits). Until
+        # either moves, claim_queued answers without a transaction: the pump asks after every fire
+        # and every run's end, and with room to spare (fires claim their own runs) that was two
+        # empty write transactions a run.
+        self._queue_gen = 0
+        self._queue_empty_at: tuple[int, int] | None = None  # unknown at start: runs may be queued
         self.readonly = readonly
         try:
             if readonly and (path == ":memory:" or not Path(path).exists()):
@@ -843,6 +851,9 @@ class SQLiteStore(Store):
             room, started_at = self.claim_room() if self.claim_room is not None and started else (0, now)
             room -= len(self._claimed)
             claimed = self._claim(c, started_at, room) if room > 0 else []
+            empty_at = self._queue_moment(c) if len(claimed) < room else None
+        if empty_at is not None:
+            self._queue_empty_at = empty_at  # (committed)
         if claimed:
             with self._lock:
                 self._claimed.extend(claimed)
@@ -858,6 +869,7 @@ class SQLiteStore(Store):
         # A task's row is written before its process passes the start gate (an http: task's before
         # its request): a run without one ran nothing.
         with self._tx() as c:
+            self._queue_gen += 1
             cur = c.execute("UPDATE runs SET status = 'queued', started_at = NULL, owner_pid = NULL, owner_start = NULL, "
                             "owner_process = NULL WHERE id = ? AND status = 'running' AND cancel_requested = 0 "
                             "AND NOT EXISTS (SELECT 1 FROM tasks WHERE run_id = ?)", (run_id, run_id))
@@ -885,6 +897,7 @@ class SQLiteStore(Store):
         )
         if cur.rowcount == 0:
             return self._suppressed(c, trigger, f, ctx_json, now)
+        self._queue_gen += 1
         run_id = cur.lastrowid
         c.execute(
             "INSERT INTO events (trigger_name, kind, context, context_hash, run_id, created_at, updated_at) "
@@ -974,8 +987,18 @@ class SQLiteStore(Store):
 
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
         """The oldest ``limit`` queued runs, marked running and owned by this process, in one transaction."""
+        if self._queue_empty_at is not None and self._queue_empty_at == (self._queue_gen, self.change_token()):
+            return []
         with self._tx() as c:
-            return self._claim(c, now, limit)
+            runs = self._claim(c, now, limit)
+            empty_at = self._queue_moment(c) if len(runs) < limit else None
+        if empty_at is not None:
+            self._queue_empty_at = empty_at
+        return runs
+
+    def _queue_moment(self, c: sqlite3.Connection) -> tuple[int, int]:
+        """Inside the write transaction that found the queue empty (no other writer meanwhile)."""
+        return self._queue_gen, c.execute("PRAGMA data_version").fetchone()[0]
 
     def _claim(self, c: sqlite3.Connection, now: float, limit: int) -> list[RunRow]:
         # `status IN (...)` lets SQLite use the partial index on active runs (no table scan)
