@@ -851,7 +851,7 @@ class SQLiteStore(Store):
             room, started_at = self.claim_room() if self.claim_room is not None and started else (0, now)
             room -= len(self._claimed)
             claimed = self._claim(c, started_at, room) if room > 0 else []
-            empty_at = self._queue_moment(c) if len(claimed) < room else None
+            empty_at = self._queue_moment() if len(claimed) < room else None
         if empty_at is not None:
             self._queue_empty_at = empty_at  # (committed)
         if claimed:
@@ -987,18 +987,18 @@ class SQLiteStore(Store):
 
     def claim_queued(self, now: float, limit: int) -> list[RunRow]:
         """The oldest ``limit`` queued runs, marked running and owned by this process, in one transaction."""
-        if self._queue_empty_at is not None and self._queue_empty_at == (self._queue_gen, self.change_token()):
+        if self._queue_empty_at == (self._queue_gen, self.change_token()):
             return []
         with self._tx() as c:
             runs = self._claim(c, now, limit)
-            empty_at = self._queue_moment(c) if len(runs) < limit else None
+            empty_at = self._queue_moment() if len(runs) < limit else None
         if empty_at is not None:
             self._queue_empty_at = empty_at
         return runs
 
-    def _queue_moment(self, c: sqlite3.Connection) -> tuple[int, int]:
-        """Inside the write transaction that found the queue empty (no other writer meanwhile)."""
-        return self._queue_gen, c.execute("PRAGMA data_version").fetchone()[0]
+    def _queue_moment(self) -> tuple[int, int]:
+        """Taken inside the write transaction that found the queue empty (no other writer meanwhile)."""
+        return self._queue_gen, self.change_token()
 
     def _claim(self, c: sqlite3.Connection, now: float, limit: int) -> list[RunRow]:
         # `status IN (...)` lets SQLite use the partial index on active runs (no table scan)
