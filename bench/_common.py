@@ -130,17 +130,32 @@ def _short(path: str) -> str:
     return Path(path).name
 
 
+def context_switches() -> int:
+    """Voluntary and involuntary context switches of this process's live threads, summed."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except OSError:  # the thread ended meanwhile
+            pass
+    return total
+
+
 class CpuWindow:
-    """Process CPU (this process and reaped children) over a window."""
+    """Process CPU (this process and reaped children) over a window, and the context switches of
+    its threads (a thread that ends within the window takes its switches with it)."""
 
     def __enter__(self):
         self.t0 = os.times()
+        self.s0 = context_switches()
         self.w0 = time.monotonic()
         return self
 
     def __exit__(self, *a):
         t1 = os.times()
         self.wall = time.monotonic() - self.w0
+        self.switches = (context_switches() - self.s0) / self.wall
         self.self_cpu = (t1.user - self.t0.user + t1.system - self.t0.system) / self.wall
         self.user = (t1.user - self.t0.user) / self.wall
         self.system = (t1.system - self.t0.system) / self.wall

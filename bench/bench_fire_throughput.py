@@ -21,7 +21,9 @@ Fire time is the run's triggered_at (the poll that fired it has returned and is 
 Baseline, in the same run and at the same concurrency C: `subprocess.Popen(cmd).wait()` on C
 threads, fed the same way (an even rate from a 5 ms ticker, or closed loop for `max`); its latency
 is submit -> Popen called (or -> date's stamp). Ratio = trigctl runs/s / baseline spawns/s.
-Each measurement runs in its own subprocess.
+Each measurement runs in its own subprocess. Over the same window: the context switches of each
+process's threads (/proc/self/task/*/status) a run or spawn, and trigctl's write transactions
+(SQLiteStore._tx calls) a run.
 """
 
 from __future__ import annotations
@@ -117,6 +119,14 @@ triggers:
         original_finished(ex, status, error)
 
     runner.workflows._finished = finished
+    transactions = [0]  # the store's write transactions (SQLiteStore._tx), counted from here
+    tx = store._tx
+
+    def counted_tx(*args, **kwargs):
+        transactions[0] += 1
+        return tx(*args, **kwargs)
+
+    store._tx = counted_tx  # type: ignore[method-assign]
     t = threading.Thread(target=runner.run, daemon=True)
     t.start()
     while runner._owner is None:
@@ -124,8 +134,10 @@ triggers:
     t0 = time.time()
     sampler = Sampler().start() if profile else None
     time.sleep(WARMUP)
+    tx0 = transactions[0]
     with CpuWindow() as cpu:
         time.sleep(seconds - WARMUP)
+    window_tx = transactions[0] - tx0
     t1 = time.time()
     bench_source.STOP = True
     if sampler:
@@ -170,6 +182,7 @@ triggers:
            "claim_p50_ms": pct(claim, 50) * 1000, "claim_p99_ms": pct(claim, 99) * 1000,
            "fired": bench_source.FIRED, "runs": len(rows), "fire_events": fire_events[0], "statuses": statuses,
            "complete": complete, "drain_s": drained, "cpu": cpu.self_cpu, "child_cpu": cpu.child_cpu,
+           "switches_per_s": cpu.switches, "tx_per_s": window_tx / cpu.wall,
            "user": cpu.user, "system": cpu.system}
     if sampler:
         out["profile"] = sampler.report()
@@ -239,7 +252,8 @@ def run_baseline(variant: str, rate: str, seconds: float, conc: int) -> dict:
     # latency of the same window as trigctl: submitted (~ started - latency) within it
     wl = [lat_s for s, lat_s in zip(starts, lat) if t0 + WARMUP <= s - lat_s < t1]
     return {"who": "baseline", "variant": variant, "rate": rate, "conc": conc, "per_s": len(window) / (t1 - t0 - WARMUP),
-            "p50_ms": pct(wl, 50) * 1000, "p99_ms": pct(wl, 99) * 1000, "cpu": cpu.self_cpu, "child_cpu": cpu.child_cpu}
+            "p50_ms": pct(wl, 50) * 1000, "p99_ms": pct(wl, 99) * 1000, "cpu": cpu.self_cpu, "child_cpu": cpu.child_cpu,
+            "switches_per_s": cpu.switches}
 
 
 def child(argv: list[str]) -> dict:
@@ -270,8 +284,9 @@ def main() -> None:
         print(json.dumps(child(args.child)))
         return
     print("| workflow | offered | trigctl runs/s | baseline spawns/s | ratio | trigctl fire→start p50 / p99 ms | "
-          "baseline p50 / p99 ms | history complete | trigctl CPU s/s (self + children) | baseline CPU s/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "baseline p50 / p99 ms | history complete | trigctl CPU s/s (self + children) | baseline CPU s/s | "
+          "context switches a run: trigctl / baseline | trigctl write transactions a run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     profiles = []
     for rate in args.rates:
         for variant in args.variants:
@@ -283,7 +298,9 @@ def main() -> None:
             print(f"| {VARIANTS[variant][0]} | {offered} | {tr['per_s']:.0f} | {bl['per_s']:.0f} | "
                   f"{tr['per_s'] / bl['per_s']:.2f} | {tr['p50_ms']:.1f} / {tr['p99_ms']:.1f} | "
                   f"{bl['p50_ms']:.1f} / {bl['p99_ms']:.1f} | {hist} | {tr['cpu']:.2f} + {tr['child_cpu']:.2f} | "
-                  f"{bl['cpu']:.2f} + {bl['child_cpu']:.2f} |", flush=True)
+                  f"{bl['cpu']:.2f} + {bl['child_cpu']:.2f} | "
+                  f"{tr['switches_per_s'] / tr['per_s']:.1f} / {bl['switches_per_s'] / bl['per_s']:.1f} | "
+                  f"{tr['tx_per_s'] / tr['per_s']:.1f} |", flush=True)
             if "profile" in tr:
                 per_run = 1000 / max(tr["per_s"], 1e-9)
                 profiles.append((variant, rate, f"trigctl process CPU per run: {tr['cpu'] * per_run:.2f} ms "
