@@ -45,8 +45,11 @@ class _Step:
 
 
 class RunLog:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, inline: bool = True):
+        """``inline`` false: a submitting thread never writes itself, the drain thread does (for
+        the reaper, which drives every run: a commit on it would hold up every other run)."""
         self.store = store
+        self.inline = inline
         self._lock = threading.Lock()
         self._pending: list[_Step] = []
         self._writing = False
@@ -80,6 +83,9 @@ class RunLog:
             if self._writing:
                 return  # the thread writing now takes these in its next batch
             self._writing = True
+            if not self.inline:
+                self._kick_drainer()
+                return
         self._write(drain=False)
 
     def _write(self, drain: bool) -> None:
@@ -111,10 +117,13 @@ class RunLog:
     def _hand_off(self) -> None:
         """The writing (and what is pending) goes to the drain thread."""
         with self._lock:  # the kick under the lock: an idle drain thread that is exiting sees it
-            self._kick.set()
-            if self._drainer is None:
-                self._drainer = threading.Thread(target=self._drain, name="trigctl-runlog", daemon=True)
-                self._drainer.start()
+            self._kick_drainer()
+
+    def _kick_drainer(self) -> None:  # with _lock held
+        self._kick.set()
+        if self._drainer is None:
+            self._drainer = threading.Thread(target=self._drain, name="trigctl-runlog", daemon=True)
+            self._drainer.start()
 
     def _drain(self) -> None:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,13 +27,14 @@ from trigctl.procs import (
     OUTPUT_TAIL_BYTES,
     OutputTail,
     drain,
+    group_running,
     kill_group,
     proc_start_time,
     spawn,
     tail_text,
     terminate_group,
-    wait_reading,
 )
+from trigctl.reaper import Blocking, Reaper, Sleep, Steps, WaitExit
 from trigctl.runlog import RunLog
 from trigctl.store.base import RunRow, Store
 
@@ -45,11 +45,13 @@ log = logging.getLogger("trigctl.workflows")
 # context's limit (MAX_CONTEXT_BYTES), which is what these grow.
 MAX_TASK_RESULT_BYTES = 1 << 20
 MAX_TASK_RESULT_TEXT = "1 MiB"
-_READ_CHUNK = 65536
-WORKER_IDLE = 30.0  # seconds an idle run worker thread waits for another run before it exits
 # Linux refuses one environment string over 128 KiB (MAX_ARG_STRLEN) and a whole environment over
 # ~2 MiB: larger values reach tasks only through TRIGCTL_CONTEXT_FILE.
 MAX_ENV_VALUE = 32 * 1024
+# Two reapers: one spends most of its time starting processes (the vfork until the start gate
+# execs), and the second overlaps its starts with the first's; three gave less on two cores
+# (bench/README.md, "### The reaper").
+REAPERS = 2
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
 
 
@@ -347,7 +349,7 @@ class _Gate:
 
 
 class RunExecution:
-    """One run, on its own thread."""
+    """One run: ``steps()`` is driven by the reaper (trigctl.reaper), which waits where it yields."""
 
     def __init__(self, runner: WorkflowRunner, run: RunRow, workflow: WorkflowConfig):
         self.runner = runner
@@ -372,9 +374,13 @@ class RunExecution:
             pgid = self._pgid
             exchange = getattr(self, "_exchange", None)  # set by _http while a request is in flight
         if pgid:
-            threading.Thread(target=kill_group, args=(pgid, self.runner.kill_grace), daemon=True).start()
+            self._kill_soon(pgid)
         if exchange is not None:
             exchange.abort()  # its sockets are shut down: the request ends now, not at its timeout
+        self.runner.reapers[self.run.id % len(self.runner.reapers)].cancelled(self)  # a retry's wait ends now
+
+    def _kill_soon(self, pgid: int) -> None:
+        threading.Thread(target=kill_group, args=(pgid, self.runner.kill_grace), daemon=True).start()
 
     def _save_output(self, idx: int, text: str) -> None:
         if not self._recorded:
@@ -413,7 +419,7 @@ class RunExecution:
         return gate
 
     # -- the run
-    def _main(self) -> None:
+    def steps(self) -> Steps:
         clock = self.runner.clock
         run = self.run
         status, error = "succeeded", None
@@ -426,7 +432,7 @@ class RunExecution:
                     if self.cancel_event.is_set():
                         status, error = self.cancel_status, "cancelled"
                         break
-                    outcome, attempts = self._run_task(idx, task, context, tmp, deadline)
+                    outcome, attempts = yield from self._run_task(idx, task, context, tmp, deadline)
                     if outcome.output_vars:
                         context.update(outcome.output_vars)
                     if outcome.status == "cancelled":
@@ -450,12 +456,12 @@ class RunExecution:
                             run.id, status, e)
             self.runner._finished(self, status, error)
 
-        # This thread goes on to its next run; the end is written (with other runs' steps of the
-        # moment) and then announced: the run leaves `active` only once its end is in the state.
-        self.runner._worker_free()
+        # The end is written (with other runs' steps of the moment) and then announced: the run
+        # leaves `active` only once its end is in the state.
         self.runner.runlog.post(steps, written)
 
-    def _run_task(self, idx: int, task: TaskConfig, context: dict[str, Any], tmp: RunFiles, deadline: float | None):
+    def _run_task(self, idx: int, task: TaskConfig, context: dict[str, Any], tmp: RunFiles,
+                  deadline: float | None) -> Generator[Any, Any, tuple[TaskOutcome, int]]:
         clock = self.runner.clock
         attempts = 0
         delay = task.retry_delay
@@ -466,15 +472,15 @@ class RunExecution:
             # tasks (and a process that could not start) get theirs here.
             self._recorded = False
             if task.kind == "http":
-                self._task_started(idx, task.name, started_at, None, None)
+                yield Blocking(self._task_started, idx, task.name, started_at, None, None)
                 self._recorded = True
             out_path = tmp / f"task{idx}.log" if task.kind == "http" else ""  # a process's output: a pipe
             try:
-                outcome = self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
+                outcome = yield from self._attempt(idx, task, context, tmp, out_path, deadline, started_at)
             except TaskError as e:
                 outcome = TaskOutcome("failed", None, str(e))
             if not self._recorded:
-                self._task_started(idx, task.name, started_at, None, None)
+                yield Blocking(self._task_started, idx, task.name, started_at, None, None)
             output = self.runner.redact(outcome.output if outcome.output is not None or not out_path else tail(out_path)) or ""
             if outcome.status == "failed" and outcome.error and not output:
                 output = outcome.error
@@ -499,7 +505,7 @@ class RunExecution:
                     log.warning("run %s task %s: its failed attempt cannot be recorded (%s)", run_id, name, error)
 
             self.runner.runlog.post(deferred, written)  # `show` has the failed attempt while the retry waits
-            if self.cancel_event.wait(delay):
+            if (yield Sleep(delay, self.cancel_event)):
                 return TaskOutcome("cancelled", None, "cancelled"), attempts
             delay *= 2
 
@@ -513,12 +519,13 @@ class RunExecution:
             return None, ""
         return min(limits, key=lambda x: x[0])
 
-    def _attempt(self, idx, task: TaskConfig, context, tmp: RunFiles, out_path: str, deadline, started_at: float) -> TaskOutcome:
+    def _attempt(self, idx, task: TaskConfig, context, tmp: RunFiles, out_path: str, deadline,
+                 started_at: float) -> Generator[Any, Any, TaskOutcome]:
         timeout, timeout_msg = self._timeout_for(task, deadline)
         if timeout is not None and timeout <= 0:
             return TaskOutcome("failed", None, timeout_msg)
         if task.kind == "http":
-            return self._http(task, context, out_path, timeout, timeout_msg)
+            return (yield Blocking(self._http, task, context, out_path, timeout, timeout_msg))
         output_file = tmp / f"task{idx}.vars"
         context_file = tmp / f"task{idx}.context.json"
         whole = json.dumps(context)
@@ -560,12 +567,13 @@ class RunExecution:
                 self._pgid = proc.pid
             gate = self._open_gate_once_recorded(idx, task.name, started_at, proc.pid, gate_w)
             if self.cancel_event.is_set():
-                kill_group(proc.pid, self.runner.kill_grace)
+                self._kill_soon(proc.pid)
             try:
-                code = wait_reading(proc, {out_r: sink}, timeout, _OutputSoFar(sink, lambda text: self._save_output(idx, text)))
+                code = yield WaitExit(proc, out_r, sink, timeout,
+                                      _OutputSoFar(sink, lambda text: self._save_output(idx, text)))
             except subprocess.TimeoutExpired:
                 drain({out_r: sink})
-                terminate_group(proc, self.runner.kill_grace)
+                yield Blocking(terminate_group, proc, self.runner.kill_grace)
                 drain({out_r: sink})
                 return TaskOutcome("failed", None, timeout_msg, output=sink.text())
             finally:
@@ -573,12 +581,13 @@ class RunExecution:
                     self._pgid = None
             drain({out_r: sink})
             # Children left in the group (a backgrounded `sleep &`) must not outlive the task.
-            kill_group(proc.pid, 0.5)
+            if group_running(proc.pid):
+                yield Blocking(kill_group, proc.pid, 0.5)
             drain({out_r: sink})
         finally:
             os.close(out_r)
-            if gate is not None:
-                gate.done.wait()  # (at once, unless the task was killed before its record was written)
+            if gate is not None and not gate.done.is_set():
+                yield Blocking(gate.done.wait)  # the task was killed before its record was written
         if gate.error is not None:  # not recorded: the gate exited 125 without running the task
             raise gate.error
         output = sink.text()
@@ -658,16 +667,14 @@ class WorkflowRunner:
         self.on_finished = on_finished
         self.bus = bus if bus is not None else EventBus()
         self.kill_grace = kill_grace
-        self.runlog = RunLog(store)  # the run threads' writes, in shared transactions
+        self.runlog = RunLog(store, inline=False)  # the runs' writes, in shared transactions
         self.active: dict[int, RunExecution] = {}
         self._lock = threading.Lock()
         self._idle_cond = threading.Condition(self._lock)  # notified when a run ends
         self.paused = False
-        # Runs execute on reused worker threads (starting a thread per run costs the loop a GIL
-        # round trip each); a worker left idle for WORKER_IDLE seconds exits.
-        self._queue: queue.SimpleQueue[RunExecution] = queue.SimpleQueue()
-        self._idle_workers = 0
-        self._workers = 0
+        # Runs are driven by reaper threads (trigctl.reaper), not a thread per run; a run stays on
+        # one reaper (its id decides which).
+        self.reapers = [Reaper() for _ in range(REAPERS)]
         self._dirs: tuple[str, str] | None = None  # (small files, output logs)
         self._gate: tuple[str, ...] | None = None  # the start gate (trigctl.gate), found on first use
 
@@ -729,7 +736,7 @@ class WorkflowRunner:
         return started
 
     def _start(self, run: RunRow) -> bool:
-        """Hand a claimed run to a worker thread (False: its workflow is gone; the run failed)."""
+        """Hand a claimed run to the reaper (False: its workflow is gone; the run failed)."""
         workflow = self.config.workflows.get(run.workflow)
         if workflow is None:
             self.store.finish_run(run.id, "failed", self.clock(), f"workflow {run.workflow!r} is no longer in the config")
@@ -737,35 +744,10 @@ class WorkflowRunner:
         ex = RunExecution(self, run, workflow)
         with self._lock:
             self.active[run.id] = ex
-            spawn = self._idle_workers == 0
-            if spawn:
-                self._workers += 1
-            else:
-                self._idle_workers -= 1
-        self._queue.put(ex)
-        if spawn:
-            threading.Thread(target=self._worker, name=f"run-worker-{self._workers}", daemon=True).start()
+        self.reapers[run.id % len(self.reapers)].start(ex.steps(), ex)
         if self.bus.wants(RunStarted):
             self.bus.publish(RunStarted(run.id, run.trigger_name, run.workflow))
         return True
-
-    def _worker(self) -> None:
-        while True:
-            try:
-                ex = self._queue.get(timeout=WORKER_IDLE)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle_workers > 0:  # nobody handed this worker a run meanwhile
-                        self._idle_workers -= 1
-                        self._workers -= 1
-                        return
-                continue  # a run is on its way to this worker
-            threading.current_thread().name = f"run-{ex.run.id}"
-            ex._main()
-
-    def _worker_free(self) -> None:
-        with self._lock:
-            self._idle_workers += 1  # this worker takes the next run handed out (or exits when idle)
 
     def _finished(self, ex: RunExecution, status: str, error: str | None) -> None:
         with self._lock:

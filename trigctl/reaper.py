@@ -1,0 +1,358 @@
+"""One thread that drives every active run: the reaper.
+
+A run is a generator (``RunExecution.steps``) that does its quick work inline (write files, start a
+process, read its output vars, post its rows) and *yields* where it would wait:
+
+* :class:`WaitExit`: a task's process to exit, its output read into a sink meanwhile, with a
+  timeout (``subprocess.TimeoutExpired`` is thrown in) and a progress callback (see
+  ``procs.wait_reading``, which this replaces for runs);
+* :class:`Sleep`: a retry's delay, cut short by a cancel (the generator gets True);
+* :class:`Blocking`: a call that waits on something other than a process (an HTTP task, a group
+  that outlives its leader, a row that must be committed first); it runs on a thread of its own
+  and its result (or exception) is sent back in.
+
+The reaper waits on every process's pidfd and output pipe with one ``epoll``, so a run costs no
+thread of its own and no hand-over from a worker thread to the loop and back: with a thread per
+run, each run's start, exit and end were three wake-ups of three threads queueing for the GIL.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import select
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+from trigctl.procs import OutputTail
+
+log = logging.getLogger("trigctl.workflows")
+
+IDLE_EXIT = 30.0  # seconds the reaper thread waits with nothing to do before it exits
+_READ_CHUNK = 65536
+_NO_PIDFD_POLL = 0.05  # seconds between looks at a process whose exit has no pidfd to wait on
+
+
+class WaitExit:
+    """Wait for ``proc`` to exit, reading ``fd`` into ``sink``; sends the exit code."""
+
+    __slots__ = ("proc", "fd", "sink", "timeout", "progress")
+
+    def __init__(self, proc: Any, fd: int, sink: OutputTail, timeout: float | None,
+                 progress: Callable[[], float | None] | None = None):
+        self.proc, self.fd, self.sink, self.timeout, self.progress = proc, fd, sink, timeout, progress
+
+
+class Sleep:
+    """Wait ``seconds``; sends True if ``cancel`` is set first (whoever sets it calls
+    Reaper.cancelled with the run's key)."""
+
+    __slots__ = ("seconds", "cancel")
+
+    def __init__(self, seconds: float, cancel: threading.Event):
+        self.seconds, self.cancel = seconds, cancel
+
+
+class Blocking:
+    """Call ``fn(*args)`` on a thread of its own; sends its result or throws its exception."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self.fn, self.args = fn, args
+
+
+Steps = Generator[Any, Any, None]
+
+
+class _Cancel:
+    """An inbox item: the run was cancelled while in the wait numbered ``token``."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: int):
+        self.token = token
+
+
+class _Driven:
+    """A run's generator and what it waits for now."""
+
+    __slots__ = ("gen", "token", "wait", "pidfd", "fd", "deadline", "progress_at")
+
+    def __init__(self, gen: Steps):
+        self.gen = gen
+        self.token = 0  # bumped at each resume: a timer set for an earlier wait is stale
+        self.wait: Any = None
+        self.pidfd: int | None = None
+        self.fd: int | None = None  # the output pipe while it is registered
+        self.deadline: float | None = None
+        self.progress_at: float | None = None
+
+
+class Reaper:
+    """Runs generators (see the module doc) on one thread, started on first use; it exits after
+    IDLE_EXIT seconds with no run, and the next ``start`` starts another."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inbox: deque[tuple[_Driven, Any, BaseException | None]] = deque()
+        self._thread: threading.Thread | None = None
+        self._asleep = False  # the thread waits in epoll: a new item must write the wake fd
+        self._wake_r = self._wake_w = -1
+        self._driven: set[_Driven] = set()  # the reaper thread's own (no lock)
+        self._sleeping: dict[Any, _Driven] = {}  # key -> a run in Sleep (for cancelled())
+        self._keys: dict[_Driven, Any] = {}
+
+    # -------------------------------------------------------------------- from any thread
+
+    def start(self, gen: Steps, key: Any = None) -> None:
+        """Drive ``gen`` from its first step; ``key`` names it for cancelled()."""
+        d = _Driven(gen)
+        if key is not None:
+            with self._lock:
+                self._keys[d] = key
+        self._post(d, None, None)
+
+    def cancelled(self, key: Any) -> None:
+        """The run ``key`` was cancelled: a Sleep it is in ends now."""
+        with self._lock:
+            d = self._sleeping.get(key)
+        if d is not None:
+            self._post(d, _Cancel(d.token), None)
+
+    def _post(self, d: _Driven, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            self._inbox.append((d, value, error))
+            if self._thread is None:
+                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self._thread = threading.Thread(target=self._main, args=(self._wake_r,), name="trigctl-reaper",
+                                                 daemon=True)
+                self._thread.start()
+                return
+            if self._asleep:
+                self._asleep = False
+                os.write(self._wake_w, b"x")
+
+    # -------------------------------------------------------------------- the reaper thread
+
+    def _main(self, wake_r: int) -> None:
+        ep = select.epoll()
+        ep.register(wake_r, select.EPOLLIN)
+        fds: dict[int, tuple[_Driven, bool]] = {}  # fd -> (run, is its pidfd)
+        timers: list[tuple[float, int, _Driven, int]] = []  # (when, seq, run, token)
+        seq = itertools.count()
+        idle_since: float | None = None
+        try:
+            while True:
+                self._run_inbox(ep, fds, timers, seq)
+                now = self._clock()
+                while timers and timers[0][0] <= now:
+                    _when, _n, d, token = heapq.heappop(timers)
+                    if d.token == token and d in self._driven:
+                        self._timer(d, now, ep, fds, timers, seq)
+                if self._driven:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= IDLE_EXIT:
+                    with self._lock:
+                        if not self._inbox:  # nothing posted meanwhile: the next post starts a thread
+                            self._thread = None
+                            os.close(self._wake_w)
+                            self._wake_w = -1
+                            return
+                    continue
+                wait = IDLE_EXIT if not self._driven else -1.0
+                if timers:
+                    wait = max(0.0, timers[0][0] - now) if wait < 0 else min(wait, max(0.0, timers[0][0] - now))
+                with self._lock:
+                    if self._inbox:
+                        continue
+                    self._asleep = True
+                events = ep.poll(wait)
+                with self._lock:
+                    self._asleep = False
+                for fd, _mask in events:
+                    if fd == wake_r:
+                        try:
+                            while os.read(wake_r, 4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        continue
+                    entry = fds.get(fd)
+                    if entry is None:
+                        continue
+                    d, is_pidfd = entry
+                    if is_pidfd:
+                        self._exited(d, ep, fds, timers, seq)
+                    else:
+                        self._output(d, fd, ep, fds, timers, seq)
+        finally:
+            ep.close()
+            os.close(wake_r)
+
+    def _run_inbox(self, ep, fds, timers, seq) -> None:
+        while True:
+            with self._lock:
+                if not self._inbox:
+                    return
+                d, value, error = self._inbox.popleft()
+            if type(value) is _Cancel:
+                if d.token == value.token and isinstance(d.wait, Sleep):
+                    self._resume(d, True, None, ep, fds, timers, seq)
+                continue
+            self._driven.add(d)
+            self._resume(d, value, error, ep, fds, timers, seq)
+
+    def _resume(self, d: _Driven, value: Any, error: BaseException | None, ep, fds, timers, seq) -> None:
+        """Send ``value`` (or throw ``error``) into the run and set up what it waits for next."""
+        d.token += 1
+        d.wait = None
+        key = self._keys.get(d)
+        if key is not None:
+            with self._lock:
+                self._sleeping.pop(key, None)
+        try:
+            req = d.gen.throw(error) if error is not None else d.gen.send(value)
+        except StopIteration:
+            self._forget(d)
+            return
+        except BaseException:  # noqa: BLE001 - a run's bug must not stop the others' reaper
+            log.exception("a run failed outside its own error handling")
+            self._forget(d)
+            return
+        d.wait = req
+        now = self._clock()
+        if isinstance(req, WaitExit):
+            try:
+                self._watch(d, req, now, ep, fds, timers, seq)
+            except OSError as e:  # a closed descriptor: the run hears of it, the reaper goes on
+                self._unwatch(d, ep, fds)
+                self._resume(d, None, e, ep, fds, timers, seq)
+        elif isinstance(req, Sleep):
+            if key is not None:
+                with self._lock:
+                    self._sleeping[key] = d
+            if req.cancel.is_set():  # set before cancelled() could see this run sleeping
+                self._resume(d, True, None, ep, fds, timers, seq)
+                return
+            heapq.heappush(timers, (now + req.seconds, next(seq), d, d.token))
+        elif isinstance(req, Blocking):
+            threading.Thread(target=self._call, args=(d, req), name="trigctl-task", daemon=True).start()
+        else:
+            d.gen.close()
+            self._forget(d)
+            log.error("a run waited for %r, which the reaper does not know", req)
+
+    def _forget(self, d: _Driven) -> None:
+        self._driven.discard(d)
+        with self._lock:
+            key = self._keys.pop(d, None)
+            if key is not None:
+                self._sleeping.pop(key, None)
+
+    def _call(self, d: _Driven, req: Blocking) -> None:
+        try:
+            result = req.fn(*req.args)
+        except BaseException as e:  # noqa: BLE001 - thrown into the run, which decides
+            self._post(d, None, e)
+            return
+        self._post(d, result, None)
+
+    def _watch(self, d: _Driven, req: WaitExit, now: float, ep, fds, timers, seq) -> None:
+        d.deadline = None if req.timeout is None else now + req.timeout
+        try:
+            d.pidfd = os.pidfd_open(req.proc.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: look every _NO_PIDFD_POLL
+            d.pidfd = None
+        if d.pidfd is not None:
+            fds[d.pidfd] = (d, True)
+            ep.register(d.pidfd, select.EPOLLIN)
+        os.set_blocking(req.fd, False)  # an event for a closed fd whose number came back must not block
+        ep.register(req.fd, select.EPOLLIN)
+        fds[req.fd] = (d, False)
+        d.fd = req.fd
+        d.progress_at = None
+        self._progress(d, now, timers, seq)
+        if d.deadline is not None:
+            heapq.heappush(timers, (d.deadline, next(seq), d, d.token))
+        if d.pidfd is None:
+            heapq.heappush(timers, (now + _NO_PIDFD_POLL, next(seq), d, d.token))
+
+    def _progress(self, d: _Driven, now: float, timers, seq) -> None:
+        req = d.wait
+        if req.progress is None:
+            return
+        again = req.progress()
+        if again is not None and (d.progress_at is None or again < d.progress_at or d.progress_at <= now):
+            d.progress_at = again
+            heapq.heappush(timers, (again, next(seq), d, d.token))
+
+    def _unwatch(self, d: _Driven, ep, fds) -> None:
+        if d.fd is not None:
+            fds.pop(d.fd, None)
+            try:
+                ep.unregister(d.fd)
+            except OSError:  # closed by someone else meanwhile
+                pass
+            d.fd = None
+        if d.pidfd is not None:
+            fds.pop(d.pidfd, None)
+            ep.unregister(d.pidfd)
+            os.close(d.pidfd)
+            d.pidfd = None
+
+    def _output(self, d: _Driven, fd: int, ep, fds, timers, seq) -> None:
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            d.wait.sink.feed(data)
+            self._progress(d, self._clock(), timers, seq)
+        else:  # every writer closed it: only the exit is left to wait for
+            ep.unregister(fd)
+            fds.pop(fd, None)
+            d.fd = None
+
+    def _exited(self, d: _Driven, ep, fds, timers, seq) -> None:
+        try:
+            code = d.wait.proc.poll()
+        except BaseException as e:  # noqa: BLE001 - thrown into the run
+            self._unwatch(d, ep, fds)
+            self._resume(d, None, e, ep, fds, timers, seq)
+            return
+        if code is None:  # an event for a closed pidfd whose number came back: not this run's exit
+            return
+        self._unwatch(d, ep, fds)
+        self._resume(d, code, None, ep, fds, timers, seq)
+
+    def _timer(self, d: _Driven, now: float, ep, fds, timers, seq) -> None:
+        req = d.wait
+        if isinstance(req, Sleep):
+            self._resume(d, False, None, ep, fds, timers, seq)
+            return
+        if not isinstance(req, WaitExit):
+            return
+        if d.pidfd is None and req.proc.poll() is not None:
+            self._exited(d, ep, fds, timers, seq)
+            return
+        if d.deadline is not None and now >= d.deadline:
+            self._unwatch(d, ep, fds)
+            self._resume(d, None, subprocess.TimeoutExpired(req.proc.args, req.timeout or 0), ep, fds, timers, seq)
+            return
+        if d.progress_at is not None and now >= d.progress_at:
+            d.progress_at = None
+            self._progress(d, now, timers, seq)
+        if d.pidfd is None:
+            heapq.heappush(timers, (now + _NO_PIDFD_POLL, next(seq), d, d.token))
