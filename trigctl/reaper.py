@@ -106,7 +106,6 @@ class Reaper:
         self._thread: threading.Thread | None = None
         self._asleep = False  # the thread waits in epoll: a new item must write the wake fd
         self._wake_r = self._wake_w = -1
-        self._driven: set[_Driven] = set()  # the reaper thread's own (no lock)
         self._sleeping: dict[Any, _Driven] = {}  # key -> a run in Sleep (for cancelled())
         self._keys: dict[_Driven, Any] = {}
 
@@ -132,7 +131,7 @@ class Reaper:
             self._inbox.append((d, value, error))
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                self._thread = threading.Thread(target=self._main, args=(self._wake_r,), name="trigctl-reaper",
+                self._thread = threading.Thread(target=_Loop(self, self._wake_r).main, name="trigctl-reaper",
                                                  daemon=True)
                 self._thread.start()
                 return
@@ -140,86 +139,108 @@ class Reaper:
                 self._asleep = False
                 os.write(self._wake_w, b"x")
 
-    # -------------------------------------------------------------------- the reaper thread
 
-    def _main(self, wake_r: int) -> None:
-        ep = select.epoll()
-        ep.register(wake_r, select.EPOLLIN)
-        fds: dict[int, tuple[_Driven, bool]] = {}  # fd -> (run, is its pidfd)
-        timers: list[tuple[float, int, _Driven, int]] = []  # (when, seq, run, token)
-        seq = itertools.count()
+
+class _Loop:
+    """A reaper thread's own state (its epoll, descriptors, timers and runs) and its loop."""
+
+
+    def __init__(self, reaper: Reaper, wake_r: int):
+        self.r = reaper
+        self.wake_r = wake_r
+        self.ep = select.epoll()
+        self.ep.register(wake_r, select.EPOLLIN)
+        self.fds: dict[int, tuple[_Driven, bool]] = {}  # fd -> (run, is its pidfd)
+        self.timers: list[tuple[float, int, _Driven, int]] = []  # (when, seq, run, token)
+        self.seq = itertools.count()
+        self.driven: set[_Driven] = set()
+
+    def main(self) -> None:
         idle_since: float | None = None
+        r = self.r
         try:
             while True:
-                self._run_inbox(ep, fds, timers, seq)
-                now = self._clock()
-                while timers and timers[0][0] <= now:
-                    _when, _n, d, token = heapq.heappop(timers)
-                    if d.token == token and d in self._driven:
-                        self._timer(d, now, ep, fds, timers, seq)
-                if self._driven:
+                try:
+                    self._run_inbox()
+                    now = r._clock()
+                    timers = self.timers
+                    while timers and timers[0][0] <= now:
+                        _when, _n, d, token = heapq.heappop(timers)
+                        if d.token == token and d in self.driven:
+                            self._timer(d, now)
+                except Exception:  # noqa: BLE001 - a bug in one run's handling must not stop the others
+                    log.exception("the reaper failed on a run; it goes on with the others")
+                    continue
+                if self.driven:
                     idle_since = None
                 elif idle_since is None:
                     idle_since = now
                 elif now - idle_since >= IDLE_EXIT:
-                    with self._lock:
-                        if not self._inbox:  # nothing posted meanwhile: the next post starts a thread
-                            self._thread = None
-                            os.close(self._wake_w)
-                            self._wake_w = -1
+                    with r._lock:
+                        if not r._inbox:  # nothing posted meanwhile: the next post starts a thread
+                            r._thread = None
+                            os.close(r._wake_w)
+                            r._wake_w = -1
                             return
                     continue
-                wait = IDLE_EXIT if not self._driven else -1.0
+                wait = -1.0 if self.driven else IDLE_EXIT  # -1: until an event
                 if timers:
-                    wait = max(0.0, timers[0][0] - now) if wait < 0 else min(wait, max(0.0, timers[0][0] - now))
-                with self._lock:
-                    if self._inbox:
+                    due = max(0.0, timers[0][0] - now)
+                    wait = due if wait < 0 else min(wait, due)
+                with r._lock:
+                    if r._inbox:
                         continue
-                    self._asleep = True
-                events = ep.poll(wait)
-                with self._lock:
-                    self._asleep = False
-                for fd, _mask in events:
-                    if fd == wake_r:
-                        try:
-                            while os.read(wake_r, 4096):
-                                pass
-                        except BlockingIOError:
-                            pass
-                        continue
-                    entry = fds.get(fd)
-                    if entry is None:
-                        continue
-                    d, is_pidfd = entry
-                    if is_pidfd:
-                        self._exited(d, ep, fds, timers, seq)
-                    else:
-                        self._output(d, fd, ep, fds, timers, seq)
+                    r._asleep = True
+                events = self.ep.poll(wait)
+                with r._lock:
+                    r._asleep = False
+                try:
+                    self._events(events)
+                except Exception:  # noqa: BLE001 - as above
+                    log.exception("the reaper failed on a run; it goes on with the others")
         finally:
-            ep.close()
-            os.close(wake_r)
+            self.ep.close()
+            os.close(self.wake_r)
 
-    def _run_inbox(self, ep, fds, timers, seq) -> None:
+    def _events(self, events: list[tuple[int, int]]) -> None:
+        for fd, _mask in events:
+            if fd == self.wake_r:
+                try:
+                    while os.read(fd, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            entry = self.fds.get(fd)
+            if entry is None:
+                continue
+            d, is_pidfd = entry
+            if is_pidfd:
+                self._exited(d)
+            else:
+                self._output(d, fd)
+
+    def _run_inbox(self) -> None:
         while True:
-            with self._lock:
-                if not self._inbox:
+            with self.r._lock:
+                if not self.r._inbox:
                     return
-                d, value, error = self._inbox.popleft()
+                d, value, error = self.r._inbox.popleft()
             if type(value) is _Cancel:
                 if d.token == value.token and isinstance(d.wait, Sleep):
-                    self._resume(d, True, None, ep, fds, timers, seq)
+                    self._resume(d, True, None)
                 continue
-            self._driven.add(d)
-            self._resume(d, value, error, ep, fds, timers, seq)
+            self.driven.add(d)
+            self._resume(d, value, error)
 
-    def _resume(self, d: _Driven, value: Any, error: BaseException | None, ep, fds, timers, seq) -> None:
+    def _resume(self, d: _Driven, value: Any, error: BaseException | None) -> None:
         """Send ``value`` (or throw ``error``) into the run and set up what it waits for next."""
         d.token += 1
         d.wait = None
-        key = self._keys.get(d)
+        key = self.r._keys.get(d)
         if key is not None:
-            with self._lock:
-                self._sleeping.pop(key, None)
+            with self.r._lock:
+                self.r._sleeping.pop(key, None)
         try:
             req = d.gen.throw(error) if error is not None else d.gen.send(value)
         except StopIteration:
@@ -230,21 +251,21 @@ class Reaper:
             self._forget(d)
             return
         d.wait = req
-        now = self._clock()
+        now = self.r._clock()
         if isinstance(req, WaitExit):
             try:
-                self._watch(d, req, now, ep, fds, timers, seq)
+                self._watch(d, req, now)
             except OSError as e:  # a closed descriptor: the run hears of it, the reaper goes on
-                self._unwatch(d, ep, fds)
-                self._resume(d, None, e, ep, fds, timers, seq)
+                self._unwatch(d)
+                self._resume(d, None, e)
         elif isinstance(req, Sleep):
             if key is not None:
-                with self._lock:
-                    self._sleeping[key] = d
+                with self.r._lock:
+                    self.r._sleeping[key] = d
             if req.cancel.is_set():  # set before cancelled() could see this run sleeping
-                self._resume(d, True, None, ep, fds, timers, seq)
+                self._resume(d, True, None)
                 return
-            heapq.heappush(timers, (now + req.seconds, next(seq), d, d.token))
+            heapq.heappush(self.timers, (now + req.seconds, next(self.seq), d, d.token))
         elif isinstance(req, Blocking):
             threading.Thread(target=self._call, args=(d, req), name="trigctl-task", daemon=True).start()
         else:
@@ -253,64 +274,64 @@ class Reaper:
             log.error("a run waited for %r, which the reaper does not know", req)
 
     def _forget(self, d: _Driven) -> None:
-        self._driven.discard(d)
-        with self._lock:
-            key = self._keys.pop(d, None)
+        self.driven.discard(d)
+        with self.r._lock:
+            key = self.r._keys.pop(d, None)
             if key is not None:
-                self._sleeping.pop(key, None)
+                self.r._sleeping.pop(key, None)
 
     def _call(self, d: _Driven, req: Blocking) -> None:
         try:
             result = req.fn(*req.args)
         except BaseException as e:  # noqa: BLE001 - thrown into the run, which decides
-            self._post(d, None, e)
+            self.r._post(d, None, e)
             return
-        self._post(d, result, None)
+        self.r._post(d, result, None)
 
-    def _watch(self, d: _Driven, req: WaitExit, now: float, ep, fds, timers, seq) -> None:
+    def _watch(self, d: _Driven, req: WaitExit, now: float) -> None:
         d.deadline = None if req.timeout is None else now + req.timeout
         try:
             d.pidfd = os.pidfd_open(req.proc.pid)
         except (AttributeError, OSError):  # not Linux >= 5.3: look every _NO_PIDFD_POLL
             d.pidfd = None
         if d.pidfd is not None:
-            fds[d.pidfd] = (d, True)
-            ep.register(d.pidfd, select.EPOLLIN)
+            self.fds[d.pidfd] = (d, True)
+            self.ep.register(d.pidfd, select.EPOLLIN)
         os.set_blocking(req.fd, False)  # an event for a closed fd whose number came back must not block
-        ep.register(req.fd, select.EPOLLIN)
-        fds[req.fd] = (d, False)
+        self.ep.register(req.fd, select.EPOLLIN)
+        self.fds[req.fd] = (d, False)
         d.fd = req.fd
         d.progress_at = None
-        self._progress(d, now, timers, seq)
+        self._progress(d, now)
         if d.deadline is not None:
-            heapq.heappush(timers, (d.deadline, next(seq), d, d.token))
+            heapq.heappush(self.timers, (d.deadline, next(self.seq), d, d.token))
         if d.pidfd is None:
-            heapq.heappush(timers, (now + _NO_PIDFD_POLL, next(seq), d, d.token))
+            heapq.heappush(self.timers, (now + _NO_PIDFD_POLL, next(self.seq), d, d.token))
 
-    def _progress(self, d: _Driven, now: float, timers, seq) -> None:
+    def _progress(self, d: _Driven, now: float) -> None:
         req = d.wait
         if req.progress is None:
             return
         again = req.progress()
         if again is not None and (d.progress_at is None or again < d.progress_at or d.progress_at <= now):
             d.progress_at = again
-            heapq.heappush(timers, (again, next(seq), d, d.token))
+            heapq.heappush(self.timers, (again, next(self.seq), d, d.token))
 
-    def _unwatch(self, d: _Driven, ep, fds) -> None:
+    def _unwatch(self, d: _Driven) -> None:
         if d.fd is not None:
-            fds.pop(d.fd, None)
+            self.fds.pop(d.fd, None)
             try:
-                ep.unregister(d.fd)
+                self.ep.unregister(d.fd)
             except OSError:  # closed by someone else meanwhile
                 pass
             d.fd = None
         if d.pidfd is not None:
-            fds.pop(d.pidfd, None)
-            ep.unregister(d.pidfd)
+            self.fds.pop(d.pidfd, None)
+            self.ep.unregister(d.pidfd)
             os.close(d.pidfd)
             d.pidfd = None
 
-    def _output(self, d: _Driven, fd: int, ep, fds, timers, seq) -> None:
+    def _output(self, d: _Driven, fd: int) -> None:
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
@@ -319,40 +340,40 @@ class Reaper:
             data = b""
         if data:
             d.wait.sink.feed(data)
-            self._progress(d, self._clock(), timers, seq)
+            self._progress(d, self.r._clock())
         else:  # every writer closed it: only the exit is left to wait for
-            ep.unregister(fd)
-            fds.pop(fd, None)
+            self.ep.unregister(fd)
+            self.fds.pop(fd, None)
             d.fd = None
 
-    def _exited(self, d: _Driven, ep, fds, timers, seq) -> None:
+    def _exited(self, d: _Driven) -> None:
         try:
             code = d.wait.proc.poll()
         except BaseException as e:  # noqa: BLE001 - thrown into the run
-            self._unwatch(d, ep, fds)
-            self._resume(d, None, e, ep, fds, timers, seq)
+            self._unwatch(d)
+            self._resume(d, None, e)
             return
         if code is None:  # an event for a closed pidfd whose number came back: not this run's exit
             return
-        self._unwatch(d, ep, fds)
-        self._resume(d, code, None, ep, fds, timers, seq)
+        self._unwatch(d)
+        self._resume(d, code, None)
 
-    def _timer(self, d: _Driven, now: float, ep, fds, timers, seq) -> None:
+    def _timer(self, d: _Driven, now: float) -> None:
         req = d.wait
         if isinstance(req, Sleep):
-            self._resume(d, False, None, ep, fds, timers, seq)
+            self._resume(d, False, None)
             return
         if not isinstance(req, WaitExit):
             return
         if d.pidfd is None and req.proc.poll() is not None:
-            self._exited(d, ep, fds, timers, seq)
+            self._exited(d)
             return
         if d.deadline is not None and now >= d.deadline:
-            self._unwatch(d, ep, fds)
-            self._resume(d, None, subprocess.TimeoutExpired(req.proc.args, req.timeout or 0), ep, fds, timers, seq)
+            self._unwatch(d)
+            self._resume(d, None, subprocess.TimeoutExpired(req.proc.args, req.timeout or 0))
             return
         if d.progress_at is not None and now >= d.progress_at:
             d.progress_at = None
-            self._progress(d, now, timers, seq)
+            self._progress(d, now)
         if d.pidfd is None:
-            heapq.heappush(timers, (now + _NO_PIDFD_POLL, next(seq), d, d.token))
+            heapq.heappush(self.timers, (now + _NO_PIDFD_POLL, next(self.seq), d, d.token))
