@@ -13,6 +13,9 @@ write is under way only append (and, for a step they must see done, wait for it)
 at a time nothing changes (the thread writes its own step at once, no hand-off to another thread),
 and under load the steps of many runs share a commit.
 
+The runs' reapers (trigctl.reaper) use it with ``inline=False``: a reaper only appends, and the
+drain thread writes, so a commit never holds up the runs a reaper drives.
+
 Steps are written in the order they were appended: a run's task rows always come before its end.
 A step may carry a callback, called once its transaction has committed (or failed), by whichever
 thread wrote it.
