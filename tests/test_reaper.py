@@ -247,3 +247,99 @@ def test_sixteen_running_tasks_take_no_thread_each(write_yaml):
     runner.cancel_all()
     assert runner.join(30)
     assert {store.get_run(i).status for i in range(1, 17)} == {"cancelled"}
+
+
+def test_an_exit_seen_late_is_not_a_timeout():
+    """The reaper was busy (another run's callback) while a task exited before its deadline; when it
+    looks, the deadline has passed too: the exit wins (a timeout would fail it and maybe rerun it)."""
+    r = Reaper()
+
+    def quick():
+        child, fd = _start(["sleep", "0.05"])
+        try:
+            return (yield WaitExit(child, fd, OutputTail(), 0.5))
+        except subprocess.TimeoutExpired:
+            return "timed out"
+        finally:
+            os.close(fd)
+
+    def hold():  # holds the reaper for 1.5 s, past the quick task's exit and its deadline
+        child, fd = _start(["true"])
+        try:
+            yield WaitExit(child, fd, OutputTail(), 30, lambda: time.sleep(1.5))
+        finally:
+            os.close(fd)
+
+    box = _drive(r, quick)
+    _drive(r, hold)
+    wait_for(lambda: box.get("done"), message="the quick task")
+    assert box["result"] == 0
+
+
+def test_without_a_pidfd_the_exit_is_looked_for_and_timers_do_not_pile_up(monkeypatch):
+    def no_pidfd(pid, flags=0):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    r = Reaper()
+    heap_sizes: list[int] = []
+
+    def task():
+        child, fd = _start(["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done"])
+        sink = OutputTail()
+
+        def progress():
+            assert r._loop is not None
+            heap_sizes.append(len(r._loop.timers))
+            return time.monotonic() + 0.01
+
+        try:
+            code = yield WaitExit(child, fd, sink, 30, progress)
+        finally:
+            os.close(fd)
+        return code, sink.text()
+
+    box = _drive(r, task)
+    wait_for(lambda: box.get("done"), message="the task")
+    assert box["result"] == (0, "1\n2\n3\n4\n5\n6\n")
+    assert len(heap_sizes) > 20  # progress was asked for again and again
+    assert max(heap_sizes) <= 8  # one poll timer, one progress timer, a deadline: not a chain per call
+
+
+def test_stale_deadlines_of_quick_tasks_are_dropped():
+    r = Reaper()
+
+    def quick():
+        child, fd = _start(["true"])
+        try:
+            return (yield WaitExit(child, fd, OutputTail(), 3600))
+        finally:
+            os.close(fd)
+
+    for _ in range(200):
+        box = _drive(r, quick)
+        wait_for(lambda b=box: b.get("done"), message="a quick task")
+    assert r._loop is not None
+    assert len(r._loop.timers) <= 65  # 200 hour-long deadlines were set; the dead ones went
+
+
+def test_a_failing_progress_callback_is_logged_and_the_task_still_ends(caplog):
+    r = Reaper()
+
+    def task():
+        child, fd = _start(["/bin/sh", "-c", "echo out; exit 4"])
+        sink = OutputTail()
+
+        def progress():
+            raise RuntimeError("the state is gone")
+
+        try:
+            code = yield WaitExit(child, fd, sink, 30, progress)
+        finally:
+            os.close(fd)
+        return code, sink.text()
+
+    box = _drive(r, task)
+    wait_for(lambda: box.get("done"), message="the task")
+    assert box["result"] == (4, "out\n")
+    assert "saving a task's output so far failed" in caplog.text

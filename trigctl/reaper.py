@@ -30,13 +30,14 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
-from trigctl.procs import OutputTail
+from trigctl.procs import OutputTail, drain
 
 log = logging.getLogger("trigctl.workflows")
 
 IDLE_EXIT = 30.0  # seconds the reaper thread waits with nothing to do before it exits
 _READ_CHUNK = 65536
 _NO_PIDFD_POLL = 0.05  # seconds between looks at a process whose exit has no pidfd to wait on
+_SLEEP, _DEADLINE, _POLL, _PROGRESS = range(4)  # what a timer is for
 
 
 class WaitExit:
@@ -104,6 +105,7 @@ class Reaper:
         self._lock = threading.Lock()
         self._inbox: deque[tuple[_Driven, Any, BaseException | None]] = deque()
         self._thread: threading.Thread | None = None
+        self._loop: _Loop | None = None  # the thread's state (for tests)
         self._asleep = False  # the thread waits in epoll: a new item must write the wake fd
         self._wake_r = self._wake_w = -1
         self._sleeping: dict[Any, _Driven] = {}  # key -> a run in Sleep (for cancelled())
@@ -130,15 +132,40 @@ class Reaper:
         with self._lock:
             self._inbox.append((d, value, error))
             if self._thread is None:
-                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                self._thread = threading.Thread(target=_Loop(self, self._wake_r).main, name="trigctl-reaper",
-                                                 daemon=True)
-                self._thread.start()
+                self._start_thread()
                 return
             if self._asleep:
                 self._asleep = False
                 os.write(self._wake_w, b"x")
 
+
+    def _start_thread(self) -> None:  # with _lock held
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        loop = _Loop(self, wake_r)
+        thread = threading.Thread(target=loop.main, name="trigctl-reaper", daemon=True)
+        try:
+            thread.start()
+        except BaseException:  # no thread to be had: what is in the inbox waits for the next post
+            os.close(wake_r)
+            os.close(wake_w)
+            raise
+        self._wake_r, self._wake_w, self._thread, self._loop = wake_r, wake_w, thread, loop
+
+    def _stopped(self, thread: threading.Thread, when_idle: bool) -> bool:
+        """``thread`` leaves its loop (``when_idle``: only if nothing was posted; False if something
+        was): a post from now on starts another thread. Leaving on an error, what is posted
+        already gets a new thread at once."""
+        with self._lock:
+            if self._thread is not thread:
+                return True
+            if when_idle and self._inbox:
+                return False
+            self._thread = None
+            os.close(self._wake_w)
+            self._wake_w = -1
+            if self._inbox:
+                self._start_thread()
+            return True
 
 
 class _Loop:
@@ -151,7 +178,7 @@ class _Loop:
         self.ep = select.epoll()
         self.ep.register(wake_r, select.EPOLLIN)
         self.fds: dict[int, tuple[_Driven, bool]] = {}  # fd -> (run, is its pidfd)
-        self.timers: list[tuple[float, int, _Driven, int]] = []  # (when, seq, run, token)
+        self.timers: list[tuple[float, int, _Driven, int, int]] = []  # (when, seq, run, token, kind)
         self.seq = itertools.count()
         self.driven: set[_Driven] = set()
 
@@ -165,9 +192,9 @@ class _Loop:
                     now = r._clock()
                     timers = self.timers
                     while timers and timers[0][0] <= now:
-                        _when, _n, d, token = heapq.heappop(timers)
+                        _when, _n, d, token, kind = heapq.heappop(timers)
                         if d.token == token and d in self.driven:
-                            self._timer(d, now)
+                            self._timer(d, kind, now)
                 except Exception:  # noqa: BLE001 - a bug in one run's handling must not stop the others
                     log.exception("the reaper failed on a run; it goes on with the others")
                     continue
@@ -176,12 +203,8 @@ class _Loop:
                 elif idle_since is None:
                     idle_since = now
                 elif now - idle_since >= IDLE_EXIT:
-                    with r._lock:
-                        if not r._inbox:  # nothing posted meanwhile: the next post starts a thread
-                            r._thread = None
-                            os.close(r._wake_w)
-                            r._wake_w = -1
-                            return
+                    if r._stopped(threading.current_thread(), when_idle=True):
+                        return
                     continue
                 wait = -1.0 if self.driven else IDLE_EXIT  # -1: until an event
                 if timers:
@@ -191,14 +214,21 @@ class _Loop:
                     if r._inbox:
                         continue
                     r._asleep = True
-                events = self.ep.poll(wait)
-                with r._lock:
-                    r._asleep = False
+                try:
+                    events = self.ep.poll(wait)
+                finally:
+                    with r._lock:
+                        r._asleep = False
                 try:
                     self._events(events)
                 except Exception:  # noqa: BLE001 - as above
                     log.exception("the reaper failed on a run; it goes on with the others")
+        except BaseException:
+            if self.driven:
+                log.exception("a reaper thread failed; %d run(s) it was driving are left unfinished", len(self.driven))
+            raise
         finally:
+            r._stopped(threading.current_thread(), when_idle=False)
             self.ep.close()
             os.close(self.wake_r)
 
@@ -265,9 +295,12 @@ class _Loop:
             if req.cancel.is_set():  # set before cancelled() could see this run sleeping
                 self._resume(d, True, None)
                 return
-            heapq.heappush(self.timers, (now + req.seconds, next(self.seq), d, d.token))
+            self._push(now + req.seconds, d, _SLEEP)
         elif isinstance(req, Blocking):
-            threading.Thread(target=self._call, args=(d, req), name="trigctl-task", daemon=True).start()
+            try:
+                threading.Thread(target=self._call, args=(d, req), name="trigctl-task", daemon=True).start()
+            except RuntimeError as e:  # no thread to be had: the run hears of it
+                self._resume(d, None, e)
         else:
             d.gen.close()
             self._forget(d)
@@ -288,11 +321,21 @@ class _Loop:
             return
         self.r._post(d, result, None)
 
+    def _push(self, when: float, d: _Driven, kind: int) -> None:
+        timers = self.timers
+        # An entry outlives the wait it was set for (a deadline of an hour for a task that took a
+        # millisecond): past eight entries a live run (a run has at most three live ones), the
+        # stale ones are dropped.
+        if len(timers) > 64 and len(timers) > 8 * len(self.driven):
+            timers[:] = [t for t in timers if t[2].token == t[3] and t[2] in self.driven]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (when, next(self.seq), d, d.token, kind))
+
     def _watch(self, d: _Driven, req: WaitExit, now: float) -> None:
         d.deadline = None if req.timeout is None else now + req.timeout
         try:
             d.pidfd = os.pidfd_open(req.proc.pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3: look every _NO_PIDFD_POLL
+        except (AttributeError, OSError):  # not Linux >= 5.3, or no descriptor left: look every _NO_PIDFD_POLL
             d.pidfd = None
         if d.pidfd is not None:
             self.fds[d.pidfd] = (d, True)
@@ -302,20 +345,24 @@ class _Loop:
         self.fds[req.fd] = (d, False)
         d.fd = req.fd
         d.progress_at = None
-        self._progress(d, now)
         if d.deadline is not None:
-            heapq.heappush(self.timers, (d.deadline, next(self.seq), d, d.token))
+            self._push(d.deadline, d, _DEADLINE)
         if d.pidfd is None:
-            heapq.heappush(self.timers, (now + _NO_PIDFD_POLL, next(self.seq), d, d.token))
+            self._push(now + _NO_PIDFD_POLL, d, _POLL)
+        self._progress(d, now)
 
     def _progress(self, d: _Driven, now: float) -> None:
         req = d.wait
         if req.progress is None:
             return
-        again = req.progress()
+        try:
+            again = req.progress()
+        except Exception:  # noqa: BLE001 - the output so far is not saved; the task goes on
+            log.exception("run: saving a task's output so far failed")
+            return
         if again is not None and (d.progress_at is None or again < d.progress_at or d.progress_at <= now):
             d.progress_at = again
-            heapq.heappush(self.timers, (again, next(self.seq), d, d.token))
+            self._push(again, d, _PROGRESS)
 
     def _unwatch(self, d: _Driven) -> None:
         if d.fd is not None:
@@ -327,7 +374,10 @@ class _Loop:
             d.fd = None
         if d.pidfd is not None:
             self.fds.pop(d.pidfd, None)
-            self.ep.unregister(d.pidfd)
+            try:
+                self.ep.unregister(d.pidfd)
+            except OSError:  # its registration failed
+                pass
             os.close(d.pidfd)
             d.pidfd = None
 
@@ -347,33 +397,38 @@ class _Loop:
             d.fd = None
 
     def _exited(self, d: _Driven) -> None:
+        req = d.wait
         try:
-            code = d.wait.proc.poll()
+            code = req.proc.poll()
         except BaseException as e:  # noqa: BLE001 - thrown into the run
             self._unwatch(d)
             self._resume(d, None, e)
             return
         if code is None:  # an event for a closed pidfd whose number came back: not this run's exit
             return
+        if d.fd is not None:  # what the process wrote before it exited (its EOF may be in this batch, after)
+            drain({d.fd: req.sink})
         self._unwatch(d)
         self._resume(d, code, None)
 
-    def _timer(self, d: _Driven, now: float) -> None:
+    def _timer(self, d: _Driven, kind: int, now: float) -> None:
         req = d.wait
-        if isinstance(req, Sleep):
+        if kind == _SLEEP:
             self._resume(d, False, None)
             return
         if not isinstance(req, WaitExit):
             return
-        if d.pidfd is None and req.proc.poll() is not None:
-            self._exited(d)
-            return
-        if d.deadline is not None and now >= d.deadline:
+        if kind == _DEADLINE:
+            if req.proc.poll() is not None:  # it exited while the reaper was busy: not a timeout
+                self._exited(d)
+                return
             self._unwatch(d)
             self._resume(d, None, subprocess.TimeoutExpired(req.proc.args, req.timeout or 0))
-            return
-        if d.progress_at is not None and now >= d.progress_at:
+        elif kind == _POLL:  # no pidfd: look again
+            if req.proc.poll() is not None:
+                self._exited(d)
+                return
+            self._push(now + _NO_PIDFD_POLL, d, _POLL)
+        elif d.progress_at is not None and now >= d.progress_at:
             d.progress_at = None
             self._progress(d, now)
-        if d.pidfd is None:
-            heapq.heappush(self.timers, (now + _NO_PIDFD_POLL, next(self.seq), d, d.token))

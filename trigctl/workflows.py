@@ -548,6 +548,8 @@ class RunExecution:
         # waited for, not the end of the output: a background child holding the pipe open does
         # not hold up the run (and is terminated with the group). If trigctl dies, a task that
         # writes more output gets SIGPIPE; the next start would terminate it anyway.
+        if task.kind != "run" and not self.runner.gate_known():
+            yield Blocking(self.runner.gate)  # found once (it tries the static gate): not on the reaper
         sink = OutputTail()
         gate_r, gate_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -701,6 +703,9 @@ class WorkflowRunner:
                             pass
                     self._dirs = (small, logs)
         return RunFiles(self._dirs[0], self._dirs[1], run_id)
+
+    def gate_known(self) -> bool:
+        return self._gate is not None
 
     def gate(self) -> tuple[str, ...]:
         """The start gate's argv, put before a task's own (see trigctl.gate)."""
