@@ -27,7 +27,7 @@ from trigctl.procs import (
     OUTPUT_TAIL_BYTES,
     OutputTail,
     drain,
-    group_running,
+    group_alive,
     kill_group,
     proc_start_time,
     spawn,
@@ -583,7 +583,7 @@ class RunExecution:
                     self._pgid = None
             drain({out_r: sink})
             # Children left in the group (a backgrounded `sleep &`) must not outlive the task.
-            if group_running(proc.pid):
+            if group_alive(proc.pid):  # one signal, inline; kill_group's /proc scans go to a thread
                 yield Blocking(kill_group, proc.pid, 0.5)
             drain({out_r: sink})
         finally:
