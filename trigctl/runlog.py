@@ -13,9 +13,6 @@ write is under way only append (and, for a step they must see done, wait for it)
 at a time nothing changes (the thread writes its own step at once, no hand-off to another thread),
 and under load the steps of many runs share a commit.
 
-The runs' reapers (trigctl.reaper) use it with ``inline=False``: a reaper only appends, and the
-drain thread writes, so a commit never holds up the runs a reaper drives.
-
 Steps are written in the order they were appended: a run's task rows always come before its end.
 A step may carry a callback, called once its transaction has committed (or failed), by whichever
 thread wrote it.
@@ -48,11 +45,8 @@ class _Step:
 
 
 class RunLog:
-    def __init__(self, store: Store, inline: bool = True):
-        """``inline`` false: a submitting thread never writes itself, the drain thread does (for
-        the reaper, which drives every run: a commit on it would hold up every other run)."""
+    def __init__(self, store: Store):
         self.store = store
-        self.inline = inline
         self._lock = threading.Lock()
         self._pending: list[_Step] = []
         self._writing = False
@@ -86,9 +80,6 @@ class RunLog:
             if self._writing:
                 return  # the thread writing now takes these in its next batch
             self._writing = True
-            if not self.inline:
-                self._kick_drainer()
-                return
         self._write(drain=False)
 
     def _write(self, drain: bool) -> None:
@@ -120,13 +111,10 @@ class RunLog:
     def _hand_off(self) -> None:
         """The writing (and what is pending) goes to the drain thread."""
         with self._lock:  # the kick under the lock: an idle drain thread that is exiting sees it
-            self._kick_drainer()
-
-    def _kick_drainer(self) -> None:  # with _lock held
-        self._kick.set()
-        if self._drainer is None:
-            self._drainer = threading.Thread(target=self._drain, name="trigctl-runlog", daemon=True)
-            self._drainer.start()
+            self._kick.set()
+            if self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain, name="trigctl-runlog", daemon=True)
+                self._drainer.start()
 
     def _drain(self) -> None:
         try:

@@ -669,7 +669,7 @@ class WorkflowRunner:
         self.on_finished = on_finished
         self.bus = bus if bus is not None else EventBus()
         self.kill_grace = kill_grace
-        self.runlog = RunLog(store, inline=False)  # the runs' writes, in shared transactions
+        self.runlog = RunLog(store)  # the runs' writes, in shared transactions
         self.active: dict[int, RunExecution] = {}
         self._lock = threading.Lock()
         self._idle_cond = threading.Condition(self._lock)  # notified when a run ends
